@@ -14,12 +14,17 @@ Rules (each has a test with a recipe that breaks it, in ``tests/recipes/test_rec
   micro-batch; prompt + generation fit the model length;
 * schedule length versus total steps (warning when p never reaches its end value);
 * NeMo RL start-up conditions: a validation set when validation is on; no KL when reference logprobs are skipped;
-* checkpoint directory set when checkpointing is on; ``metric_name`` is ``val:...``/``train:...`` or null.
+  ``policy.train_micro_batch_size == policy.logprob_batch_size`` when TP >= 4 (``Policy.__init__``); no Megatron
+  linear-CE fusion (it hands the loss precomputed log-probs, which NeMo RL's GRPO loss path does not support);
+* checkpoint directory set when checkpointing is on; ``metric_name`` is ``val:...``/``train:...`` or null;
+  ``model_save_format`` null unless the backend is DTensor v2 (``Policy.save_checkpoint`` raises at the first save
+  otherwise), and one of ``torch_save`` / ``safetensors`` with DTensor v2.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,8 +105,10 @@ def check_required_keys(cfg: Mapping, report: Report) -> None:
 
 # --------------------------------------------------------------------------------------------------------- holder
 
+_CLIPPED_PG_TOKEN_LEVEL_LOSS_DEFAULT = True  # nemo_rl/algorithms/loss/loss_functions.py, ClippedPGLossConfig (v0.7.0)
 
-def check_holder_block(cfg: Mapping, report: Report) -> None:
+
+def check_holder_block(cfg: Mapping, report: Report, *, nemo_rl_defaults: bool = False) -> None:
     """``loss_fn`` (ClippedPG keys + the ``holder`` block), validated by the NeMo RL plugin's own schema.
 
     The plugin (``holder_nemo.nemo_rl.config.parse_loss_config``) owns the key set; its errors are reported with
@@ -116,6 +123,10 @@ def check_holder_block(cfg: Mapping, report: Report) -> None:
         return
     from holder_nemo.nemo_rl.config import LossConfigError, parse_loss_config
 
+    if nemo_rl_defaults:
+        # NeMo RL's ClippedPGLossConfig (which MasterConfig builds from this section) defaults token_level_loss to
+        # true; the loss the entry point hands grpo_train is built from that object, so an absent key means true.
+        loss_fn = {"token_level_loss": _CLIPPED_PG_TOKEN_LEVEL_LOSS_DEFAULT, **loss_fn}
     try:
         parse_loss_config(loss_fn)
     except LossConfigError as exc:
@@ -335,7 +346,9 @@ def check_batch(cfg: Mapping, layout: Layout | None, report: Report) -> None:
 
 
 def check_grpo_setup(cfg: Mapping, report: Report) -> None:
-    """Conditions NeMo RL's GRPO ``setup()`` asserts at start-up (reported here before any GPU is allocated)."""
+    """Conditions NeMo RL's GRPO ``setup()`` and ``Policy.__init__`` assert at start-up (reported here before any GPU
+    is allocated)."""
+    megatron = _enabled(cfg, "policy.megatron_cfg.enabled")
     validating = (
         (type_matches(_get(cfg, "grpo.val_period"), "int") and _get(cfg, "grpo.val_period") > 0)
         or _get(cfg, "grpo.val_at_start") is True
@@ -345,6 +358,32 @@ def check_grpo_setup(cfg: Mapping, report: Report) -> None:
         report.error(
             "data.validation",
             "a validation dataset is required when grpo.val_period > 0 or grpo.val_at_start/val_at_end is true",
+        )
+    tp_key = "megatron_cfg.tensor_model_parallel_size" if megatron else "dtensor_cfg.tensor_parallel_size"
+    tp, policy = _get(cfg, "policy." + tp_key), _get(cfg, "policy", {})
+    mbs, lbs = _get(cfg, "policy.train_micro_batch_size"), _get(cfg, "policy.logprob_batch_size")
+    if (
+        type_matches(tp, "int")
+        and tp >= 4
+        and isinstance(policy, dict)
+        and "logprob_batch_size" in policy
+        and mbs != lbs
+    ):
+        # Policy.__init__ (lm_policy.py) asserts this unless NRL_IGNORE_TP_ACCURACY_CHECK is set: TP >= 4 kernels are
+        # batch-variant, so prev_logprobs computed at another batch size would not equal the training forward's.
+        message = (
+            f"must equal policy.train_micro_batch_size ({mbs}) when tensor parallel size >= 4 (policy.{tp_key} = "
+            f"{tp}), got {lbs}: NeMo RL's Policy refuses it (TP >= 4 log-probs are batch-variant)"
+        )
+        if os.environ.get("NRL_IGNORE_TP_ACCURACY_CHECK"):
+            report.warn("policy.logprob_batch_size", message + "; bypassed by NRL_IGNORE_TP_ACCURACY_CHECK")
+        else:
+            report.error("policy.logprob_batch_size", message)
+    if megatron and _enabled(cfg, "policy.megatron_cfg.use_linear_ce_fusion_loss"):
+        report.error(
+            "policy.megatron_cfg.use_linear_ce_fusion_loss",
+            "must be false: the fused linear-CE forward returns precomputed log-probs (at temperature 1), which "
+            "NeMo RL v0.7.0's GRPO loss path (ClippedPGLossFn, and so HölderPO) does not support",
         )
     kl = _get(cfg, "loss_fn.reference_policy_kl_penalty")
     if _get(cfg, "grpo.skip_reference_policy_logprobs_calculation") is True and type_matches(kl, "float") and kl != 0:
@@ -359,6 +398,23 @@ def check_checkpointing(cfg: Mapping, report: Report) -> None:
         directory = _get(cfg, "checkpointing.checkpoint_dir")
         if not isinstance(directory, str) or not directory.strip():
             report.error("checkpointing.checkpoint_dir", "must be a non-empty path when checkpointing.enabled is true")
+    save_format = _get(cfg, "checkpointing.model_save_format")
+    dtensor_v2 = _enabled(cfg, "policy.dtensor_cfg.enabled") and _enabled(cfg, "policy.dtensor_cfg._v2")
+    if dtensor_v2:
+        if save_format not in (None, "torch_save", "safetensors"):
+            report.error(
+                "checkpointing.model_save_format",
+                f"must be 'torch_save', 'safetensors' or null with DTensor v2, got {save_format!r}",
+            )
+    elif save_format is not None:
+        # Policy.save_checkpoint (lm_policy.py) raises at the first save: only the DTensor v2 worker takes a format;
+        # the Megatron worker always writes Megatron's distributed checkpoint, DTensor v1 torch DCP.
+        backend = "Megatron" if _enabled(cfg, "policy.megatron_cfg.enabled") else "DTensor v1"
+        report.error(
+            "checkpointing.model_save_format",
+            f"must be null with the {backend} backend (only DTensor v2, policy.dtensor_cfg._v2: true, takes a "
+            f"format; NeMo RL's Policy.save_checkpoint raises at the first save), got {save_format!r}",
+        )
     metric = _get(cfg, "checkpointing.metric_name")
     if isinstance(metric, str) and not metric.startswith(("val:", "train:")):
         report.error("checkpointing.metric_name", f"must start with 'val:' or 'train:' (or be null), got {metric!r}")
@@ -368,7 +424,7 @@ def check_nemo_rl_recipe(cfg: Mapping) -> tuple[Report, Layout | None]:
     """All rules for a NeMo RL GRPO recipe given as a resolved plain dict."""
     report = Report()
     check_required_keys(cfg, report)
-    check_holder_block(cfg, report)
+    check_holder_block(cfg, report, nemo_rl_defaults=True)
     check_schedule_length(cfg, report)
     layout = check_layout(cfg, report)
     check_batch(cfg, layout, report)

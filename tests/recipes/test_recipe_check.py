@@ -14,6 +14,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
 SEVEN_B = str(RECIPES_DIR / "holderpo_qwen2.5-math-7b.yaml")
 SCALE_OUT = str(RECIPES_DIR / "holderpo_qwen2.5-32b-4n8g.yaml")
+ALFWORLD = str(RECIPES_DIR / "holderpo_alfworld_qwen2.5-1.5b.yaml")
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -151,10 +152,18 @@ BROKEN = [
     # NeMo RL start-up conditions
     (SEVEN_B, ["data.validation=null"], "data.validation"),
     (SEVEN_B, ["loss_fn.reference_policy_kl_penalty=0.01"], "grpo.skip_reference_policy_logprobs_calculation"),
+    (SCALE_OUT, ["policy.logprob_batch_size=2"], "policy.logprob_batch_size"),  # Policy.__init__, TP >= 4
+    (SEVEN_B, ["+policy.megatron_cfg.use_linear_ce_fusion_loss=true"], "policy.megatron_cfg.use_linear_ce_fusion_loss"),
+    # absent means NeMo RL's ClippedPGLossConfig default, token_level_loss: true
+    (SEVEN_B, ["~loss_fn.token_level_loss"], "loss_fn.token_level_loss"),
     # checkpointing
     (SEVEN_B, ["checkpointing.checkpoint_dir=''"], "checkpointing.checkpoint_dir"),
     (SEVEN_B, ["checkpointing.checkpoint_dir=null"], "checkpointing.checkpoint_dir"),
     (SEVEN_B, ["checkpointing.metric_name=accuracy"], "checkpointing.metric_name"),
+    # Policy.save_checkpoint: a save format only with DTensor v2 (every GPU recipe died at its first save on this)
+    (SEVEN_B, ["checkpointing.model_save_format=safetensors"], "checkpointing.model_save_format"),
+    (ALFWORLD, ["policy.dtensor_cfg._v2=false"], "checkpointing.model_save_format"),
+    (ALFWORLD, ["checkpointing.model_save_format=hdf5"], "checkpointing.model_save_format"),
 ]
 
 
@@ -164,6 +173,13 @@ def test_broken_recipe_fails_naming_the_key(recipe, overrides, key, capsys):
     assert code == 1, f"{overrides} should fail"
     error_lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert any(line.startswith(f"error: {key}") for line in error_lines), err
+
+
+def test_tp4_logprob_batch_rule_can_be_bypassed_as_nemo_rl_allows(capsys, monkeypatch):
+    monkeypatch.setenv("NRL_IGNORE_TP_ACCURACY_CHECK", "1")
+    code, _, err = _run(capsys, SCALE_OUT, "policy.logprob_batch_size=2")
+    assert code == 0, err
+    assert "warning: policy.logprob_batch_size" in err and "bypassed by NRL_IGNORE_TP_ACCURACY_CHECK" in err
 
 
 def test_no_validation_set_is_fine_without_validation(capsys):
