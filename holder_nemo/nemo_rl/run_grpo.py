@@ -26,26 +26,37 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import pprint
+import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_NO_NEMO_RL, EXIT_STOPPED = 0, 1, 2, 3, 75
 SUPPORTED_NEMO_RL = ((0, 7),)
 ALLOW_ANY_VERSION_ENV = "HOLDERPO_ALLOW_ANY_NEMO_RL"
-COMPLETED_FILE = "COMPLETED"
 
 
 class NemoRLUnavailable(RuntimeError):
     """No importable, supported nemo_rl in this Python environment."""
 
 
+def nemo_rl_release(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a NeMo RL version string ("0.7.0", "0.7.1rc1", "0.7.0+7ea279ab", "v0.7.2"), or None."""
+    match = re.match(r"^\s*v?(\d+)\.(\d+)(?:[.+\-]|rc|a|b|dev|$)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def check_nemo_rl(env: dict[str, str] | None = None) -> str:
-    """The importable NeMo RL version; raises ``NemoRLUnavailable`` with what to do when absent or unsupported."""
+    """The importable NeMo RL version; raises ``NemoRLUnavailable`` with what to do when absent or unsupported.
+
+    Every 0.7.x build is accepted (patch releases, release candidates, local ``+<commit>`` builds); anything else is
+    refused with the reason and the override variable, because the loss contract and ``grpo_train``'s save / stop
+    path this entry point relies on are those of 0.7.
+    """
     env = dict(os.environ) if env is None else env
     try:
         import nemo_rl
@@ -56,16 +67,15 @@ def check_nemo_rl(env: dict[str, str] | None = None) -> str:
             "with holder_nemo on PYTHONPATH), or with a NeMo RL v0.7.0 checkout on PYTHONPATH; see docs/nemo_rl.md."
         ) from None
     version = str(getattr(nemo_rl, "__version__", "unknown"))
-    try:
-        major_minor = tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
-        major_minor = ()
-    if major_minor not in SUPPORTED_NEMO_RL and env.get(ALLOW_ANY_VERSION_ENV) != "1":
+    release = nemo_rl_release(version)
+    if release not in SUPPORTED_NEMO_RL and env.get(ALLOW_ANY_VERSION_ENV) != "1":
         supported = ", ".join(f"{a}.{b}.x" for a, b in SUPPORTED_NEMO_RL)
+        found = "an unparseable version" if release is None else f"release {release[0]}.{release[1]}"
         raise NemoRLUnavailable(
-            f"nemo_rl {version} is not supported by this entry point (supported: {supported}). "
-            f"Set {ALLOW_ANY_VERSION_ENV}=1 to try anyway (0.6.x has the same loss interface; <= 0.5 needs "
-            "holder_nemo.nemo_rl.HolderPOLegacyLossFn and its own entry script)."
+            f"nemo_rl {version!r} ({found}) is not supported by this entry point (supported: {supported}): its "
+            "loss-function contract and grpo_train's checkpoint / stop path are those of 0.7. Use the "
+            f"nvcr.io/nvidia/nemo-rl:v0.7.0 image, or set {ALLOW_ANY_VERSION_ENV}=1 to try anyway (0.6.x has the "
+            "same loss interface; <= 0.5 passes logits, not log-probs, to the loss)."
         )
     return version
 
@@ -87,6 +97,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         epilog="Exit codes: 0 complete, 75 checkpointed on request (rerun to resume), 2 bad config, 3 no NeMo RL.",
     )
     parser.add_argument("--config", required=True, help="recipe YAML (NeMo RL format, `defaults:` inheritance)")
+    parser.add_argument(
+        "--accept-config-change",
+        action="store_true",
+        help="resume although the recipe differs from the one the run was started with (the change is recorded)",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -127,6 +142,8 @@ def exit_code_after_training(stop_reason: str | None, checkpointing: dict[str, A
         print(f"holder_nemo: checkpointed and stopped ({stop_reason}); exit {EXIT_STOPPED}", flush=True)
         return EXIT_STOPPED
     if enabled and checkpointing.get("checkpoint_dir"):
+        from holder_nemo.nemo_rl.resume import write_completed_marker
+
         write_completed_marker(Path(checkpointing["checkpoint_dir"]))
     return EXIT_COMPLETED
 
@@ -161,14 +178,59 @@ def alfworld_game_datasets(config: Any) -> tuple[Any, Any]:
     return out[0], out[1]
 
 
-def write_completed_marker(checkpoint_dir: Path) -> Path:
-    """Atomically write ``checkpoint_dir/COMPLETED`` (lets a requeued job see the run is done)."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    marker = checkpoint_dir / COMPLETED_FILE
-    tmp = marker.with_name(f".{COMPLETED_FILE}.tmp")
-    tmp.write_text(json.dumps({"completed": True}) + "\n")
-    os.replace(tmp, marker)
-    return marker
+@dataclass
+class Prepared:
+    """What ``preflight`` established before Ray starts."""
+
+    config: Any  # NeMo RL MasterConfig
+    loss_fn: Any  # HolderPOLossFn, the object grpo_train gets
+    registered: list[str]
+    per_step: bool
+    game_datasets: tuple[Any, Any] | None
+
+
+def preflight(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept_change: bool) -> Prepared:
+    """Every check that can run before Ray, the model or vLLM start; raises ``ValueError`` naming the key.
+
+    Order: NeMo RL's loader and overrides -> features this entry point refuses -> ``holderpo recipe check``'s rules
+    (layout, batch arithmetic, NeMo RL's ``Policy`` / checkpoint-format start-up conditions) -> NeMo RL's
+    ``MasterConfig`` -> the loss built from ``MasterConfig.loss_fn`` (the object ``grpo_train`` will get, with
+    NeMo RL's defaults filled in) -> environment / processor registration -> the resume guard (this recipe must be
+    the one the run's checkpoints were made with) -> the completion marker.
+    """
+    from holder_nemo.nemo_rl.loss import HolderPOLossFn
+    from holder_nemo.nemo_rl.registration import register_components, registration_problems
+    from holder_nemo.nemo_rl.resume import COMPLETED_FILE, guard_resume
+    from holder_nemo.recipe.checks import check_nemo_rl_recipe
+
+    _typed_dict_for_old_python()
+    from nemo_rl.algorithms.grpo import MasterConfig
+
+    raw = load_master_config(config_path, overrides)
+    problems = unsupported_features(raw)
+    report, _layout = check_nemo_rl_recipe(raw)
+    problems += [f"{f.key}: {f.message}" for f in report.errors]
+    for finding in report.warnings:
+        print(f"holder_nemo: WARNING {finding.key}: {finding.message}", flush=True)
+    if problems:
+        raise ValueError("\n  ".join(["the recipe would fail in NeMo RL:", *problems]))
+    config = MasterConfig(**raw)
+    loss_fn = HolderPOLossFn(config.loss_fn)
+    # holder_math (the paper's grader) always, ALFWorld's environment / processor when the datasets use them
+    registered = register_components(config.data)
+    problems = registration_problems(config.data, config.env)
+    if problems:
+        raise ValueError("\n  ".join(["unresolvable data / env names:", *problems]))
+    per_step = alfworld_layout(config) == "per_step"
+    game_datasets = alfworld_game_datasets(config) if per_step and not dry_run else None
+    checkpointing = config.checkpointing
+    if checkpointing.get("checkpoint_dir"):
+        checkpoint_dir = Path(checkpointing["checkpoint_dir"])
+        changes = guard_resume(raw, checkpoint_dir, accept=accept_change, write=not dry_run)
+        marker = checkpoint_dir / COMPLETED_FILE
+        if changes and marker.exists() and not dry_run:
+            marker.unlink()  # an accepted change (e.g. more steps) reopens a finished run
+    return Prepared(config, loss_fn, registered, per_step, game_datasets)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,45 +242,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NO_NEMO_RL
     print(f"holder_nemo: NeMo RL {version}")
 
-    from holder_nemo.nemo_rl.loss import HolderPOLossFn
-    from holder_nemo.nemo_rl.registration import register_components, registration_problems
+    from holder_nemo.nemo_rl.resume import COMPLETED_FILE
     from holder_nemo.nemo_rl.stop import StopRequest, patched_timeout_checker, slurm_deadline
 
     stop = StopRequest.from_env()
     stop.install_signal_handlers()
-
-    _typed_dict_for_old_python()
-    from nemo_rl.algorithms import grpo as grpo_module
-
     try:
-        raw = load_master_config(args.config, overrides)
-        problems = unsupported_features(raw)
-        if problems:
-            raise ValueError("\n  ".join(["unsupported configuration:", *problems]))
-        HolderPOLossFn(raw.get("loss_fn") or {})  # validate the loss section before Ray starts
-        config = grpo_module.MasterConfig(**raw)
-        # holder_math (the paper's grader) always, ALFWorld's environment / processor when the datasets use them
-        registered = register_components(config.data)
-        problems = registration_problems(config.data, config.env)
-        if problems:
-            raise ValueError("\n  ".join(["unresolvable data / env names:", *problems]))
-        per_step = alfworld_layout(config) == "per_step"
-        game_datasets = alfworld_game_datasets(config) if per_step and not args.dry_run else None
+        prepared = preflight(args.config, overrides, dry_run=args.dry_run, accept_change=args.accept_config_change)
         stop.deadline = slurm_deadline()
     except Exception as exc:  # config errors from OmegaConf, Hydra, pydantic or ours, each naming its key
         print(f"holder_nemo.nemo_rl.run_grpo: bad config {args.config}: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    config, loss_fn, per_step = prepared.config, prepared.loss_fn, prepared.per_step
     print("Final config:")
     pprint.pprint(config)
-    print(f"holder_nemo: registered with NeMo RL: {', '.join(registered)}")
+    print(f"holder_nemo: registered with NeMo RL: {', '.join(prepared.registered)}")
     if args.dry_run:
-        loss_fn = HolderPOLossFn(config.loss_fn)
         mode = loss_fn.config.holder.clip_mode
         print(f"holder_nemo: config OK (dry run); HölderPO {loss_fn.schedule}, clip_mode {mode}")
+        return EXIT_COMPLETED
+    checkpoint_dir = config.checkpointing.get("checkpoint_dir")
+    if checkpoint_dir and (Path(checkpoint_dir) / COMPLETED_FILE).exists():
+        print(f"holder_nemo: run already complete ({Path(checkpoint_dir) / COMPLETED_FILE} exists); nothing to do")
         return EXIT_COMPLETED
     if not config.checkpointing["enabled"]:
         print("holder_nemo: WARNING checkpointing.enabled is false: a stop request cannot save the run", flush=True)
 
+    from nemo_rl.algorithms import grpo as grpo_module
     from nemo_rl.algorithms.utils import get_tokenizer
     from nemo_rl.data.utils import setup_response_data
     from nemo_rl.distributed.virtual_cluster import init_ray
@@ -238,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trains_mtp=bool(megatron_cfg.get("mtp_num_layers")),
     )
     if per_step:  # the paper's ALFWorld layout: game-file datasets, our loop instead of grpo_train (5. above)
-        dataset, val_dataset = game_datasets
+        dataset, val_dataset = prepared.game_datasets
         task_to_env, val_task_to_env = {}, {}
     else:
         dataset, val_dataset, task_to_env, val_task_to_env = setup_response_data(tokenizer, config.data, config.env)
@@ -258,7 +308,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _alias_to_group_alias,
     ) = grpo_module.setup(config, tokenizer, dataset, val_dataset)
 
-    loss_fn = HolderPOLossFn(master_config.loss_fn)
     schedule = install_step_schedule(policy, loss_fn, grpo_state, logger)
     print(
         f"holder_nemo: HölderPO loss, {loss_fn.schedule}, resuming after step {schedule.completed_steps} "

@@ -30,6 +30,13 @@ import numpy as np
 import torch
 
 from holder_nemo.config import ConfigError, load_recipe
+from holder_nemo.config.resume_guard import (
+    ACCEPT_FLAG,
+    CHANGE_LOG,
+    ResumeConfigError,
+    check_resume_config,
+    record_accepted_changes,
+)
 from holder_nemo.nemo_rl.stop import StopRequest
 from holder_nemo.reference import checkpoint as ckpt
 from holder_nemo.reference.config import ReferenceConfig, validate_reference_config
@@ -48,6 +55,8 @@ from holder_nemo.reference.rollout import (
 
 EXIT_COMPLETED, EXIT_BAD_CONFIG, EXIT_STOPPED = 0, 2, 75
 COMPLETED_FILE = "COMPLETED"
+# Keys a resumed run may change freely (they do not change what is trained): logging, checkpoint cadence/retention.
+OPERATIONAL_KEYS = ("logger", "checkpointing.save_period", "checkpointing.keep_last_k")
 
 
 class ReferenceRecipe:
@@ -320,6 +329,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog="Exit codes: 0 complete, 75 checkpointed on request (rerun to resume), 2 bad recipe/arguments.",
     )
     parser.add_argument("args", nargs="*", help="[RECIPE.yaml] then Hydra-style overrides, e.g. grpo.max_num_steps=6")
+    parser.add_argument(
+        ACCEPT_FLAG,
+        action="store_true",
+        help="resume although the recipe differs from the one the run's checkpoints were made with (recorded in "
+        f"RUN_DIR/{CHANGE_LOG})",
+    )
     ns = parser.parse_args(argv)
     recipe = None
     if ns.args and ns.args[0].endswith((".yaml", ".yml")) and "=" not in ns.args[0]:
@@ -337,6 +352,32 @@ def load_config(recipe: str | Path, overrides: list[str]) -> tuple[ReferenceConf
     return validate_reference_config(raw), OmegaConf.to_yaml(raw)
 
 
+def _resolved(yaml_text: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from holder_nemo.config.loading import register_resolvers
+
+    register_resolvers()
+    return OmegaConf.to_container(OmegaConf.create(yaml_text), resolve=True)  # type: ignore[return-value]
+
+
+def check_resume(run_dir: Path, resolved_yaml: str, *, accept: bool) -> None:
+    """Refuse to resume the newest checkpoint with a recipe that differs from the one stored in it (a finished run
+    included), unless ``accept``; an accepted change is recorded and reopens a finished run."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        return
+    stored = _resolved((latest / ckpt.CONFIG_FILE).read_text())
+    changes = check_resume_config(
+        stored, _resolved(resolved_yaml), operational=OPERATIONAL_KEYS, accept=accept, where=str(latest)
+    )
+    if changes:
+        for change in changes:
+            print(f"holderpo train: accepted config change {change}", file=sys.stderr)
+        record_accepted_changes(run_dir, changes, latest.name)
+        (run_dir / COMPLETED_FILE).unlink(missing_ok=True)
+
+
 def main(argv: list[str]) -> int:
     ns = parse_args(argv)
     try:
@@ -345,6 +386,11 @@ def main(argv: list[str]) -> int:
         print(f"holderpo train: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     run_dir = Path(cfg.checkpointing.checkpoint_dir)
+    try:
+        check_resume(run_dir, resolved_yaml, accept=ns.accept_config_change)
+    except ResumeConfigError as exc:
+        print(f"holderpo train: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     if (run_dir / COMPLETED_FILE).exists():
         print(f"holderpo train: {run_dir} is already complete ({COMPLETED_FILE} exists); nothing to do")
         return EXIT_COMPLETED

@@ -139,15 +139,27 @@ def test_unsupported_features_name_their_keys():
     assert run_grpo.unsupported_features({"grpo": {}, "data_plane": None}) == []
 
 
-def test_version_check(monkeypatch):
+@pytest.mark.parametrize(
+    "version", ["0.7.0", "0.7.1", "0.7.0+7ea279ab", "0.7.2rc1", "0.7.0rc0+abc1234", "0.7.3.dev4+g81aa43d", "v0.7.1"]
+)
+def test_version_gate_accepts_every_0_7_build(monkeypatch, version):
     fake = types.ModuleType("nemo_rl")
-    fake.__version__ = "0.5.0"
+    fake.__version__ = version
     monkeypatch.setitem(sys.modules, "nemo_rl", fake)
-    with pytest.raises(run_grpo.NemoRLUnavailable, match=r"0\.5\.0 is not supported.*0\.7\.x"):
+    assert run_grpo.check_nemo_rl(env={}) == version
+
+
+@pytest.mark.parametrize("version", ["0.5.0", "0.6.0+abc", "0.70.0", "1.7.0", "0.8.0rc1", "unknown", "7"])
+def test_version_gate_refuses_others_with_the_reason_and_the_override(monkeypatch, version):
+    fake = types.ModuleType("nemo_rl")
+    fake.__version__ = version
+    monkeypatch.setitem(sys.modules, "nemo_rl", fake)
+    with pytest.raises(run_grpo.NemoRLUnavailable) as info:
         run_grpo.check_nemo_rl(env={})
-    assert run_grpo.check_nemo_rl(env={run_grpo.ALLOW_ANY_VERSION_ENV: "1"}) == "0.5.0"
-    fake.__version__ = "0.7.0"
-    assert run_grpo.check_nemo_rl(env={}) == "0.7.0"
+    message = str(info.value)
+    assert repr(version) in message and "0.7.x" in message and run_grpo.ALLOW_ANY_VERSION_ENV in message
+    assert "loss-function contract" in message
+    assert run_grpo.check_nemo_rl(env={run_grpo.ALLOW_ANY_VERSION_ENV: "1"}) == version
 
 
 def test_entry_point_refuses_without_nemo_rl(tmp_path):

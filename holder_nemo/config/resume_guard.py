@@ -1,0 +1,119 @@
+"""Resume never silently changes the run: compare the recipe a restart is given with the one the run was started with.
+
+A restarted job (a Slurm requeue, a user rerunning the command) resumes from the newest checkpoint of its run
+directory. If the recipe or the overrides changed in between (the p schedule, the number of steps, the optimizer,
+the batch, the model, the loss, the parallel layout, the data), the resumed run would quietly become a different
+run than the one its checkpoints and logs describe. ``check_resume_config`` compares the resolved recipe with the
+stored one key by key and refuses any difference outside a short list of operational keys (logging, checkpoint
+retention and cadence, worker counts), printing each key with both values, unless the user accepts the change
+explicitly (``--accept-config-change``); an accepted change is recorded in the run directory's change log.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ACCEPT_FLAG = "--accept-config-change"
+CHANGE_LOG = "holderpo_config_changes.jsonl"
+_ABSENT = "<absent>"
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """One differing key: dotted ``key``, the ``stored`` value (the run's) and the ``current`` one (this launch's)."""
+
+    key: str
+    stored: Any
+    current: Any
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.stored!r} (stored) -> {self.current!r} (now)"
+
+
+class ResumeConfigError(ValueError):
+    """The recipe differs from the run's stored one in keys that change the run; the message lists them."""
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of nested mappings (lists and scalars are leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _is_operational(key: str, patterns: Iterable[str]) -> bool:
+    """``key`` matches a pattern (``fnmatch``, ``*`` = one key component) or lies under one."""
+    parts = key.split(".")
+    for pattern in patterns:
+        depth = pattern.count(".") + 1
+        if len(parts) >= depth and fnmatch.fnmatchcase(".".join(parts[:depth]), pattern):
+            return True
+    return False
+
+
+def config_changes(
+    stored: Mapping[str, Any], current: Mapping[str, Any], operational: Iterable[str] = ()
+) -> list[ConfigChange]:
+    """Keys whose values differ between ``stored`` and ``current`` (absent on one side counts), sorted, except the
+    ``operational`` ones."""
+    operational = tuple(operational)
+    old, new = flatten(stored), flatten(current)
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if before != after and not _is_operational(key, operational):
+            changes.append(ConfigChange(key, before, after))
+    return changes
+
+
+def check_resume_config(
+    stored: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    operational: Iterable[str],
+    accept: bool,
+    where: str,
+) -> list[ConfigChange]:
+    """The run-changing differences between the stored and the current recipe.
+
+    Raises ``ResumeConfigError`` (listing every key with both values and how to proceed) when there are any and
+    ``accept`` is false; returns them (possibly empty) otherwise. ``where`` names the stored recipe in messages.
+    """
+    changes = config_changes(stored, current, operational)
+    if changes and not accept:
+        lines = "\n  ".join(str(c) for c in changes)
+        raise ResumeConfigError(
+            f"the recipe differs from the one this run was started with ({where}) in {len(changes)} key(s) that "
+            f"change the run:\n  {lines}\nResuming would silently turn it into a different run. Restore the "
+            f"original values, use a new checkpoint directory, or pass {ACCEPT_FLAG} to resume with the new values "
+            "(the change is recorded in the run directory)."
+        )
+    return changes
+
+
+def record_accepted_changes(run_dir: Path, changes: list[ConfigChange], resumed_from: str) -> None:
+    """Append accepted changes to ``run_dir/holderpo_config_changes.jsonl`` (one JSON object per launch)."""
+    if not changes:
+        return
+    entry = {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "resumed_from": resumed_from,
+        "changes": [{"key": c.key, "stored": c.stored, "current": c.current} for c in changes],
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / CHANGE_LOG).open("a") as f:
+        f.write(json.dumps(entry, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
