@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import NEEDS_TRL
+from trl_helpers import NEEDS_TRL, TRL_MODULE
 
-pytest.importorskip("trl", reason=NEEDS_TRL)
+pytest.importorskip(TRL_MODULE, reason=NEEDS_TRL)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trl.md"
 

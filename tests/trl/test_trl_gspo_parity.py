@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import NEEDS_TRL, base_args, even_digit_reward, prompts_dataset
+from trl_helpers import NEEDS_TRL, TRL_MODULE, base_args, even_digit_reward, prompts_dataset
 
-pytest.importorskip("trl", reason=NEEDS_TRL)
+pytest.importorskip(TRL_MODULE, reason=NEEDS_TRL)
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
