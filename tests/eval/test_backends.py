@@ -47,9 +47,10 @@ def test_budget_is_per_prompt_within_a_batch(tiny_model_dir: Path) -> None:
 
 
 def test_vllm_backend_call_shape(monkeypatch, tiny_model_dir: Path) -> None:
-    """Test double: vLLM cannot run on CPU, so a stub `vllm` module records how VLLMBackend calls the documented API
-    (LLM(...), SamplingParams(...) per prompt, token-id prompts, RequestOutput.outputs[k].text/token_ids/finish_reason).
-    The real run needs a GPU and the NeMo RL container."""
+    """Test double for the CUDA path (no GPU here): a stub `vllm` module on a CUDA platform records how VLLMBackend
+    calls the documented API (LLM(...), SamplingParams(...) per prompt, token-id prompts,
+    RequestOutput.outputs[k].text/token_ids/finish_reason): exactly the arguments of the NGC image's CUDA vLLM.
+    The real engine runs in test_vllm_backend.py, on vLLM's CPU build."""
     import sys
     import types
 
@@ -75,6 +76,8 @@ def test_vllm_backend_call_shape(monkeypatch, tiny_model_dir: Path) -> None:
             return [SimpleNamespace(outputs=[done, cut]) for _ in prompts]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    cuda = types.SimpleNamespace(current_platform=types.SimpleNamespace(is_cpu=lambda: False))
+    monkeypatch.setitem(sys.modules, "vllm.platforms", cuda)
     monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
     from holder_nemo.eval.backends import VLLMBackend
 
@@ -104,4 +107,32 @@ def test_vllm_backend_call_shape(monkeypatch, tiny_model_dir: Path) -> None:
     assert [(g.text, g.finish_reason, g.num_tokens) for g in out[0]] == [
         ("\\boxed{7}", "stop", 10),
         ("\\bo", "length", 3),
+    ]
+
+
+def test_vllm_backend_on_the_cpu_build_runs_eager_in_float32(monkeypatch) -> None:
+    """On vLLM's CPU build the backend adds enforce_eager and maps dtype "auto" to float32 (as the HF backend on
+    CPU); an explicit dtype is kept."""
+    import sys
+    import types
+
+    calls: list[dict] = []
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls.append(kwargs)
+
+        def get_tokenizer(self):
+            return None
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM))
+    cpu = types.SimpleNamespace(current_platform=types.SimpleNamespace(is_cpu=lambda: True))
+    monkeypatch.setitem(sys.modules, "vllm.platforms", cpu)
+    from holder_nemo.eval.backends import VLLMBackend
+
+    VLLMBackend("m", "t", gpu_memory_utilization=0.1)
+    VLLMBackend("m", "t", dtype="bfloat16", gpu_memory_utilization=0.1)
+    assert [(c["dtype"], c["enforce_eager"], c["gpu_memory_utilization"]) for c in calls] == [
+        ("float32", True, 0.1),
+        ("bfloat16", True, 0.1),
     ]

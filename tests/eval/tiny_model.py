@@ -44,15 +44,15 @@ def build_tiny_model(dst: Path, completion: str) -> Path:
         raise ValueError("completion must have distinct characters and no newline (one successor per character)")
     tokenizer = build_tokenizer()
     vocab_size = len(tokenizer)
-    hidden = 272
+    hidden = 320  # >= vocab (one-hot residual stream); 5 heads of 64: vLLM's CPU attention needs a standard head_dim
     assert vocab_size <= hidden
     config = Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=64,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=5,
+        num_key_value_heads=1,
         max_position_embeddings=8192,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
