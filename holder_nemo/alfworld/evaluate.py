@@ -2,10 +2,20 @@
 
 ``python -m holder_nemo.alfworld eval`` / ``holderpo eval-alfworld`` (this module's ``main(argv)``)::
 
-    python -m holder_nemo.alfworld eval --data-root $ALFWORLD_DATA/json_2.1.1 --split valid_unseen --model PATH
-    python -m holder_nemo.alfworld eval --data-root DIR --policy expert   # planner: checks the games are winnable
+    holderpo eval-alfworld --data-root $ALFWORLD_DATA/json_2.1.1 --model CHECKPOINT            # the paper's protocol
+    holderpo eval-alfworld --data-root DIR --model CHECKPOINT --protocol all-games --split valid_unseen
+    holderpo eval-alfworld --data-root DIR --policy expert   # the planner: checks the games are winnable
 
-"Avg." is the overall success rate over all games (as in the paper), not the mean of the six columns.
+Protocols. ``paper`` (default): Table 3 is verl-agent's in-training validation, 128 episodes on ``valid_seen``
+games drawn by its seeded validation environments (``rollout.validation_games``, seed 1000 = ``env.seed`` + 1000,
+round 0 = the first validation), sampled at temperature 0.4, top-p 1. ``all-games``: one episode per game of the
+split (``valid_unseen``: 134 games), the usual ALFWorld benchmark. "Avg." is the overall success rate over the
+episodes (as in the paper), not the mean of the six columns.
+
+Model: a Hugging Face directory or hub id, or a NeMo RL checkpoint ``step_N`` directory, converted the way
+``holderpo eval`` converts it (``holder_nemo.eval.model_source``). It runs in bfloat16 on a GPU when there is one
+(``--device``, ``--dtype``), with every sampling setting explicit (``rollout.hf_sampling_config``: nothing is taken
+from the checkpoint's ``generation_config.json``, such as an instruct model's repetition penalty).
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from holder_nemo.alfworld.data import task_type_of
 from holder_nemo.alfworld.env import AlfworldEpisode
 from holder_nemo.alfworld.layout import Episode, StepRecord
 from holder_nemo.alfworld.protocol import ProtocolConfig
-from holder_nemo.alfworld.rollout import Policy, run_episodes
+from holder_nemo.alfworld.rollout import Policy, run_episodes, validation_games
 
 # Paper Table 3 columns, in order: (column, ALFWorld task type).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -70,8 +80,8 @@ def format_table(rows: dict[str, dict], *, with_paper: bool = True) -> str:
     header = "| Training Objectives | " + " | ".join(c for c, _ in COLUMNS) + " | Avg. |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
 
-    def cell(x: float) -> str:
-        return "n/a" if math.isnan(x) else f"{x:.1f}"
+    def cell(x: float | None) -> str:
+        return "n/a" if x is None or math.isnan(x) else f"{x:.1f}"
 
     if with_paper:
         for label, values in PAPER_ROWS.items():
@@ -80,8 +90,10 @@ def format_table(rows: dict[str, dict], *, with_paper: bool = True) -> str:
         values = [summary["per_task"][c]["success"] for c, _ in COLUMNS] + [summary["overall"]["success"]]
         lines.append(f"| {label} | " + " | ".join(cell(v) for v in values) + " |")
     for label, summary in rows.items():
-        counts = ", ".join(f"{c} {summary['per_task'][c]['total']}" for c, _ in COLUMNS)
-        lines.append(f"\n{label}: games per column {counts}; {summary['overall']['total']} overall.")
+        cells = summary["per_task"]
+        counts = ", ".join(f"{c} {cells[c]['won']}/{cells[c]['total']}" for c, _ in COLUMNS)
+        overall = summary["overall"]
+        lines.append(f"\n{label}: won / episodes per column: {counts}; {overall['won']}/{overall['total']} overall.")
     return "\n".join(lines)
 
 
@@ -115,23 +127,44 @@ def evaluate_policy(
     return episodes
 
 
-def _nan_to_none(value):
+def nan_to_none(value):
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+PROTOCOLS = ("paper", "all-games")
+DEFAULT_SPLIT = {"paper": "valid_seen", "all-games": "valid_unseen"}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="holderpo eval-alfworld", description=__doc__.split("\n")[0])
     p.add_argument("--data-root", required=True, help="a json_2.1.1 directory (train/valid_seen/valid_unseen)")
-    p.add_argument("--split", default="valid_unseen", help="valid_unseen (default), valid_seen or train")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="paper",
+        help="paper: --episodes episodes drawn from valid_seen as verl-agent's validation draws them (default); "
+        "all-games: one episode per game of the split",
+    )
+    p.add_argument("--split", help="default: valid_seen (paper), valid_unseen (all-games); or train")
+    p.add_argument("--episodes", type=int, default=128, help="paper protocol: episodes (verl-agent val_data_size)")
+    p.add_argument("--seed", type=int, default=1000, help="paper protocol: seed of episode 0 (env.seed 0 + 1000)")
+    p.add_argument("--round", type=int, default=0, help="paper protocol: which validation's draw (0 = the first)")
+    p.add_argument("--limit", type=int, default=0, help="all-games protocol: only the first N games (0 = all)")
     p.add_argument("--policy", choices=("model", "expert"), default="model")
-    p.add_argument("--model", help="HF model path or id (policy=model)")
+    p.add_argument("--model", help="HF model dir or hub id, or a NeMo RL checkpoint step_N dir (policy=model)")
+    p.add_argument("--base-model", help="base model of a NeMo RL checkpoint (default: its config.yaml)")
+    p.add_argument("--hf-export-dir", type=Path, help="where a NeMo RL checkpoint is converted (default <step>/hf)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                   help="auto: bfloat16 on a GPU (as verl-agent's vLLM), float32 on CPU")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=512, help="verl-agent max_response_length 512")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longer prompts are an error (verl-agent)")
     p.add_argument("--temperature", type=float, default=0.4, help="verl-agent val_kwargs.temperature 0.4")
+    p.add_argument("--top-p", type=float, default=1.0, help="verl-agent val_kwargs.top_p 1.0")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N games (0 = all)")
-    p.add_argument("--batch-games", type=int, default=64)
+    p.add_argument("--batch-games", type=int, default=64, help="episodes played in lock-step per generate batch")
     p.add_argument("--max-steps", type=int, default=50)
     p.add_argument("--history-length", type=int, default=2)
     p.add_argument("--label", default="this run")
@@ -139,38 +172,84 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+def load_model(args: argparse.Namespace):
+    """(model, tokenizer, description) for ``--model``: NeMo RL checkpoints converted as ``holderpo eval`` does,
+    placed on ``--device`` in ``--dtype``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from holder_nemo.eval.model_source import resolve_model
+
+    resolved = resolve_model(args.model, hf_export_dir=args.hf_export_dir, base_model=args.base_model)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(resolved.model, dtype=getattr(torch, dtype_name))
+    model = model.to(device).eval()
+    description = {**resolved.__dict__, "device": device, "dtype": dtype_name}
+    return model, tokenizer, description
+
+
+def select_games(args: argparse.Namespace, split: str) -> list[str]:
     from holder_nemo.alfworld.data import list_games
 
-    config = ProtocolConfig(max_steps=args.max_steps, history_length=args.history_length)
-    games = list_games(args.data_root, args.split)
-    if args.limit > 0:
-        games = games[: args.limit]
+    games = list_games(args.data_root, split)
     if not games:
-        print(f"no games found under {args.data_root} for split {args.split}", file=sys.stderr)
+        return []
+    if args.protocol == "paper":
+        return validation_games(games, args.episodes, args.seed, args.round)
+    return games[: args.limit] if args.limit > 0 else games
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    split = args.split or DEFAULT_SPLIT[args.protocol]
+    for name in ("episodes", "batch_games", "max_new_tokens", "max_prompt_tokens"):
+        if getattr(args, name) < 1:
+            print(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    config = ProtocolConfig(max_steps=args.max_steps, history_length=args.history_length)
+    games = select_games(args, split)
+    if not games:
+        print(f"no games found under {args.data_root} for split {split}", file=sys.stderr)
         return 1
+    settings: dict = {"protocol": args.protocol, "split": split, "episodes": len(games)}
+    if args.protocol == "paper":
+        settings.update(seed=args.seed, round=args.round)
     if args.policy == "expert":
         episodes = [play_expert(g, config) for g in games]
+        settings["policy"] = "expert"
     else:
         if not args.model:
             print("--model is required with --policy model", file=sys.stderr)
             return 2
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from holder_nemo.alfworld.rollout import hf_policy
+        from holder_nemo.eval.model_source import ModelSourceError
 
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-        policy = hf_policy(
-            model, tokenizer, max_new_tokens=args.max_new_tokens, temperature=args.temperature, greedy=args.greedy
-        )
+        try:
+            model, tokenizer, described = load_model(args)
+            policy = hf_policy(
+                model,
+                tokenizer,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                greedy=args.greedy,
+                max_prompt_tokens=args.max_prompt_tokens,
+            )
+        except (ModelSourceError, ValueError) as exc:
+            print(f"holderpo eval-alfworld: {exc}", file=sys.stderr)
+            return 2
+        sampling = {"temperature": None if args.greedy else args.temperature, "top_p": args.top_p}
+        sampling.update(greedy=args.greedy, top_k=None, repetition_penalty=1.0, max_new_tokens=args.max_new_tokens)
+        settings.update(policy="model", model=described, sampling=sampling)
         episodes = evaluate_policy(policy, games, config=config, batch_games=args.batch_games)
     summary = summarize(episodes)
-    print(format_table({f"{args.label} ({args.split})": summary}))
+    print(format_table({f"{args.label} ({split}, {args.protocol})": summary}))
     if args.output:
-        # strict JSON: a column without games has success null, not NaN
-        Path(args.output).write_text(json.dumps(_nan_to_none(summary), indent=2, allow_nan=False))
+        # strict JSON: a column without episodes has success null, not NaN
+        payload = {**summary, "settings": settings, "games": list(games)}
+        Path(args.output).write_text(json.dumps(nan_to_none(payload), indent=2, allow_nan=False))
     return 0
 
 

@@ -158,6 +158,27 @@ class TokenizedBatch:
     generation_logprobs: torch.Tensor | None = None
 
 
+class PromptTooLong(ValueError):
+    """A protocol prompt is longer than the prompt budget (verl-agent ``data.truncation='error'`` raises too)."""
+
+
+def check_prompt_lengths(prompt_token_counts: Sequence[int], max_prompt_tokens: int | None) -> None:
+    """Raise :class:`PromptTooLong` if any prompt exceeds ``max_prompt_tokens`` (None: no limit).
+
+    The paper's run (verl-agent, ``data.max_prompt_length=2048``, ``data.truncation='error'``) stops on such a prompt
+    rather than cutting it, so neither does this: a cut prompt would differ between generation and training."""
+    if max_prompt_tokens is None:
+        return
+    too_long = [(i, n) for i, n in enumerate(prompt_token_counts) if n > max_prompt_tokens]
+    if too_long:
+        index, count = too_long[0]
+        raise PromptTooLong(
+            f"{len(too_long)} prompt(s) longer than data.max_input_seq_length = {max_prompt_tokens} tokens "
+            f"(first: prompt {index}, {count} tokens); raise data.max_input_seq_length and "
+            "policy.max_total_sequence_length (the paper's run stops here too: verl-agent truncation='error')"
+        )
+
+
 def render_chat_prompt(tokenizer, prompt: str) -> str:
     """The prompt text the policy is conditioned on: one user message through the chat template (verl-agent)."""
     return tokenizer.apply_chat_template(
@@ -172,9 +193,10 @@ def tokenize_step_samples(
     max_prompt_tokens: int = 2048,
     max_response_tokens: int = 512,
 ) -> TokenizedBatch:
-    """Tokenise rows: chat-templated prompt (left-truncated to ``max_prompt_tokens``, verl-agent ``truncation=left``)
-    + response token ids (the generator's ids when kept, else the re-tokenised text), truncated to
-    ``max_response_tokens``."""
+    """Tokenise rows: chat-templated prompt + response token ids (the generator's ids when kept, else the
+    re-tokenised text), truncated to ``max_response_tokens``. A prompt longer than ``max_prompt_tokens`` is an error
+    (:class:`PromptTooLong`), as in the paper's run (verl-agent ``data.truncation='error'``)."""
+
     if not samples:
         raise ValueError("samples: empty")
     if max_prompt_tokens < 1 or max_response_tokens < 1:
@@ -185,7 +207,7 @@ def tokenize_step_samples(
     gen_lps: list[list[float] | None] = []
     for s in samples:
         prompt_ids = tokenizer(render_chat_prompt(tokenizer, s.prompt), add_special_tokens=False)["input_ids"]
-        prompt_ids = prompt_ids[-max_prompt_tokens:]
+        check_prompt_lengths([len(prompt_ids)], max_prompt_tokens)
         response_ids = (
             list(s.response_token_ids)
             if s.response_token_ids is not None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from holder_nemo.alfworld.env import AlfworldEpisode
-from holder_nemo.alfworld.layout import Episode, StepRecord
+from holder_nemo.alfworld.layout import Episode, StepRecord, check_prompt_lengths
 from holder_nemo.alfworld.protocol import ProtocolConfig
 
 
@@ -41,6 +41,38 @@ def sample_games(game_files: Sequence[str | Path], num_games: int, seed: int) ->
     if num_games <= len(files):
         return rng.sample(files, num_games)
     return [rng.choice(files) for _ in range(num_games)]
+
+
+def validation_games(game_files: Sequence[str | Path], num_episodes: int, seed: int, round_index: int = 0) -> list[str]:
+    """The games of ``num_episodes`` validation episodes, drawn the way verl-agent's validation environments draw them.
+
+    verl-agent builds ``val_data_size`` (128) environments, environment i seeded ``env.seed + 1000 + i``; each one's
+    TextWorld gym env shuffles the split's games with ``numpy.random.RandomState(its seed)`` and plays them in that
+    order, one per validation, reshuffling with the same generator after each full pass (``shuffled_cycle``). So
+    episode i of validation round r plays element r of environment i's cycle: draws are independent across
+    episodes (a game can appear twice in one validation, another not at all) and differ from round to round.
+    ``seed`` is environment 0's seed (verl-agent: ``env.seed`` 0 + 1000); the games are sorted first (TextWorld
+    keeps the directory-walk order, which depends on the file system).
+    """
+    import numpy as np
+
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    if round_index < 0:
+        raise ValueError(f"round_index must be >= 0, got {round_index}")
+    files = sorted(str(f) for f in game_files)
+    if not files:
+        raise ValueError("game_files: empty")
+    passes, position = divmod(round_index, len(files))
+    games = []
+    for episode in range(num_episodes):
+        rng = np.random.RandomState(seed + episode)
+        order = list(files)
+        rng.shuffle(order)
+        for _ in range(passes):
+            rng.shuffle(order)
+        games.append(order[position])
+    return games
 
 
 def run_episodes(
@@ -97,19 +129,61 @@ def run_episodes(
     return episodes
 
 
-def hf_policy(model, tokenizer, *, max_new_tokens: int = 512, temperature: float = 1.0, greedy: bool = False) -> Policy:
-    """A policy backed by a Hugging Face causal LM: chat template, left-padded batch ``generate``, token ids kept.
+def hf_sampling_config(
+    model, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float = 1.0, greedy: bool = False
+):
+    """A complete ``GenerationConfig``: every flag that shapes the distribution is set, as vLLM's ``SamplingParams``
+    would have it (top-k off, no min-p / typical-p, repetition penalty 1). Without this, ``generate`` fills unset
+    flags from the checkpoint's ``generation_config.json`` (Qwen2.5-Instruct: repetition_penalty 1.1, top_k 20,
+    top_p 0.8), which verl-agent's vLLM rollouts do not apply. Stops at the tokenizer's EOS and the checkpoint's."""
+    from transformers import GenerationConfig
 
-    For CPU smoke runs and small evaluations; production rollouts use NeMo RL's vLLM generation.
-    """
-    import torch
-
-    from holder_nemo.alfworld.layout import render_chat_prompt
+    from holder_nemo.eval.backends import stop_token_ids
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not greedy and not temperature > 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0, "min_p": 0.0, "typical_p": 1.0}
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        **(sampling if not greedy else {}),
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_new_tokens=0,
+        num_beams=1,
+        eos_token_id=stop_token_ids(tokenizer, getattr(model, "generation_config", None)),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+
+
+def hf_policy(
+    model,
+    tokenizer,
+    *,
+    max_new_tokens: int = 512,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    max_prompt_tokens: int | None = None,
+) -> Policy:
+    """A policy backed by a Hugging Face causal LM: chat template, left-padded batch ``generate`` on the model's
+    device, every sampling setting explicit (``hf_sampling_config``), token ids kept (cut after the first stop
+    token, which is kept: the policy learns to stop). Prompts over ``max_prompt_tokens`` raise ``PromptTooLong``.
+
+    For CPU smoke runs and ``holderpo eval-alfworld``; training rollouts use NeMo RL's vLLM generation.
+    """
+    import torch
+
+    from holder_nemo.alfworld.layout import render_chat_prompt
+
+    config = hf_sampling_config(
+        model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy
+    )
+    stops = set(config.eos_token_id)
 
     def generate(prompts: list[str]) -> list[Generation]:
         texts = [render_chat_prompt(tokenizer, p) for p in prompts]
@@ -119,34 +193,30 @@ def hf_policy(model, tokenizer, *, max_new_tokens: int = 512, temperature: float
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         finally:
             tokenizer.padding_side = side
+        check_prompt_lengths(enc["attention_mask"].sum(-1).tolist(), max_prompt_tokens)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.no_grad():
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=not greedy,
-                temperature=temperature if not greedy else None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+            out = model.generate(**enc, generation_config=config)
         new = out[:, enc["input_ids"].shape[1] :]
         gens = []
-        eos = tokenizer.eos_token_id
         for row in new.tolist():
-            if eos is not None and eos in row:
-                row = row[: row.index(eos) + 1]  # keep EOS: the policy learns to stop
+            cut = next((j for j, t in enumerate(row) if t in stops), None)
+            if cut is not None:
+                row = row[: cut + 1]
             gens.append(Generation(text=tokenizer.decode(row, skip_special_tokens=True), token_ids=row))
         return gens
 
     return generate
 
 
-def nemo_rl_policy(policy_generation, tokenizer, *, greedy: bool = False) -> Policy:
+def nemo_rl_policy(
+    policy_generation, tokenizer, *, greedy: bool = False, max_prompt_tokens: int | None = None
+) -> Policy:
     """A policy backed by NeMo RL's ``GenerationInterface`` (vLLM in production): per call, the chat-templated
     prompts go to ``policy_generation.generate`` as right-padded ``input_ids`` + ``input_lengths`` (the layout
     NeMo RL's rollouts use); each reply keeps its token ids and the generator's log-probs, so per-step rows train on
     exactly the sampled tokens and ``generation_logprobs`` is filled. Stop strings: none (EOS ends a reply, as in
-    verl-agent)."""
+    verl-agent). Prompts over ``max_prompt_tokens`` raise ``PromptTooLong`` before anything is generated."""
     import torch
 
     from holder_nemo.alfworld.layout import render_chat_prompt
@@ -158,6 +228,7 @@ def nemo_rl_policy(policy_generation, tokenizer, *, greedy: bool = False) -> Pol
 
     def generate(prompts: list[str]) -> list[Generation]:
         ids = [tokenizer(render_chat_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+        check_prompt_lengths([len(x) for x in ids], max_prompt_tokens)
         lengths = torch.tensor([len(x) for x in ids])
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(ids), int(lengths.max())), pad, dtype=torch.int64)

@@ -35,10 +35,15 @@ def first_field(row: Mapping[str, Any], paths: Iterable[str]) -> tuple[str, Any]
     return "", None
 
 
-def normalize_answer(value: Any) -> str:
-    """Reference answer as a string: first element of a list, integral floats without ``.0``, no ``$...$``."""
+def normalize_answer(value: Any) -> str | list[str]:
+    """Reference answer as a string (integral floats without ``.0``, no enclosing ``$...$``); a list of several
+    accepted answers stays a list of such strings (a response matching any of them is correct), a one-element list
+    becomes its element."""
     if isinstance(value, list | tuple):
-        value = value[0] if value else ""
+        answers = [a for a in (normalize_answer(v) for v in value) if a]
+        if len(answers) > 1:
+            return answers  # type: ignore[return-value]
+        value = answers[0] if answers else ""
     if isinstance(value, bool):
         raise DataError(f"answer must be text or a number, got bool {value!r}")
     if isinstance(value, float):
@@ -50,7 +55,7 @@ def normalize_answer(value: Any) -> str:
     return match.group(1).strip() if match else text
 
 
-def normalize_rows(rows: Iterable[Mapping[str, Any]], spec: DatasetSpec) -> tuple[list[dict[str, str]], int]:
+def normalize_rows(rows: Iterable[Mapping[str, Any]], spec: DatasetSpec) -> tuple[list[dict[str, Any]], int]:
     """Normalised rows in upstream order and the number of rows whose answer is empty.
 
     A missing/empty problem is always an error (row index and fields named); an empty answer is an error for

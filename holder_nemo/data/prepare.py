@@ -1,7 +1,9 @@
-"""Download (or read a local export of) one dataset, normalise it, check its row count, write JSONL atomically.
+"""Download (or read a local copy of) one dataset, check its rows, write JSONL atomically.
 
-Outputs in OUT_DIR: ``<name>.jsonl`` (one ``{"problem", "answer"}`` object per line, upstream order) and
-``manifest.json`` (per dataset: source, split, requested revision, downloaded commit when known, rows, sha256).
+Two kinds of source: the authors' evaluation suite (``prepare_suite``: rows kept exactly as stored, see
+``holder_nemo.data.suite``) and Hugging Face datasets (``prepare``: normalised to ``{"problem", "answer"}``).
+Outputs in OUT_DIR: ``<name>.jsonl`` (one object per line, upstream order) and ``manifest.json`` (per dataset:
+source, split, revision or commit, rows, sha256 of the output and, for the suite, of the Arrow file read).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from holder_nemo.data.normalize import DataError, normalize_rows
 from holder_nemo.data.sources import SPECS, DatasetSpec
+from holder_nemo.data.suite import SUITE, SUITE_COMMIT, SUITE_REPO, SUITE_URL, load_split
 
 MANIFEST = "manifest.json"
 
@@ -104,7 +107,7 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_jsonl(path: Path, rows: Iterable[Mapping[str, str]]) -> str:
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> str:
     """Write rows atomically; returns the file's sha256."""
     text = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
     _write_atomic(path, text)
@@ -159,6 +162,38 @@ def prepare(
         "split": spec.split,
         "revision": spec.revision,
         "commit": commit,
+    }
+    _update_manifest(out_dir, entry)
+    return entry
+
+
+def prepare_suite(
+    name: str, out_dir: str | Path, *, from_dir: str | Path | None = None, base_url: str = SUITE_URL
+) -> dict[str, Any]:
+    """Write benchmark ``name`` of the authors' evaluation suite to ``OUT_DIR/<name>.jsonl``, rows as stored.
+
+    Reads the Arrow file from ``from_dir`` (a copy of ``datasets/evaluation_suite``) or downloads it from the pinned
+    commit; returns the manifest entry. Raises DataError naming the benchmark on a wrong checksum or row count.
+    """
+    loaded = load_split(name, from_dir=from_dir, base_url=base_url)
+    out_dir = Path(out_dir)
+    path = out_dir / f"{name}.jsonl"
+    digest = write_jsonl(path, loaded["rows"])
+    entry = {
+        "name": name,
+        "role": "eval",
+        "file": path.name,
+        "rows": len(loaded["rows"]),
+        "expected_rows": SUITE[name].rows,
+        "empty_answers": 0,
+        "sha256": digest,
+        "source": loaded["source"],
+        "repo_id": SUITE_REPO,
+        "split": SUITE[name].split,
+        "revision": SUITE_COMMIT,
+        "commit": loaded["commit"],
+        "arrow_sha256": loaded["sha256"],
+        "rows_sha256": loaded["rows_sha256"],
     }
     _update_manifest(out_dir, entry)
     return entry

@@ -1,12 +1,18 @@
-"""Benchmark files: JSONL with one ``{"problem": str, "answer": str}`` object per line (``holderpo data prepare``)."""
+"""Benchmark files: JSONL with one ``{"problem": str, "answer": ...}`` object per line (``holderpo data prepare``).
+
+``answer`` is text, a number (AMC in the authors' suite: ``142.0``) or a list of accepted answers (Minerva,
+OlympiadBench); other keys (``difficulty``) are ignored.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from holder_nemo.eval.config import BENCHMARKS
+from holder_nemo.eval.grading import gold_list
 
 
 class BenchmarkError(ValueError):
@@ -15,11 +21,12 @@ class BenchmarkError(ValueError):
 
 @dataclass(frozen=True)
 class Problem:
-    """One evaluation question; ``index`` is its 0-based line number among the file's problems."""
+    """One evaluation question; ``index`` is its 0-based line number among the file's problems; ``answer`` as
+    stored (text, a number, or a list of accepted answers)."""
 
     index: int
     problem: str
-    answer: str
+    answer: Any
 
 
 def benchmark_path(data_dir: Path, name: str) -> Path:
@@ -49,7 +56,15 @@ def load_benchmark(data_dir: Path, name: str, limit: int | None = None) -> list[
             missing = [k for k in ("problem", "answer") if not isinstance(row, dict) or k not in row]
             if missing:
                 raise BenchmarkError(f"{path}:{line_no}: missing key(s) {missing}; each line needs problem and answer")
-            problems.append(Problem(len(problems), str(row["problem"]), str(row["answer"])))
+            answer = row["answer"]
+            try:
+                if not gold_list(answer):
+                    raise TypeError("an empty list")
+            except TypeError as exc:
+                raise BenchmarkError(
+                    f"{path}:{line_no}: answer must be text, a number or a list of them ({exc})"
+                ) from exc
+            problems.append(Problem(len(problems), str(row["problem"]), answer))
             if limit is not None and len(problems) >= limit:
                 break
     if not problems:

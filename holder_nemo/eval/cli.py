@@ -27,12 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="holderpo eval",
         description="Evaluate a model with the HölderPO paper's protocol (qwen_math prompt, greedy, 4096 new "
-        "tokens, Pass@1; math-verify on the last \\boxed{}). Writes results.md, results.json, generations.jsonl.",
+        "tokens, Pass@1; the authors' grader on the last \\boxed{}). Writes results.md, results.json, "
+        "generations.jsonl.",
     )
     parser.add_argument("model", help="Hugging Face model dir (or hub id), or a NeMo RL checkpoint step_N dir")
     parser.add_argument("--benchmarks", type=_csv, help=f"comma-separated, from {','.join(BENCHMARKS)}")
     parser.add_argument("--backend", choices=["vllm", "hf"])
-    parser.add_argument("--data-dir", type=Path, help="directory of <benchmark>.jsonl (default data/eval)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="directory of <benchmark>.jsonl (default $HOLDERPO_DATA_DIR or ./data)"
+    )
     parser.add_argument("--output-dir", type=Path, help="default: <model>/eval")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="paper: Table 2 columns; qwen3: Tables 6-7")
     parser.add_argument("--config", type=Path, help="YAML file of EvalConfig fields")

@@ -36,5 +36,9 @@ def markdown_table(label: str, per_benchmark: dict[str, dict[str, Any]], average
     metric_note = "Pass@1" + (f"; † = {notes[0]}" if notes else "")
     truncated = sum(per_benchmark[b]["num_truncated"] for b in names)
     samples = sum(per_benchmark[b]["num_samples"] for b in names)
-    lines += ["", f"{metric_note}. {truncated} of {samples} generations hit the token limit (scored 0)."]
+    lines += [
+        "",
+        f"{metric_note}. {truncated} of {samples} generations hit the token limit (graded as they are, as in the "
+        "authors' evaluation).",
+    ]
     return "\n".join(lines) + "\n"

@@ -118,7 +118,7 @@ def evaluate_benchmark(
         correct = 0
         for sample_index, gen in enumerate(samples):
             truncated = gen.finish_reason != "stop"
-            score = score_response(gen.text, problem.answer, truncated=truncated)
+            score = score_response(gen.text, problem.answer)  # graded whatever the finish reason, as the authors
             correct += int(score.reward == 1.0)
             num_truncated += int(truncated)
             num_no_box += int(score.extracted is None)

@@ -155,7 +155,7 @@ def alfworld_layout(config: Any) -> str:
         return "per_episode"
     from holder_nemo.alfworld.nemo_rl_train import sample_layout
 
-    return sample_layout({"alfworld": extra})
+    return sample_layout(config)  # the whole recipe: per_step checks every setting its loop reads, before Ray
 
 
 def alfworld_game_datasets(config: Any) -> tuple[Any, Any]:

@@ -316,7 +316,13 @@ def check_batch(cfg: Mapping, layout: Layout | None, report: Report) -> None:
     if not all(type_matches(v, "int") and v >= 1 for v in (prompts, gens, gbs, mbs)):
         return
     rows = prompts * gens
-    if rows % gbs:
+    per_step = _get(cfg, "alfworld.sample_layout") == "per_step"
+    if per_step:
+        # ALFWorld per-step layout: one row per environment step, so a step has between prompts x gens and
+        # prompts x gens x max_rollout_turns rows, padded with masked rows to whole global batches (optimizer updates)
+        # by the loop; train_global_batch_size is the rows per update (verl-agent ppo_mini_batch_size 256).
+        check_alfworld_section(cfg, report)
+    elif rows % gbs:
         report.error(
             "policy.train_global_batch_size",
             f"({gbs}) must divide grpo.num_prompts_per_step x grpo.num_generations_per_prompt "
@@ -343,6 +349,17 @@ def check_batch(cfg: Mapping, layout: Layout | None, report: Report) -> None:
                 f"prompt ({prompt}) + policy.generation.max_new_tokens ({new}) > policy.max_total_sequence_length "
                 f"({seq}): long prompts get fewer new tokens than the cap",
             )
+
+
+def check_alfworld_section(cfg: Mapping, report: Report) -> None:
+    """The per-step ALFWorld loop's own checks (unknown ``alfworld`` keys, settings it would ignore, bad values)."""
+    from holder_nemo.alfworld.nemo_rl_train import sample_layout
+
+    try:
+        sample_layout(cfg)
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        report.error(field if message else "alfworld", message or str(exc))
 
 
 def check_grpo_setup(cfg: Mapping, report: Report) -> None:

@@ -66,7 +66,12 @@ def summarize(cfg: Mapping, layout: Layout | None) -> str:
         ]
     mbs = _get(cfg, "policy.train_micro_batch_size")
     batch = f"{prompts} prompts x {gens} = {rows} trajectories; global batch {gbs}, micro-batch {mbs}"
-    if rows and gbs:
+    if _get(cfg, "alfworld.sample_layout") == "per_step":  # ALFWorld: one row per environment step
+        batch = (
+            f"{prompts} games x {gens} episodes = {rows} episodes, one row per environment step; {gbs} rows per "
+            f"optimizer update, micro-batch {mbs}"
+        )
+    elif rows and gbs:
         batch += f"; {rows / gbs:g} optimizer updates per step"
     lines.append(("batch", batch))
     if rows and seq:

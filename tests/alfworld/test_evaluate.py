@@ -41,6 +41,8 @@ def test_expert_evaluation_cli_wins_every_offline_game(offline_root, tmp_path, c
             "eval",
             "--data-root",
             str(offline_root),
+            "--protocol",
+            "all-games",
             "--split",
             "valid_unseen",
             "--policy",
@@ -55,11 +57,12 @@ def test_expert_evaluation_cli_wins_every_offline_game(offline_root, tmp_path, c
     summary = json.loads(out.read_text())
     assert summary["overall"] == {"won": 6, "total": 6, "success": 100.0}
     assert all(summary["per_task"][col]["success"] == 100.0 for col, _ in COLUMNS)
-    rc = main(["eval", "--data-root", str(offline_root), "--policy", "expert", "--limit", "1", "--output", str(out)])
+    args = ["eval", "--data-root", str(offline_root), "--policy", "expert", "--protocol", "all-games"]
+    rc = main([*args, "--limit", "1", "--output", str(out)])
     assert rc == 0 and json.loads(out.read_text())["per_task"]["Heat"]["success"] is None  # strict JSON, no NaN
-    assert (
-        "| expert (valid_unseen) | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |" in capsys.readouterr().out
-    )
+    printed = capsys.readouterr().out
+    assert "| expert (valid_unseen, all-games) | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |" in printed
+    assert "won / episodes per column: Pick 1/1, Look 1/1, Clean 1/1, Heat 1/1, Cool 1/1, Pick Two 1/1; 6/6" in printed
 
 
 def test_policy_evaluation_counts_failures(offline_root):
@@ -79,3 +82,100 @@ def test_policy_evaluation_counts_failures(offline_root):
     assert summarize(episodes)["overall"] == {"won": 0, "total": 6, "success": 0.0}
     with pytest.raises(ValueError, match="batch_games"):
         evaluate_policy(looker, games, batch_games=0)
+
+
+def test_paper_protocol_draws_validation_episodes_from_valid_seen(offline_root, tmp_path, capsys):
+    """The default protocol: verl-agent's validation draw (seed 1000 + i, round 0) on valid_seen."""
+    from holder_nemo.alfworld.cli import main
+    from holder_nemo.alfworld.data import list_games, task_type_of
+    from holder_nemo.alfworld.rollout import validation_games
+
+    out = tmp_path / "paper.json"
+    assert (
+        main(["eval", "--data-root", str(offline_root), "--policy", "expert", "--episodes", "9", "--output", str(out)])
+        == 0
+    )
+    result = json.loads(out.read_text())
+    drawn = validation_games(list_games(offline_root, "valid_seen"), 9, 1000, 0)
+    assert result["games"] == drawn and all("/valid_seen/" in g for g in drawn)
+    assert result["settings"] == {"protocol": "paper", "split": "valid_seen", "episodes": 9, "seed": 1000, "round": 0,
+                                  "policy": "expert"}  # fmt: skip
+    assert result["overall"] == {"won": 9, "total": 9, "success": 100.0}
+    pick = sum(task_type_of(g) == "pick_and_place_simple" for g in drawn)
+    assert result["per_task"]["Pick"]["total"] == pick
+    assert "(valid_seen, paper)" in capsys.readouterr().out
+
+
+def _save_tiny_checkpoint(step_dir):
+    """A NeMo RL step directory whose weights are consolidated HF files (DTensor v2 ``save_consolidated``), and an
+    instruct-style generation_config.json (repetition penalty, top-k, top-p) that must not leak into sampling."""
+    import string
+
+    from alfworld_doubles import CHAT_TEMPLATE
+    from transformers import GenerationConfig
+
+    from holder_nemo.reference.model import build_char_tokenizer, build_tiny_qwen2
+
+    tokenizer = build_char_tokenizer(string.printable)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    model = build_tiny_qwen2(len(tokenizer), hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                             intermediate_size=32, max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)  # fmt: skip
+    model.generation_config = GenerationConfig(repetition_penalty=1.3, top_k=20, top_p=0.8, temperature=0.7,
+                                               do_sample=True, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    weights = step_dir / "policy" / "weights" / "model" / "consolidated"
+    model.save_pretrained(weights)
+    tokenizer.save_pretrained(step_dir / "policy" / "tokenizer")
+    (step_dir / "config.yaml").write_text("policy:\n  model_name: tiny\n")
+    return step_dir
+
+
+def test_model_evaluation_of_a_nemo_rl_checkpoint_in_bf16_with_explicit_sampling(offline_root, tmp_path, monkeypatch):
+    import torch
+    import transformers
+
+    from holder_nemo.alfworld.cli import main
+
+    step_dir = _save_tiny_checkpoint(tmp_path / "ckpt" / "step_3")
+    seen = []
+    real_generate = transformers.GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):  # records what reaches transformers' generate (the real one then runs)
+        seen.append((self.dtype, kwargs["generation_config"]))
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.GenerationMixin, "generate", spy)
+    out = tmp_path / "model.json"
+    args = ["eval", "--data-root", str(offline_root), "--model", str(step_dir), "--episodes", "2", "--max-steps", "1",
+            "--max-new-tokens", "4", "--device", "cpu", "--dtype", "bfloat16", "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    model = result["settings"]["model"]
+    assert (model["source"], model["step"], model["dtype"], model["device"]) == ("nemo_rl_consolidated", 3, "bfloat16",
+                                                                                 "cpu")  # fmt: skip
+    assert result["settings"]["sampling"] == {"temperature": 0.4, "top_p": 1.0, "greedy": False, "top_k": None,
+                                              "repetition_penalty": 1.0, "max_new_tokens": 4}  # fmt: skip
+    assert result["overall"]["total"] == 2 and seen
+    dtype, config = seen[0]
+    assert dtype == torch.bfloat16
+    assert (config.temperature, config.top_p, config.top_k, config.repetition_penalty) == (0.4, 1.0, 0, 1.0)
+    assert (config.do_sample, config.max_new_tokens, config.min_new_tokens) == (True, 4, 0)
+
+
+def test_model_errors_exit_2(offline_root, tmp_path, capsys):
+    from holder_nemo.alfworld.cli import main
+
+    assert main(["eval", "--data-root", str(offline_root), "--model", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "--data-root", str(offline_root), "--policy", "expert", "--episodes", "0"]) == 2
+
+
+def test_prompt_over_the_budget_stops_the_evaluation(offline_root, tmp_path):
+    from holder_nemo.alfworld.cli import main
+    from holder_nemo.alfworld.layout import PromptTooLong
+
+    step_dir = _save_tiny_checkpoint(tmp_path / "ckpt" / "step_1")
+    args = ["eval", "--data-root", str(offline_root), "--model", str(step_dir), "--episodes", "1", "--device", "cpu",
+            "--max-prompt-tokens", "100"]  # fmt: skip
+    with pytest.raises(PromptTooLong, match=r"longer than data\.max_input_seq_length = 100"):
+        main(args)

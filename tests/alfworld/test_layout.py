@@ -102,15 +102,28 @@ def test_tokenize_rows_masks_exactly_the_response_tokens():
     episodes[1].steps[0].prompt, episodes[1].steps[0].response = "a", "z z z z"
     samples = build_step_samples(episodes)
     tok = _WordTokenizer()
-    batch = tokenize_step_samples(samples, tok, max_prompt_tokens=4, max_response_tokens=3)
-    # row 0: "USER a b c ASSISTANT" left-truncated to 4 tokens + "x y"; row 1: "USER a ASSISTANT" + 3 of 4 "z"
-    assert batch.prompt_lengths.tolist() == [4, 3]
-    assert batch.lengths.tolist() == [6, 6]
-    assert batch.response_mask.tolist() == [[False] * 4 + [True] * 2, [False] * 3 + [True] * 3]
-    assert batch.input_ids[0, :4].tolist() == [tok.vocab[w] for w in ["a", "b", "c", "ASSISTANT"]]
+    batch = tokenize_step_samples(samples, tok, max_prompt_tokens=5, max_response_tokens=3)
+    # row 0: "USER a b c ASSISTANT" (5 tokens, the whole prompt) + "x y"; row 1: "USER a ASSISTANT" + 3 of 4 "z"
+    assert batch.prompt_lengths.tolist() == [5, 3]
+    assert batch.lengths.tolist() == [7, 6]
+    assert batch.response_mask.tolist() == [[False] * 5 + [True] * 2, [False] * 3 + [True] * 3 + [False]]
+    assert batch.input_ids[0, :5].tolist() == [tok.vocab[w] for w in ["USER", "a", "b", "c", "ASSISTANT"]]
     assert torch.allclose(batch.advantages, torch.tensor([s.advantage for s in samples]))
     assert math.isclose(batch.advantages[0].item(), -batch.advantages[1].item(), rel_tol=1e-6)
     # generator token ids win over re-tokenisation
     samples_ids = build_step_samples([_episode(0, 0, True, [True])])
     object.__setattr__(samples_ids[0], "response_token_ids", [7, 8])
     assert tokenize_step_samples(samples_ids, tok).input_ids[0, -2:].tolist() == [7, 8]
+
+
+def test_a_prompt_over_the_budget_is_an_error_not_cut():
+    """verl-agent runs with data.truncation='error': the paper's run stops on a long prompt rather than training on
+    a prompt vLLM never saw."""
+    from holder_nemo.alfworld.layout import PromptTooLong
+
+    episodes = [_episode(0, 0, True, [True])]
+    episodes[0].steps[0].prompt = "a b c"
+    samples = build_step_samples(episodes)
+    with pytest.raises(PromptTooLong, match=r"longer than data.max_input_seq_length = 4 tokens \(first: prompt 0, 5"):
+        tokenize_step_samples(samples, _WordTokenizer(), max_prompt_tokens=4)
+    assert issubclass(PromptTooLong, ValueError)

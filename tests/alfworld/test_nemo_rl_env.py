@@ -93,7 +93,7 @@ def test_ray_actor_implements_nemo_rl_environment_interface(game_by_task):
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=1, include_dashboard=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")  # its own cluster
     try:
         env = AlfworldEnvironment.remote({"max_steps": 50, "history_length": 2})
         game = str(game_by_task["look_at_obj_in_light"])

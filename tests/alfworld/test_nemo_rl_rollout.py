@@ -47,7 +47,7 @@ def test_nemo_rl_multi_turn_rollout_with_alfworld_environment(game_by_task):
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=1, include_dashboard=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")  # its own cluster
     try:
         # the observation closes the assistant turn and opens the next user turn in this tokenizer's chat format
         env = AlfworldEnvironment.remote(

@@ -50,13 +50,15 @@ def _config(checkpoint_dir):
             "grpo.num_generations_per_prompt=2",
             f"grpo.max_num_steps={STEPS}",  # also the schedule length: p(k) = 1 - 2k/3
             "grpo.max_rollout_turns=4",
-            "grpo.val_period=2",  # one episode per validation game after step 2
+            "grpo.val_period=2",  # validation after step 2: 4 episodes drawn from the two games
             "grpo.val_at_start=false",
             "grpo.val_at_end=false",
+            "grpo.max_val_samples=4",
+            f"logger.log_dir={checkpoint_dir}/../logs",
             "policy.train_global_batch_size=6",  # 16 rows per step -> padded to 18 = 3 global batches
             "policy.generation.max_new_tokens=64",
             "policy.make_sequence_length_divisible_by=8",
-            "data.max_input_seq_length=1024",
+            "data.max_input_seq_length=1536",  # char tokenizer: a prompt is ~1,250 tokens
             "checkpointing.enabled=true",
             f"checkpointing.checkpoint_dir={checkpoint_dir}",
             "checkpointing.save_period=10",
@@ -117,6 +119,8 @@ class Run:
         self.policy = HFTrainPolicy(_model(tokenizer, weights), tokenizer, config["policy"]["train_global_batch_size"])
         plans = {task_description(SPECS[WIN]) + ".": SPECS[WIN].expert_plan}
         self.generation = AlternatingGeneration(tokenizer, plans)
+        self.generation.temperature = config["policy"]["generation"]["temperature"]
+        self.temperatures: list[float] = []  # the sampling temperature of every generate call
         self.generation.prepare_for_generation = lambda *a, **k: None
         self.generation.finish_generation = lambda *a, **k: None
         self.loss_fn = HolderPOLossFn(config["loss_fn"])
@@ -126,6 +130,11 @@ class Run:
         self.refits = 0
         self.tokenizer = tokenizer
         self.games = [str(game_by_task[WIN]), str(game_by_task[LOSE])]
+
+    def set_temperature(self, temperature: float) -> float:
+        """What ``generation_settings.vllm_temperature_setter`` does to NeMo RL's vLLM workers, on the stand-in."""
+        previous, self.generation.temperature = self.generation.temperature, temperature
+        return previous
 
     def refit(self, policy, generation):
         assert policy is self.policy and generation is self.generation
@@ -147,6 +156,7 @@ class Run:
             val_games=self.games,
             refit=self.refit,
             stop=stop,
+            set_temperature=self.set_temperature,
         )
 
 
@@ -155,10 +165,21 @@ def p_at(step: int) -> float:
 
 
 def test_per_step_loop_trains_rows_with_holderpo_and_checkpoints_the_last_step(tmp_path, game_by_task):
+    import json
+
+    from holder_nemo.alfworld.entropy import EntropyBonusLoss
+    from holder_nemo.alfworld.rollout import validation_games
     from holder_nemo.nemo_rl.loss import HolderPOLossFn
 
     config = _config(tmp_path / "ckpt")
     run = Run(config, game_by_task, _tokenizer())
+    original_generate = run.generation.generate
+
+    def generate(data, greedy=False):  # record the temperature each generate call samples at
+        run.temperatures.append(run.generation.temperature)
+        return original_generate(data, greedy)
+
+    run.generation.generate = generate
     before = [p.detach().clone() for p in run.policy.model.parameters()]
     assert run.train() is None
 
@@ -169,13 +190,29 @@ def test_per_step_loop_trains_rows_with_holderpo_and_checkpoints_the_last_step(t
     # stale generation is refitted before steps 1 and 2 and before the validation after step 2; step 3 reuses it
     assert run.refits == 3 and run.policy.events.count("offload_after_refit") == 1  # colocated, as grpo_train
     assert run.generation.calls == 3 * 4 + 4  # 4 lock-step environment steps per training step and validation
-    assert run.logger.series("validation", "success_rate") == [(2, 0.5)]  # the 4-step game on row 0 wins
+    # training samples at policy.generation.temperature (1.0), the validation after step 2 at val_temperature (0.4)
+    assert run.temperatures == [1.0] * 8 + [0.4] * 4 + [1.0] * 4 and run.generation.temperature == 1.0
+    # validation: 4 episodes on games drawn as verl-agent's validation environments draw them (seed 1000 + i);
+    # even rows follow the plan, which wins on the 4-step game only
+    drawn = validation_games(run.games, 4, 1000, 0)
+    wins = [i % 2 == 0 and game == run.games[0] for i, game in enumerate(drawn)]
+    assert run.logger.series("validation", "success_rate") == [(2, sum(wins) / 4)]
+    (_, _, metrics), *_ = [r for r in run.logger.records if r[0] == "validation"]
+    looks = sum(game == run.games[0] for game in drawn)
+    assert (metrics["episodes/Look"], metrics["won/Look"], metrics["episodes/Pick"]) == (looks, sum(wins), 4 - looks)
+    assert (metrics["success_rate_best"], metrics["best_step"]) == (sum(wins) / 4, 2)
+    (line,) = (tmp_path / "logs" / "alfworld_validation.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert (record["step"], record["round"], record["temperature"]) == (2, 0, 0.4)
+    assert record["overall"] == {"won": sum(wins), "total": 4, "success": 100.0 * sum(wins) / 4}
+    assert run.state["alfworld_val_best"]["step"] == 2  # saved with the checkpoint: a resumed run keeps the best
 
     # 2 games x 2 episodes x 4 steps = 16 rows, padded to 18 for global batches of 6
     a = 5.0 / math.sqrt(8 * 25.0 / 7)  # group of the 4-step game: scores 10 x4, 0 x4 -> (s - 5) / unbiased std
     for call in run.policy.train_calls:
         data = call["data"]
-        assert isinstance(call["loss_fn"], HolderPOLossFn)
+        assert isinstance(call["loss_fn"], EntropyBonusLoss) and call["loss_fn"].coeff == 0.001
+        assert isinstance(call["loss_fn"].inner, HolderPOLossFn)  # HölderPO minus 0.001 x the entropy estimate
         n, width = data["input_ids"].shape
         assert n == 18 and len(call["losses"]) == 3 and width % 8 == 0
         for key in ("token_mask", "advantages", "generation_logprobs", "prev_logprobs", "reference_policy_logprobs"):
@@ -315,14 +352,20 @@ def test_run_grpo_per_step_dispatch_with_nemo_rl_config_dataloader_and_checkpoin
     ]
     config = grpo_module.MasterConfig(**load_master_config(str(RECIPE), overrides))
     assert alfworld_layout(config) == "per_step"
+    per_episode = [*overrides, "alfworld.sample_layout=per_episode"]
+    with pytest.raises(ValueError, match=r"alfworld.advantage_stats_over: read only with alfworld.sample_layout"):
+        alfworld_layout(grpo_module.MasterConfig(**load_master_config(str(RECIPE), per_episode)))
+    nulls = [f"alfworld.{k}=null" for k in ("advantage_stats_over", "val_temperature", "val_seed", "task_types")]
     other = grpo_module.MasterConfig(
-        **load_master_config(str(RECIPE), [*overrides, "alfworld.sample_layout=per_episode"])
+        **load_master_config(str(RECIPE), [*per_episode, *nulls, "alfworld.entropy_coeff=0"])
     )
     assert alfworld_layout(other) == "per_episode"
     settings = PerStepSettings.from_config(config)
     assert (settings.num_games, settings.group_size, settings.max_num_steps) == (16, 8, 150)
     assert settings.protocol.max_steps == 50 and settings.protocol.invalid_action_penalty == 0.1
     assert (settings.max_prompt_tokens, settings.max_response_tokens) == (2048, 512)
+    assert (settings.train_global_batch_size, settings.entropy_coeff, settings.val_temperature) == (256, 0.001, 0.4)
+    assert (settings.max_val_samples, settings.val_seed, settings.train_temperature) == (128, 1000, 1.0)
 
     train, val = alfworld_game_datasets(config)
     assert len(train) == 6 and len(val) == 6 and "/valid_seen/" in val.game_files[0]

@@ -2,7 +2,8 @@
 
 - NeMo RL's math data processor + our Jinja chat template produce the exact qwen_math prompt and token ids;
 - a NeMo RL DTensor (torch DCP) checkpoint is converted with NeMo RL's converter and evaluated;
-- the ``holder_math`` environment scores like ``math_reward``, where NeMo RL's ``hf_math_verify`` does not.
+- the ``holder_math`` environment scores like ``math_reward`` (gold lists, replies cut by a length limit -> 0), where
+  NeMo RL's ``hf_math_verify`` does not.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
+from holder_nemo.eval.grading import last_boxed_answer
 from holder_nemo.eval.prompts import QWEN_MATH_JINJA_PATH, apply_qwen_math_template
-from holder_nemo.eval.scoring import extract_last_boxed, math_reward
+from holder_nemo.eval.scoring import math_reward
 
 
 def _nemo_rl_importable() -> bool:
@@ -88,12 +90,14 @@ def test_dcp_checkpoint_is_converted_with_nemo_rl_and_evaluated(tiny_model_dir: 
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a cluster of its own (address="local"), never one another process on this machine started
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
 
 
 def test_holder_math_environment_scores_like_holderpo_eval(ray_cluster) -> None:
+    import torch
     from nemo_rl.environments.math_environment import HFVerifyWorker
     from nemo_rl.environments.utils import create_env
 
@@ -101,18 +105,42 @@ def test_holder_math_environment_scores_like_holderpo_eval(ray_cluster) -> None:
 
     register()
     register()  # idempotent
-    env = create_env(ENV_NAME, {"num_workers": 2})
-    cases = DISAGREE + AGREE
-    message_logs = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": r}] for r, _ in cases]
+    env = create_env(ENV_NAME, {"num_workers": 2, "max_new_tokens": 8, "max_model_len": 12})
+    extra = [("\\boxed{20\\%}", "20"), ("\\boxed{6630}", ["6630.65\n", "6630\n"]), ("\\boxed{142}", 142.0)]
+    cases = DISAGREE + AGREE + extra
+    # (prompt tokens, reply tokens): 3 + 5 is a whole reply; the last three are cut (8 = max_new_tokens, 7 + 5 = 12 =
+    # max_model_len), so their correct answers get reward 0.
+    lengths = [(3, 5)] * len(cases) + [(3, 8), (7, 5), (4, 8)]
+    cases = [*cases, ("\\boxed{4}", "4"), ("\\boxed{4}", "4"), ("\\boxed{4}", ["3", "4"])]
+    message_logs = [
+        [
+            {"role": "user", "content": "q", "token_ids": torch.zeros(p, dtype=torch.int64)},
+            {"role": "assistant", "content": r, "token_ids": torch.zeros(n, dtype=torch.int64)},
+        ]
+        for (r, _), (p, n) in zip(cases, lengths, strict=True)
+    ]
     metadata = [{"ground_truth": a, "extracted_answer": None} for _, a in cases]
     result = ray_cluster.get(env.step.remote(message_logs, metadata, True))
-    expected = [math_reward(r, a) for r, a in cases]
+    expected = [
+        math_reward(r, a, truncated=n >= 8 or p + n >= 12) for (r, a), (p, n) in zip(cases, lengths, strict=True)
+    ]
     assert result.rewards.tolist() == expected
-    assert result.answers == [extract_last_boxed(r) for r, _ in cases]
+    assert expected[-3:] == [0.0, 0.0, 0.0] and expected[-6:-3] == [1.0, 1.0, 1.0]
+    assert result.answers == [last_boxed_answer(r) for r, _ in cases]
 
     # NeMo RL's own hf_math_verify disagrees on exactly the DISAGREE cases (why holder_math exists).
     nemo_worker = HFVerifyWorker.options(num_cpus=0).remote()
+    first = DISAGREE + AGREE
     nemo = ray_cluster.get(
-        nemo_worker.verify.remote([r for r, _ in cases], [a for _, a in cases], math_verify_impl="hf_math_verify")
+        nemo_worker.verify.remote([r for r, _ in first], [a for _, a in first], math_verify_impl="hf_math_verify")
     )
-    assert [n != o for n, o in zip(nemo, expected, strict=True)] == [True] * len(DISAGREE) + [False] * len(AGREE)
+    mine = expected[: len(first)]
+    assert [n != o for n, o in zip(nemo, mine, strict=True)] == [True] * len(DISAGREE) + [False] * len(AGREE)
+
+
+def test_holder_math_environment_config_errors(ray_cluster) -> None:
+    from holder_nemo.eval.nemo_rl_env import PaperMathEnvironment
+
+    env = PaperMathEnvironment.remote({"num_workers": 1, "max_new_tokens": 0})
+    with pytest.raises(Exception, match="max_new_tokens must be an integer >= 1"):
+        ray_cluster.get(env.shutdown.remote())

@@ -1,0 +1,64 @@
+"""Switching the vLLM sampling temperature for validation (``alfworld.generation_settings``).
+
+Real: Ray (a local cluster of its own on 127.0.0.1) and Ray's ``__ray_call__``. Faked: the vLLM worker actor (vLLM
+needs a GPU), by an actor that keeps its settings in ``cfg`` and reads ``cfg["temperature"]`` when it builds its
+sampling parameters, as NeMo RL v0.7.0's ``VllmGenerationWorker`` does; the ``nemo_rl``-marked test checks that this
+is what v0.7.0's worker does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from types import SimpleNamespace
+
+import pytest
+
+from holder_nemo.alfworld.generation_settings import vllm_temperature_setter
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+
+
+def test_setter_changes_every_worker_and_returns_the_previous_temperature(ray_local) -> None:
+    @ray_local.remote
+    class FakeVllmWorker:
+        def __init__(self) -> None:
+            self.cfg = {"temperature": 1.0, "top_p": 1.0}
+
+        def sampling_temperature(self, greedy: bool = False) -> float:  # what _build_sampling_params reads
+            return 0.0 if greedy else self.cfg["temperature"]
+
+    workers = [FakeVllmWorker.remote() for _ in range(2)]
+    generation = SimpleNamespace(worker_group=SimpleNamespace(workers=workers), cfg={"temperature": 1.0})
+    set_temperature = vllm_temperature_setter(generation)
+    assert set_temperature(0.4) == 1.0
+    assert ray_local.get([w.sampling_temperature.remote() for w in workers]) == [0.4, 0.4]
+    assert generation.cfg["temperature"] == 0.4
+    assert set_temperature(1.0) == 0.4
+    assert ray_local.get([w.sampling_temperature.remote() for w in workers]) == [1.0, 1.0]
+
+
+def test_generation_without_vllm_workers_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"alfworld\.val_temperature"):
+        vllm_temperature_setter(SimpleNamespace(cfg={"temperature": 1.0}))
+
+
+@pytest.mark.nemo_rl
+@pytest.mark.skipif(importlib.util.find_spec("nemo_rl") is None, reason="nemo_rl is not importable; needs v0.7.0")
+def test_nemo_rl_vllm_worker_reads_its_cfg_temperature_at_every_call() -> None:
+    """The contract the setter relies on, in NeMo RL v0.7.0's own source."""
+    from nemo_rl.models.generation.vllm import vllm_generation, vllm_worker
+
+    build = inspect.getsource(vllm_worker.BaseVllmGenerationWorker._build_sampling_params)
+    assert 'temperature = 0.0 if greedy else self.cfg["temperature"]' in build
+    impl = inspect.getsource(vllm_worker.VllmGenerationWorkerImpl)  # generate() sits under an NVTX decorator
+    generate = impl[impl.index("    def generate(") : impl.index("    def generate_text(")]
+    assert "sampling_params = self._build_sampling_params(" in generate
+    assert "self.cfg = config" in inspect.getsource(vllm_worker.BaseVllmGenerationWorker)
+    assert "self.worker_group = RayWorkerGroup(" in inspect.getsource(vllm_generation.VllmGeneration.__init__)
