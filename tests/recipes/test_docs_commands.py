@@ -1,42 +1,331 @@
-"""Every run command documented in docs/recipes.md passes `holderpo recipe check` with the same arguments."""
+"""Every command shown in README.md and docs/*.md is checked, so the documentation cannot drift from the code.
+
+Each shell line of a ``bash``/``sh``/``shell``/``console`` block is split into commands (``&&``, ``;``, ``|``; ``\\``
+continuations joined; ``VAR=value`` prefixes and redirections dropped) and dispatched on its program:
+
+* ``holderpo SUB ...``: the arguments must parse (the sub-command's own argparse parser, stopped right after
+  parsing), and then ``recipe check`` runs for real, ``train`` / ``schedule`` / ``compare`` load and validate their
+  recipe with the overrides, ``eval`` resolves its settings (``--print-config``);
+* ``python -m holder_nemo.nemo_rl.run_grpo --config R [overrides]`` and ``sbatch slurm/X.sh [overrides]``: the recipe
+  (for sbatch, the entry's default recipe) with those overrides passes ``holderpo recipe check``;
+* ``python -m holder_nemo.<module>``: the module's arguments parse; ``python -m pytest PATHS``: the paths exist;
+* ``pip install``: every extra named exists in pyproject.toml; ``docker build``: the Dockerfile exists and declares
+  every ``--build-arg``; a ``holderpo`` command nested in ``docker run`` / ``srun`` / ``apptainer`` / ``time`` is
+  checked as above (``/opt/holder_nemo`` is the repository inside the image);
+* environment commands (``git``, ``cd``, ``export``, ``enroot``, NeMo RL's ``uv run ...``): the repository paths they
+  name exist. A line that is only ``key=value`` overrides must be a verl override list (checked against
+  ``holder_nemo.verl``). Any other program fails the test until a checker is added here.
+
+A synopsis line (``[overrides...]``, ``<placeholder>``, ``[--flag]``) only needs a known program and sub-command.
+"""
 
 from __future__ import annotations
 
+import argparse
+import re
 import shlex
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from holder_nemo.recipe.cli import main
-
 REPO = Path(__file__).resolve().parents[2]
-PREFIX = "python -m holder_nemo.nemo_rl.run_grpo --config "
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
+OPERATORS = {"&&", "||", ";", "|", "&", ";;"}
+IN_IMAGE = ("/opt/holder_nemo/", "/work/holder_nemo/", "/workspace/holder_nemo/")
+REPO_DIRS = ("recipes/", "slurm/", "containers/", "docs/", "holder_nemo/", "tests/", "benchmarks/", ".ci/")
+ENVIRONMENT = {"cd", "export", "git", "ls", "cat", "mkdir", "wait", "for", "do", "done", "then", "fi", "enroot",
+               "scancel", "squeue", "scontrol", "sacct", "tail", "nvidia-smi", "apptainer", "srun", "uv"}  # fmt: skip
+SYNOPSIS = re.compile(r"\[[a-z-]*\.\.\.\]|\[--|\[overrides|<[A-Za-z_ .-]+>|\.\.\.\]")
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
-def _documented_commands() -> list[list[str]]:
+@dataclass
+class Command:
+    doc: str
+    line: int
+    text: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def synopsis(self) -> bool:
+        return bool(SYNOPSIS.search(self.text))
+
+    def __str__(self) -> str:
+        return f"{self.doc}:{self.line}: {' '.join(self.argv)}"
+
+
+def _segments(text: str) -> list[tuple[list[str], dict[str, str]]]:
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|<>")
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    tokens = list(lexer)
+    segments, current = [], []
+    skip_next = False
+    for token in [*tokens, ";"]:
+        if skip_next:
+            skip_next = False
+            continue
+        if token in OPERATORS:
+            if current:
+                segments.append(current)
+            current = []
+        elif set(token) <= set("<>&") or re.fullmatch(r"\d*[<>]+&?\d*", token):
+            skip_next = not token.endswith("&") and token not in {"&"}  # the redirection target
+        else:
+            current.append(token)
+    out = []
+    for argv in segments:
+        env = {}
+        while argv and ENV_ASSIGNMENT.match(argv[0]) and not argv[0].split("=", 1)[0].count("."):
+            key, _, value = argv.pop(0).partition("=")
+            env[key] = value
+        if argv:
+            out.append((argv, env))
+    return out
+
+
+def documented_commands() -> list[Command]:
     commands = []
-    for line in (REPO / "docs" / "recipes.md").read_text().splitlines():
-        if line.startswith(PREFIX) and "[overrides]" not in line:
-            commands.append(shlex.split(line[len("python -m holder_nemo.nemo_rl.run_grpo ") :]))
+    for doc in DOCS:
+        text = doc.read_text()
+        for block in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+            if block.group(1) not in SHELL_LANGUAGES:
+                continue
+            first_line = text[: block.start(2)].count("\n") + 1
+            logical, start = "", first_line
+            for offset, raw in enumerate(block.group(2).splitlines()):
+                if not logical:
+                    start = first_line + offset
+                if raw.rstrip().endswith("\\"):
+                    logical += raw.rstrip()[:-1] + " "
+                    continue
+                logical += raw
+                stripped = logical.strip().removeprefix("$ ")
+                logical = ""
+                if not stripped or stripped.startswith("#"):
+                    continue
+                for argv, env in _segments(stripped):
+                    commands.append(Command(doc.relative_to(REPO).as_posix(), start, stripped, argv, env))
     return commands
 
 
-COMMANDS = _documented_commands()
+COMMANDS = documented_commands()
+
+
+def _repo_path(token: str) -> Path | None:
+    """A repository path named by ``token`` (relative, or inside the image), else None."""
+    for prefix in IN_IMAGE:
+        if token.startswith(prefix):
+            return REPO / token[len(prefix) :]
+    if token.startswith(REPO_DIRS) and "$" not in token and "*" not in token:
+        return REPO / token
+    return None
+
+
+def assert_repo_paths_exist(cmd: Command) -> None:
+    for token in cmd.argv:
+        for part in token.split("="):  # key=path overrides and --flag=path
+            path = _repo_path(part.split(":")[0])
+            if path is not None:
+                assert path.exists(), f"{cmd}: {part} does not exist in the repository"
+
+
+class _Parsed(Exception):
+    pass
+
+
+def assert_parses(cmd: Command, main, argv: list[str], monkeypatch) -> None:
+    """``main(argv)`` gets past its argparse parser (stopped there: nothing is run)."""
+    original_parse, original_known = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = original_known(self, args, namespace)
+        if extras and not self._subparsers:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        raise _Parsed
+
+    def parse_known_args(self, args=None, namespace=None):
+        original_known(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_known_args)
+    try:
+        main(argv)
+    except _Parsed:
+        return
+    except SystemExit as exc:
+        pytest.fail(f"{cmd}: rejected by its argument parser (exit {exc.code})")
+    finally:
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", original_parse)
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", original_known)
+    pytest.fail(f"{cmd}: never reached an argument parser")
+
+
+def _in_repo(token: str) -> str:
+    path = _repo_path(token)
+    return str(path) if path is not None else token
+
+
+def assert_recipe_check_passes(cmd: Command, recipe: str, overrides: list[str], capsys) -> None:
+    from holder_nemo.recipe.cli import main as recipe_main
+
+    code = recipe_main(["check", _in_repo(recipe), *overrides, "--no-config"])
+    err = capsys.readouterr().err
+    assert code == 0, f"{cmd}: `holderpo recipe check` refuses it:\n{err}"
+
+
+def check_holderpo(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
+    from holder_nemo.cli import COMMANDS as SUBCOMMANDS
+    from holder_nemo.cli import main as holderpo
+
+    assert argv and argv[0] in SUBCOMMANDS, f"{cmd}: unknown holderpo command {argv[:1]}"
+    if cmd.synopsis:
+        return
+    sub, rest = argv[0], [_in_repo(t) for t in argv[1:]]
+    assert_parses(cmd, holderpo, [sub, *rest], monkeypatch)
+    if sub == "recipe" and rest[:1] == ["check"]:
+        assert_recipe_check_passes(cmd, rest[1], [t for t in rest[2:] if not t.startswith("--")], capsys)
+    elif sub in ("train", "schedule", "compare"):
+        from holder_nemo.config import ConfigError
+        from holder_nemo.reference.train import load_config, parse_args
+
+        ns = parse_args([t for t in rest if not t.startswith("--")])
+        try:
+            load_config(ns.recipe, ns.overrides)
+        except ConfigError as exc:
+            pytest.fail(f"{cmd}: the recipe or its overrides are invalid: {exc}")
+    elif sub == "eval" and not any("$" in t for t in rest):
+        code = holderpo([sub, *rest, "--print-config"])
+        assert code == 0, f"{cmd}: `holderpo eval --print-config` refuses it:\n{capsys.readouterr().err}"
+
+
+def check_python(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
+    if argv[:2] == ["-m", "venv"] or argv[:1] == ["-c"]:
+        return
+    assert argv[:1] == ["-m"], f"{cmd}: only `python -m MODULE` commands are documented"
+    module, rest = argv[1], argv[2:]
+    if module == "pytest":
+        for token in rest:
+            if not token.startswith("-") and "=" not in token:
+                assert (REPO / token.split("::")[0]).exists(), f"{cmd}: test path {token} does not exist"
+        return
+    if module == "pip":
+        check_pip(cmd, rest)
+        return
+    assert module.startswith("holder_nemo"), f"{cmd}: no checker for `python -m {module}`"
+    if cmd.synopsis:
+        return
+    if module == "holder_nemo.nemo_rl.run_grpo":
+        recipe = rest[rest.index("--config") + 1]
+        overrides = [t for t in rest if "=" in t and not t.startswith("--")]
+        assert_recipe_check_passes(cmd, recipe, overrides, capsys)
+        return
+    import importlib
+
+    assert_parses(cmd, importlib.import_module(module).main, [_in_repo(t) for t in rest], monkeypatch)
+
+
+def check_pip(cmd: Command, argv: list[str]) -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for token in argv:
+        match = re.fullmatch(r"\.\[([\w,-]+)\]", token)
+        if match:
+            for extra in match.group(1).split(","):
+                assert extra in extras, f"{cmd}: pyproject.toml has no extra {extra!r}"
+
+
+def check_sbatch(cmd: Command, argv: list[str], capsys) -> None:
+    scripts = [t for t in argv if t.endswith(".sh")]
+    assert len(scripts) == 1, f"{cmd}: expected one sbatch script"
+    script = REPO / scripts[0]
+    assert script.is_file(), f"{cmd}: {scripts[0]} does not exist"
+    overrides = argv[argv.index(scripts[0]) + 1 :]
+    if cmd.synopsis or not overrides:
+        return
+    match = re.search(r"HOLDERPO_RECIPE:-\$HOLDERPO_HOME/(recipes/[\w.-]+\.yaml)", script.read_text())
+    assert match, f"{cmd}: cannot find the default recipe of {scripts[0]}"
+    assert_recipe_check_passes(cmd, match.group(1), overrides, capsys)
+
+
+def check_docker(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
+    if argv[0] == "build":
+        dockerfile = REPO / argv[argv.index("-f") + 1]
+        assert dockerfile.is_file(), f"{cmd}: {dockerfile} does not exist"
+        declared = set(re.findall(r"^ARG\s+(\w+)", dockerfile.read_text(), re.M))
+        for i, token in enumerate(argv):
+            if token == "--build-arg":
+                name = argv[i + 1].split("=")[0]
+                assert name in declared, f"{cmd}: {dockerfile.name} declares no ARG {name}"
+    check_nested(cmd, argv, monkeypatch, capsys)
+
+
+def check_nested(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
+    """A holderpo / python command run inside a container or wrapper."""
+    for i, token in enumerate(argv):
+        name = Path(token).name
+        if name == "holderpo":
+            check_holderpo(cmd, argv[i + 1 :], monkeypatch, capsys)
+            return
+        if name in ("python", "python3", "python3.11") and argv[i + 1 : i + 2] == ["-m"]:
+            check_python(cmd, argv[i + 1 :], monkeypatch, capsys)
+            return
+    assert_repo_paths_exist(cmd)
+
+
+def check_verl_overrides(cmd: Command) -> None:
+    """A verl override list: ``policy_loss._target_`` is importable and every ``+...`` key is one of its fields."""
+    import dataclasses
+    import importlib
+
+    overrides = dict(t.lstrip("+").split("=", 1) for t in cmd.argv)
+    target = overrides.get("actor_rollout_ref.actor.policy_loss._target_")
+    assert target, f"{cmd}: a bare override list must be a verl one (policy_loss._target_)"
+    module, _, name = target.rpartition(".")
+    pytest.importorskip("verl", reason="the verl extra (holder_nemo[verl]) is not installed")
+    cls = getattr(importlib.import_module(module), name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in overrides:
+        leaf = key.rsplit(".", 1)[-1]
+        if key.startswith("actor_rollout_ref.actor.policy_loss.") and leaf != "_target_":
+            assert leaf in fields, f"{cmd}: {target} has no field {leaf}"
+
+
+def test_the_documentation_shows_commands():
+    docs = {c.doc for c in COMMANDS}
+    assert {"README.md", "docs/recipes.md", "docs/slurm.md", "docs/eval.md"} <= docs
+    assert len(COMMANDS) >= 60
 
 
 def test_docs_document_the_baselines():
-    joined = [" ".join(c) for c in COMMANDS]
-    assert len(COMMANDS) >= 10
-    assert any("clip_mode=token " in c and "p_max=1.0" in c for c in joined)  # GRPO
-    assert any("ratio_clip_min=3e-4" in c and "p_max=0.0" in c for c in joined)  # GSPO
-    assert any("clip_mode=token_log" in c and "ratio_clip_min=0.4" in c for c in joined)  # GMPO
+    runs = [c.text for c in COMMANDS if "holder_nemo.nemo_rl.run_grpo" in c.text and not c.synopsis]
+    assert any("clip_mode=token " in c and "p_max=1.0" in c for c in runs)  # GRPO
+    assert any("ratio_clip_min=3e-4" in c and "p_max=0.0" in c for c in runs)  # GSPO
+    assert any("clip_mode=token_log" in c and "ratio_clip_min=0.4" in c for c in runs)  # GMPO
 
 
-@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a[2:]) or a[1])
-def test_documented_command_passes_recipe_check(argv, capsys, monkeypatch):
+@pytest.mark.parametrize("cmd", COMMANDS, ids=str)
+def test_documented_command(cmd, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    assert argv[0] == "--config"
-    code = main(["check", argv[1], *argv[2:], "--no-config"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    assert "warning" not in captured.err
+    program, argv = Path(cmd.argv[0]).name, cmd.argv[1:]
+    if program == "holderpo":
+        check_holderpo(cmd, argv, monkeypatch, capsys)
+    elif re.fullmatch(r"python(3(\.\d+)?)?", program):
+        check_python(cmd, argv, monkeypatch, capsys)
+    elif program == "pip":
+        check_pip(cmd, argv)
+    elif program == "sbatch":
+        check_sbatch(cmd, argv, capsys)
+    elif program == "docker":
+        check_docker(cmd, argv, monkeypatch, capsys)
+    elif program == "time":
+        check_nested(cmd, argv, monkeypatch, capsys)
+    elif "=" in cmd.argv[0] and all("=" in t for t in cmd.argv):
+        check_verl_overrides(cmd)
+    else:
+        assert program in ENVIRONMENT, f"{cmd}: no checker for program {program!r}; add one to this test"
+        check_nested(cmd, cmd.argv, monkeypatch, capsys)
