@@ -178,7 +178,9 @@ hp_start_watchdog() {
 hp_cancel_steps() {
   local step
   for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i 2>/dev/null); do
-    [[ "$step" =~ ^[0-9]+\.[0-9]+$ ]] && scancel "$step"
+    [[ "$step" =~ ^[0-9]+\.[0-9]+$ ]] || continue
+    hp_log "cancelling step $step"
+    scancel "$step" 2>/dev/null || true  # it may have ended meanwhile
   done
   return 0
 }

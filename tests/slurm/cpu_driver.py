@@ -16,6 +16,9 @@ driver's contract with the launcher, so everything around it runs for real:
    file / SIGUSR1 / SIGTERM -> checkpoint at the step boundary, exit 75; 0 complete (``COMPLETED`` written); 2 bad
    config.
 
+Test-only pacing, ``HOLDERPO_TEST_STEP_S=SECONDS``: each training step takes at least that long (a sleep before it;
+the maths is untouched), so a test can act mid-run however fast the machine is.
+
 Test-only fault, ``HOLDERPO_TEST_SLOW_SAVE=1``: a save made while a stop is requested (the stop file exists) writes
 part of its temporary directory and then hangs, as a checkpoint slower than ``HOLDERPO_CKPT_TIMEOUT_S`` (or than
 Slurm's KillWait after a preemption) would. Its SIGTERM handler only records the request, so only SIGKILL ends it.
@@ -89,6 +92,18 @@ def hang_saves_requested_by_a_stop() -> None:
     checkpoint.save_checkpoint = save_checkpoint
 
 
+def pace_steps(seconds: float) -> None:
+    from holder_nemo.reference.train import ReferenceRecipe
+
+    original = ReferenceRecipe._train_step
+
+    def _train_step(self, step):
+        time.sleep(seconds)
+        return original(self, step)
+
+    ReferenceRecipe._train_step = _train_step
+
+
 def main(argv: list[str]) -> int:
     use_ray = "--ray" in argv
     argv = [a for a in argv if a != "--ray"]
@@ -98,6 +113,8 @@ def main(argv: list[str]) -> int:
     recipe, overrides = argv[1], [a for a in argv[2:] if not NEMO_RL_ONLY.match(a)]
     if use_ray:
         ray_check(Path(os.environ["HOLDERPO_LOG_DIR"]) / "ray_cluster.json")
+    if os.environ.get("HOLDERPO_TEST_STEP_S"):
+        pace_steps(float(os.environ["HOLDERPO_TEST_STEP_S"]))
     if os.environ.get("HOLDERPO_TEST_SLOW_SAVE") == "1":
         hang_saves_requested_by_a_stop()
     from holder_nemo.reference import train

@@ -123,6 +123,7 @@ class LocalSlurm:
         self.base = base
         self.conf = base / "slurm.conf"
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.private_ray_tmp = False  # set by start(): whether each node has its own /tmp/ray
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         for var in [k for k in self.env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
             if var != "SLURM_CONF":  # a developer running the tests inside an allocation
@@ -206,16 +207,16 @@ PartitionName=gpu Nodes={",".join(GPU_NODES)} MaxTime=INFINITE State=UP
         )  # fmt: skip
         wait_until(sock.exists, 20, "munged's socket")
         self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-i", "-f", str(self.conf)])
+        probe = ["unshare", "--mount", "--propagation", "private", "true"]
+        self.private_ray_tmp = shutil.which("unshare") is not None and subprocess.run(probe).returncode == 0
         for node in (CPU_NODE, *GPU_NODES):
-            ray_tmp = b / "nodes" / node / "tmp-ray"
-            ray_tmp.mkdir(parents=True, exist_ok=True)
-            # The node's own /tmp/ray: a bind mount in a private mount namespace that only this slurmd and its jobs see.
-            self._spawn(
-                f"slurmd-{node}",
-                ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-                 'mkdir -p /tmp/ray && mount --bind "$0" /tmp/ray && exec "$@"', str(ray_tmp),
-                 _binary("slurmd"), "-D", "-f", str(self.conf), "-N", node],
-            )  # fmt: skip
+            slurmd = [_binary("slurmd"), "-D", "-f", str(self.conf), "-N", node]
+            if self.private_ray_tmp:  # the node's own /tmp/ray: a bind mount in a mount namespace of its own
+                ray_tmp = b / "nodes" / node / "tmp-ray"
+                ray_tmp.mkdir(parents=True, exist_ok=True)
+                bind = 'mkdir -p /tmp/ray && mount --bind "$0" /tmp/ray && exec "$@"'
+                slurmd = [*probe[:-1], "--", "/bin/sh", "-c", bind, str(ray_tmp), *slurmd]
+            self._spawn(f"slurmd-{node}", slurmd)
         wait_until(self._all_idle, 60, f"all nodes idle (logs in {b / 'log'})", interval=0.1)
 
     def _all_idle(self) -> bool:
@@ -347,25 +348,22 @@ def job_pids(cluster: LocalSlurm, job_id: str) -> set[int]:
     return pids
 
 
+def job_sockets(pids: set[int]) -> list[str]:
+    """``ss`` lines of the TCP/UDP sockets (any state) owned by ``pids``."""
+    out = subprocess.run(["ss", "-tunapH"], capture_output=True, text=True, timeout=30).stdout
+    return [line for line in out.splitlines() if any(int(p) in pids for p in _pids_in(line))]
+
+
+def off_loopback(line: str) -> bool:
+    """Whether an ``ss -tunapH`` line has a local or peer address that is neither loopback nor unset (``*``)."""
+    fields = line.split()
+    return not all(_loopback_or_unset(address) for address in fields[4:6])
+
+
 def _loopback_or_unset(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    host = host.split("%", 1)[0].removeprefix("::ffff:")
+    host = address.rsplit(":", 1)[0].strip("[]").split("%", 1)[0].removeprefix("::ffff:")
     return host in ("*", "0.0.0.0", "::", "::1") or host.startswith("127.")
 
 
-def non_loopback_sockets(pids: set[int]) -> list[str]:
-    """``ss`` lines of TCP/UDP sockets owned by ``pids`` whose local or peer address is not loopback (or unset)."""
-    out = subprocess.run(["ss", "-tunapH"], capture_output=True, text=True, timeout=30).stdout
-    bad = []
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) < 7 or not any(int(p) in pids for p in _pids_in(fields[6])):
-            continue
-        local, peer = fields[4], fields[5]
-        if not (_loopback_or_unset(peer) and _loopback_or_unset(local)):
-            bad.append(line)
-    return bad
-
-
-def _pids_in(process_field: str) -> list[str]:
-    return [part.split(",", 1)[0] for part in process_field.split("pid=")[1:]]
+def _pids_in(line: str) -> list[str]:
+    return [part.split(",", 1)[0] for part in line.split("pid=")[1:]]
