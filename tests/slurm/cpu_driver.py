@@ -19,8 +19,9 @@ driver's contract with the launcher, so everything around it runs for real:
 Test-only pacing, ``HOLDERPO_TEST_STEP_S=SECONDS``: each training step takes at least that long (a sleep before it;
 the maths is untouched), so a test can act mid-run however fast the machine is.
 
-Test-only fault, ``HOLDERPO_TEST_SLOW_SAVE=1``: a save made while a stop is requested (the stop file exists) writes
-part of its temporary directory and then hangs, as a checkpoint slower than ``HOLDERPO_CKPT_TIMEOUT_S`` (or than
+Test-only fault, ``HOLDERPO_TEST_SLOW_SAVE=N[,M...]``: in the job's attempts N, M... (``SLURM_RESTART_COUNT``, 0
+for the first), a save made while a stop is requested (the stop file exists) writes part of its temporary directory
+and then hangs, as a checkpoint slower than ``HOLDERPO_CKPT_TIMEOUT_S`` (or than
 Slurm's KillWait after a preemption) would. Its SIGTERM handler only records the request, so only SIGKILL ends it.
 """
 
@@ -115,7 +116,8 @@ def main(argv: list[str]) -> int:
         ray_check(Path(os.environ["HOLDERPO_LOG_DIR"]) / "ray_cluster.json")
     if os.environ.get("HOLDERPO_TEST_STEP_S"):
         pace_steps(float(os.environ["HOLDERPO_TEST_STEP_S"]))
-    if os.environ.get("HOLDERPO_TEST_SLOW_SAVE") == "1":
+    attempt = os.environ.get("SLURM_RESTART_COUNT") or "0"
+    if attempt in os.environ.get("HOLDERPO_TEST_SLOW_SAVE", "").split(","):
         hang_saves_requested_by_a_stop()
     from holder_nemo.reference import train
 

@@ -55,10 +55,11 @@ def newest_step(checkpoint_dir: Path) -> int:
     return max(steps, default=-1)
 
 
-def resumed_step(driver_log: Path) -> int:
-    found = re.search(r"resumed from \S*step_(\d+) \(step \d+\)", driver_log.read_text())
-    assert found, f"{driver_log} does not resume:\n{driver_log.read_text()[-3000:]}"
-    return int(found.group(1))
+def resumed_step(driver_log: Path) -> int | None:
+    """The step `holderpo train` resumed from, per its log; None if it has not (yet) resumed."""
+    text = driver_log.read_text() if driver_log.exists() else ""
+    found = re.search(r"resumed from \S*step_(\d+) \(step \d+\)", text)
+    return int(found.group(1)) if found else None
 
 
 def wait_requeued(cluster: LocalSlurm, job_id: str, restarts: int, timeout: float = 240) -> None:

@@ -193,7 +193,7 @@ def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: Lo
     run_dir = tmp_path / "run"
     env = entry_env(
         slurm_cluster, tmp_path, run_dir, python, HOLDERPO_NEMO_RL_IN_IMAGE=str(tree), HOLDERPO_TEST_STEP_S="0.5",
-        HOLDERPO_TEST_SLOW_SAVE="1", HOLDERPO_CKPT_TIMEOUT_S="20",
+        HOLDERPO_TEST_SLOW_SAVE="2", HOLDERPO_CKPT_TIMEOUT_S="20",
     )  # fmt: skip
     want = uninterrupted_metrics(tmp_path, steps, TINY)
     ckpt = run_dir / "checkpoints"
@@ -210,7 +210,7 @@ def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: Lo
         wait_requeued(slurm_cluster, job, 1)
         # 1: kill the worker node's Ray step once training runs.
         wait_for(lambda: (attempt(1) / "ray_cluster.json").exists(), 420, "attempt 1's driver to join Ray")
-        wait_for(lambda: len(read_metrics(ckpt)) > resumed_step(attempt(1) / "driver.log"), 240, "a step")
+        wait_for(lambda: len(read_metrics(ckpt)) > (resumed_step(attempt(1) / "driver.log") or 1e9), 240, "a step")
         nodes = job_nodes(slurm_cluster, job)
         steps_now = slurm_cluster.run(["squeue", "-h", "-s", "-j", job, "-o", "%i %N"]).stdout.split("\n")
         worker = [s.split()[0] for s in steps_now if s.split()[1:] == [sorted(nodes)[1]] and ".batch" not in s]
@@ -219,6 +219,7 @@ def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: Lo
         wait_requeued(slurm_cluster, job, 2)
         # 2: USR1 after a periodic checkpoint of this attempt; that stop's save hangs (test fault).
         wait_for(lambda: (attempt(2) / "ray_cluster.json").exists(), 420, "attempt 2's driver to join Ray")
+        wait_for(lambda: resumed_step(attempt(2) / "driver.log") is not None, 240, "attempt 2 to resume")
         start = resumed_step(attempt(2) / "driver.log")
         wait_for(lambda: newest_step(ckpt) > start, 240, "a periodic checkpoint in attempt 2")
         slurm_cluster.run(["scancel", "--signal=USR1", "--batch", job])

@@ -198,7 +198,7 @@ def test_checkpoint_slower_than_the_timeout_requeues_from_the_previous_one(
     run_dir = tmp_path / "slow-save"
     job = submit_smoke(
         slurm_cluster, tmp_path, run_dir, steps, f"checkpointing.save_period={period}",
-        HOLDERPO_TRAIN=cpu_driver_as_train(tmp_path), HOLDERPO_TEST_SLOW_SAVE="1", HOLDERPO_TEST_STEP_S="0.5",
+        HOLDERPO_TRAIN=cpu_driver_as_train(tmp_path), HOLDERPO_TEST_SLOW_SAVE="0", HOLDERPO_TEST_STEP_S="0.5",
         HOLDERPO_CKPT_TIMEOUT_S="15",
     )  # fmt: skip
     wait_until(lambda: newest_step(run_dir) >= period, 240, "a periodic checkpoint")
@@ -235,7 +235,7 @@ def test_preemption_requeues_and_resumes_from_the_last_periodic_checkpoint(
     run_dir = tmp_path / "preempted"
     job = submit_smoke(
         slurm_cluster, tmp_path, run_dir, steps, f"checkpointing.save_period={period}",
-        HOLDERPO_TRAIN=cpu_driver_as_train(tmp_path), HOLDERPO_TEST_SLOW_SAVE="1", HOLDERPO_TEST_STEP_S="0.5",
+        HOLDERPO_TRAIN=cpu_driver_as_train(tmp_path), HOLDERPO_TEST_SLOW_SAVE="0", HOLDERPO_TEST_STEP_S="0.5",
     )  # fmt: skip
     wait_until(lambda: newest_step(run_dir) >= period, 240, "a periodic checkpoint")
     urgent_args = ["sbatch", "--parsable", "--partition=cpu-urgent", "--exclusive", "--wrap=sleep 1",
