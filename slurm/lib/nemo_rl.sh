@@ -6,6 +6,8 @@
 
 HP_NEMO_RL_VERSION=0.7  # major.minor of the ray.sub used; holder_nemo.nemo_rl.run_grpo checks the container's
 HP_MOUNT_PATHS=()       # directories mounted at their own paths in every container (entries may add theirs)
+# What Ray writes when a node died under a task or an actor (Ray 2.x): how the driver's log names a lost node.
+HP_RAY_NODE_DIED='actor died because its node has died|node it was running on is dead|NodeDiedError'
 
 hp_nemo_rl_settings() {
   HOLDERPO_CONTAINER_IMAGE=${HOLDERPO_CONTAINER_IMAGE:-nvcr.io#nvidia/nemo-rl:v0.7.0}
@@ -108,6 +110,25 @@ hp_poll() {
   hp_request_stop "lost Ray worker"
 }
 
+# hp_check_lost_worker (after ray.sub ended): the same finding when hp_poll could not see it in time. A node that
+# really dies is noticed by Ray within seconds and by Slurm only after SlurmdTimeout, so the driver may crash before
+# ray.sub sees the worker step end: Ray's own report in the driver's log, or a worker step that is gone (ray.sub
+# leaves it running when the head ends normally), also count as a lost worker.
+hp_check_lost_worker() {
+  local steps
+  hp_poll
+  [[ -z "$HP_STOP_REASON" && -e "$HP_RAY_LOG_DIR/ray-driver.log" ]] || return 0
+  ((HP_DRIVER_RC != 0 && HP_DRIVER_RC != HP_EXIT_STOPPED)) || return 0
+  if grep -qE "$HP_RAY_NODE_DIED" "$HP_RAY_LOG_DIR/ray-driver.log"; then
+    hp_err "the driver's log reports a dead Ray node ($HP_RAY_LOG_DIR/ray-driver.log)"
+  else
+    ((SLURM_JOB_NUM_NODES > 1)) && steps=$(squeue -h -s -j "$SLURM_JOB_ID" -o %i) || return 0
+    ! grep -qE '^[0-9]+\.[0-9]+$' <<<"$steps" || return 0
+    hp_err "no Ray worker step is left running: a worker ended with the head"
+  fi
+  HP_STOP_REASON="lost Ray worker"
+}
+
 # hp_run_nemo_rl RECIPE_NAME [OVERRIDES...]: the whole flow; never returns. RECIPE_NAME is a file of recipes/ in the
 # holder_nemo that runs, unless HOLDERPO_RECIPE (a path inside the container) is set.
 hp_run_nemo_rl() {
@@ -145,5 +166,6 @@ hp_run_nemo_rl() {
   # ray.sub has no USR1 trap: started with USR1 ignored, so a stray one cannot kill it (the stop goes by the file).
   # shellcheck disable=SC2016  # $0 is for the inner bash
   hp_run_driver "$HOLDERPO_LOG_DIR/ray.sub.log" bash -c 'trap "" USR1; exec bash "$0"' "$HP_RAY_SUB"
+  hp_check_lost_worker
   hp_finish
 }

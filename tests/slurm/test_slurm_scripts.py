@@ -373,3 +373,45 @@ def test_stop_rule_when_requeue_is_refused(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", "-c", RULE], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 75 and read_env_file(tmp_path / "result.env")["reason"] == "requeue failed"
     assert f"HOLDERPO_RUN_DIR={tmp_path} sbatch" in proc.stderr
+
+
+LOST_WORKER = r"""
+set -euo pipefail
+source "$HOLDERPO_HOME/slurm/lib/common.sh"
+source "$HOLDERPO_HOME/slurm/lib/nemo_rl.sh"
+scontrol() { echo "scontrol $*" >>"$DIR/calls"; }
+squeue() { printf '%s\n' $STEPS; }  # the job's running steps, as `squeue -h -s -o %i` lists them
+scancel() { :; }
+SLURM_JOB_ID=77 SLURM_JOB_NUM_NODES=$NODES HOLDERPO_RUN_DIR=$DIR HOLDERPO_LOG_DIR=$DIR HP_CKPT_DIR=$DIR/ckpt
+HP_RAY_LOG_DIR=$DIR/ray HP_START_STEP=3 HP_DRIVER_RC=1 HP_RESTART=0 HOLDERPO_MAX_RESTARTS=2
+hp_check_lost_worker
+hp_finish
+"""
+
+# (what ray.sub left: driver log text, ENDED written, nodes, running steps) -> requeued as a lost worker
+LOST_WORKER_ROWS = {
+    "Ray reports a dead node": ("ActorDiedError: The actor died because its node has died.", 0, 2, "77.2", True),
+    "ray.sub wrote ENDED": ("Traceback: ...", 1, 2, "", True),
+    "worker step gone with the head": ("RuntimeError: NCCL timeout", 0, 2, "77.batch", True),
+    "plain crash, worker step still running": ("ValueError: bad batch", 0, 2, "77.batch 77.2", False),
+    "plain crash, one node": ("ValueError: bad batch", 0, 1, "77.batch", False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("row", LOST_WORKER_ROWS, ids=list(LOST_WORKER_ROWS))
+def test_a_lost_ray_worker_is_a_stop_request(tmp_path: Path, row: str) -> None:
+    """What the NeMo RL entries read after ray.sub ended (hp_check_lost_worker): a Ray node that died during
+    training makes the attempt a stop (requeue, even without a new checkpoint), a plain crash does not."""
+    log, ended, nodes, steps, lost = LOST_WORKER_ROWS[row]
+    (tmp_path / "ckpt" / "step_3").mkdir(parents=True)
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray-driver.log").write_text(log + "\n")
+    if ended:
+        (tmp_path / "ray" / "ENDED").touch()
+    env = {"PATH": "/usr/bin:/bin", "HOLDERPO_HOME": str(REPO), "DIR": str(tmp_path), "NODES": str(nodes),
+           "STEPS": steps}  # fmt: skip
+    proc = subprocess.run(["bash", "-c", LOST_WORKER], env=env, capture_output=True, text=True, timeout=60)
+    result = read_env_file(tmp_path / "result.env")
+    requeued = (tmp_path / "calls").exists() and "requeue 77" in (tmp_path / "calls").read_text()
+    assert (result["reason"], requeued) == (("requeued", True) if lost else ("driver failed", False)), proc.stderr
+    assert ("stop requested (lost Ray worker)" in proc.stdout) == lost
