@@ -97,7 +97,12 @@ hp_init_attempt() {
   fi
   # No writer can be running (this job owns the run directory): a temporary NeMo RL checkpoint left by a killed
   # save is garbage, and the next save of that step would otherwise write into it.
-  rm -rf "$HP_CKPT_DIR"/tmp_step_*
+  local stale
+  for stale in "$HP_CKPT_DIR"/tmp_step_*; do
+    [[ -e "$stale" ]] || continue
+    hp_log "removing $stale (a save that never completed)"
+    rm -rf "$stale"
+  done
   HP_START_STEP=$(hp_newest_step)
   hp_log "newest complete checkpoint at start: step $HP_START_STEP (-1: none)"
 }

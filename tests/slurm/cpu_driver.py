@@ -83,7 +83,7 @@ def hang_saves_requested_by_a_stop() -> None:
         stop_file = os.environ.get("HOLDERPO_STOP_FILE")
         if not (stop_file and Path(stop_file).exists()):
             return original(run_dir, step, **kwargs)
-        partial = Path(run_dir) / f".tmp-step_{step}-partial"
+        partial = Path(run_dir) / f"tmp_step_{step}"  # named as NeMo RL names its unfinished saves
         partial.mkdir(parents=True, exist_ok=True)
         (partial / checkpoint.MODEL_FILE).write_bytes(b"half a model")
         print(f"cpu_driver: slow save of step {step} (test fault): hanging", file=sys.stderr, flush=True)

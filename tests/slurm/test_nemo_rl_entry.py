@@ -243,6 +243,7 @@ def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: Lo
     hung = int(re.search(r"slow save of step (\d+)", (attempt(2) / "driver.log").read_text()).group(1))
     before_hang = int(re.findall(r"stop requested \(USR1\); newest checkpoint step (\d+)", out)[-1])
     assert resumed_step(attempt(3) / "driver.log") == before_hang < hung
+    assert f"removing {ckpt}/tmp_step_{hung} (a save that never completed)" in out
     assert reproducible(read_metrics(ckpt)) == want
     assert (ckpt / "COMPLETED").exists()
 

@@ -217,6 +217,7 @@ def test_checkpoint_slower_than_the_timeout_requeues_from_the_previous_one(
     previous = int(re.search(r"stop requested \(USR1\); newest checkpoint step (\d+)", out).group(1))
     assert period <= previous < int(hung.group(1)) and previous % period == 0
     assert resumed_step(second / "driver.log") == previous
+    assert f"removing {run_dir}/tmp_step_{hung.group(1)} (a save that never completed)" in out
     assert reproducible(read_metrics(run_dir)) == want
 
 
@@ -254,6 +255,7 @@ def test_preemption_requeues_and_resumes_from_the_last_periodic_checkpoint(
     assert not (first / "result.env").exists()  # SIGKILL: the batch shell had no say, Slurm requeued the job
     resumed = resumed_step(second / "driver.log")
     assert resumed % period == 0 and period <= resumed < int(hung.group(1))
+    assert f"removing {run_dir}/tmp_step_{hung.group(1)} (a save that never completed)" in out
     assert reproducible(read_metrics(run_dir)) == want
 
 
