@@ -9,8 +9,8 @@
 #SBATCH --signal=B:USR1@120
 #SBATCH --open-mode=append
 #SBATCH --output=%x-%j.out
-# The reference run (`holderpo train`, CPU, no container) under the same stop / checkpoint / requeue / resume logic
-# as the GPU entries, so that logic runs for real on any Slurm cluster. See docs/slurm.md.
+# The reference run (`holderpo train`, CPU, no container) under the same stop rule as the GPU entries (checkpoint,
+# requeue, exact resume), so that rule runs for real on any Slurm cluster. See docs/slurm.md.
 #
 #   sbatch slurm/holderpo_smoke_cpu.sh [recipe overrides...]
 #   sbatch slurm/holderpo_smoke_cpu.sh grpo.max_num_steps=20
@@ -37,8 +37,8 @@ fi
 HOLDERPO_TRAIN=${HOLDERPO_TRAIN:-holderpo}
 HOLDERPO_CKPT_TIMEOUT_S=${HOLDERPO_CKPT_TIMEOUT_S:-90}
 
-# `holderpo train` writes RUN_DIR/COMPLETED itself once all steps are done.
-hp_init_attempt COMPLETED
+# `holderpo train` writes step_N/ and, once all steps are done, COMPLETED in the run directory itself.
+hp_init_attempt ""
 
 read -r -a extra_srun_args <<<"${HOLDERPO_SRUN_ARGS:-}"
 hp_run_driver "$HOLDERPO_LOG_DIR/driver.log" \

@@ -1,125 +1,144 @@
 # shellcheck shell=bash
-# Shared logic of the HölderPO sbatch entries (sourced, never executed): run directory, per-attempt logs, W&B run
-# id, the stop / checkpoint / requeue protocol and exit-code propagation. See docs/slurm.md.
+# Shared logic of the HölderPO sbatch entries (sourced, never executed): the run directory and its owner, per-attempt
+# logs, the W&B run id, and the one rule that turns every way an attempt can end into the job's fate.
+# The table of stop paths is in docs/slurm.md; the driver's side is the stop contract of `holderpo train` and
+# `holder_nemo.nemo_rl.run_grpo` (stop file, SIGUSR1, SIGTERM -> checkpoint at the next step boundary, exit 75).
 #
-# The protocol (the driver side is the stop contract of `holderpo train` and `holder_nemo.nemo_rl.run_grpo`):
-#   * Slurm sends SIGUSR1 to this batch shell `--signal=B:USR1@<margin>` seconds before the time limit (or a user
-#     sends it with `scancel --signal=USR1 --batch JOB`). The trap creates $HOLDERPO_STOP_FILE; the driver sees it at
-#     its next step boundary, writes a checkpoint and exits 75. If it has not exited after
-#     $HOLDERPO_CKPT_TIMEOUT_S the driver is terminated (the previous complete checkpoint stays valid).
-#   * driver exit 75 after USR1 (or after the driver's own allocation-end deadline): `scontrol requeue` unless
-#     $HOLDERPO_MAX_RESTARTS requeues already happened; the requeued job resumes from the latest checkpoint.
-#   * SIGTERM to this shell (scancel, preemption, `scancel --signal=TERM --batch`): same checkpoint request but no
-#     self-requeue (a preempting Slurm requeues `--requeue` jobs itself; a cancel means stop).
-#   * driver exit 0: the run is complete (RUN_DIR/COMPLETED-style marker); a requeued job that finds the marker
-#     exits 0 at once. Any other exit code: failure, propagated as the job's exit code, never requeued.
+# The rule (hp_finish), applied when the driver (the srun step, or NeMo RL's ray.sub) has ended:
+#   exit 0                                   -> the job ends 0 (complete when the driver wrote its COMPLETED marker)
+#   SIGTERM reached this shell               -> the job ends with the driver's code: a cancel stops, a preempting
+#                                               Slurm requeues a --requeue job by itself
+#   a stop was requested (SIGUSR1 / time limit, lost Ray worker; also when the checkpoint then outlived
+#   HOLDERPO_CKPT_TIMEOUT_S and the steps were cancelled), the driver exited 75 (its own deadline), or the newest
+#   complete checkpoint advanced during this attempt  -> `scontrol requeue` while restarts < HOLDERPO_MAX_RESTARTS
+#   anything else (a crash before any progress)       -> the job ends with the driver's exit code, no requeue
 
 HP_EXIT_STOPPED=75
+HP_EXIT_REFUSED=2
 
 hp_log() { printf '[holderpo][%s][+%ss] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$SECONDS" "$*"; }
 hp_err() { hp_log "ERROR: $*" >&2; }
+hp_refuse() {
+  hp_err "$*"
+  exit "$HP_EXIT_REFUSED"
+}
 
 # hp_sanitize STRING: letters, digits, '-', '_' only (W&B run ids, file names).
 hp_sanitize() { printf '%s' "$1" | tr -c 'A-Za-z0-9_-' '-'; }
 
-# ------------------------------------------------------------------------------------------------- allocation end
 # hp_job_end_epoch: Unix time at which this allocation ends; empty when unknown or unlimited.
 hp_job_end_epoch() {
-  local end
-  if [[ -n "${SLURM_JOB_END_TIME:-}" ]]; then  # exported by Slurm >= 23.02
-    echo "$SLURM_JOB_END_TIME"
-    return
+  local end=${SLURM_JOB_END_TIME:-}  # exported by Slurm >= 23.02
+  if [[ -z "$end" ]]; then
+    end=$(squeue -h -j "$SLURM_JOB_ID" -o %e 2>/dev/null) || return 0
+    case "${end%%$'\n'*}" in "" | N/A | Unknown | NONE | UNLIMITED | INVALID) return 0 ;; esac
+    end=$(date -d "${end%%$'\n'*}" +%s 2>/dev/null) || return 0
   fi
-  end=$(squeue -h -j "$SLURM_JOB_ID" -o %e 2>/dev/null) || return 0
-  end=${end%%$'\n'*}
-  case "$end" in "" | N/A | Unknown | NONE | UNLIMITED | INVALID) return 0 ;; esac
-  date -d "$end" +%s 2>/dev/null || true
+  echo "$end"
 }
 
 # hp_dhms SECONDS: NeMo RL's DD:HH:MM:SS (negative -> 00:00:00:00).
 hp_dhms() {
-  local s=$1
-  ((s < 0)) && s=0
+  local s=$(($1 < 0 ? 0 : $1))
   printf '%02d:%02d:%02d:%02d' $((s / 86400)) $((s % 86400 / 3600)) $((s % 3600 / 60)) $((s % 60))
 }
 
+# hp_newest_step: N of the newest complete checkpoint HP_CKPT_DIR/step_N (both drivers write step_N only by renaming
+# a finished temporary directory), -1 when there is none.
+hp_newest_step() {
+  local dir newest=-1
+  for dir in "$HP_CKPT_DIR"/step_*; do
+    [[ -d "$dir" && "${dir##*/step_}" =~ ^[0-9]+$ ]] && ((10#${dir##*/step_} > newest)) && newest=$((10#${dir##*/step_}))
+  done
+  echo "$newest"
+}
+
 # ------------------------------------------------------------------------------------------------- attempt setup
-# hp_init_attempt COMPLETED_MARKER (a path relative to the run directory; its existence means "run complete")
-# Sets and exports the run-level variables, creates the per-attempt log directory and, when the run is already
-# complete, exits 0. Globals set: HOLDERPO_RUN_DIR, HOLDERPO_LOG_DIR, HOLDERPO_STOP_FILE, HP_RESTART,
-# HOLDERPO_MAX_RESTARTS, HOLDERPO_CKPT_TIMEOUT_S, WANDB_RUN_ID (and WANDB_RESUME, WANDB_MODE).
+# hp_init_attempt CHECKPOINT_SUBDIR: run-level variables, the run directory's owner check, the attempt's log
+# directory; exits 0 at once when the run is already complete. CHECKPOINT_SUBDIR ("" or "checkpoints") is where the
+# driver writes step_N/ and COMPLETED, relative to the run directory.
 hp_init_attempt() {
-  local completed_marker=$1
   : "${SLURM_JOB_ID:?submit this script with sbatch (SLURM_JOB_ID is not set)}"
   HP_RESTART=${SLURM_RESTART_COUNT:-0}
   HOLDERPO_RUNS_ROOT=${HOLDERPO_RUNS_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}/runs}
   HOLDERPO_RUN_DIR=${HOLDERPO_RUN_DIR:-$HOLDERPO_RUNS_ROOT/$(hp_sanitize "${SLURM_JOB_NAME:-holderpo}")-$SLURM_JOB_ID}
   HOLDERPO_MAX_RESTARTS=${HOLDERPO_MAX_RESTARTS:-20}
   HOLDERPO_CKPT_TIMEOUT_S=${HOLDERPO_CKPT_TIMEOUT_S:-240}
-  if ! [[ "$HOLDERPO_MAX_RESTARTS" =~ ^[0-9]+$ ]]; then
-    hp_err "HOLDERPO_MAX_RESTARTS must be an integer >= 0, got '$HOLDERPO_MAX_RESTARTS'"
-    exit 2
-  fi
-  if ! [[ "$HOLDERPO_CKPT_TIMEOUT_S" =~ ^[0-9]+$ ]] || ((HOLDERPO_CKPT_TIMEOUT_S < 1)); then
-    hp_err "HOLDERPO_CKPT_TIMEOUT_S must be an integer >= 1 (seconds), got '$HOLDERPO_CKPT_TIMEOUT_S'"
-    exit 2
-  fi
+  [[ "$HOLDERPO_MAX_RESTARTS" =~ ^[0-9]+$ ]] ||
+    hp_refuse "HOLDERPO_MAX_RESTARTS must be an integer >= 0, got '$HOLDERPO_MAX_RESTARTS'"
+  [[ "$HOLDERPO_CKPT_TIMEOUT_S" =~ ^[1-9][0-9]*$ ]] ||
+    hp_refuse "HOLDERPO_CKPT_TIMEOUT_S must be an integer >= 1 (seconds), got '$HOLDERPO_CKPT_TIMEOUT_S'"
   mkdir -p "$HOLDERPO_RUN_DIR"
   HOLDERPO_RUN_DIR=$(cd "$HOLDERPO_RUN_DIR" && pwd)
-  # One directory per attempt: <job>-<restart count>. The stop file lives in it, so a stale request from an
-  # earlier attempt can never stop a later one.
+  hp_claim_run_dir
+  # One directory per attempt, <job>-<restart count>, holding the stop file: a stale request can never stop a later
+  # attempt.
   HOLDERPO_LOG_DIR=$HOLDERPO_RUN_DIR/logs/$SLURM_JOB_ID-$HP_RESTART
-  mkdir -p "$HOLDERPO_LOG_DIR"
-  rm -f "$HOLDERPO_LOG_DIR/STOP"
   HOLDERPO_STOP_FILE=$HOLDERPO_LOG_DIR/STOP
-  if [[ -n "$HP_STOP_REASON" ]]; then  # signalled during start-up
-    : >"$HOLDERPO_STOP_FILE"
-  fi
-  HP_COMPLETED_MARKER=$HOLDERPO_RUN_DIR/$completed_marker
-  export HOLDERPO_HOME HOLDERPO_RUN_DIR HOLDERPO_LOG_DIR HOLDERPO_STOP_FILE HOLDERPO_MAX_RESTARTS
-
+  mkdir -p "$HOLDERPO_LOG_DIR"
+  rm -f "$HOLDERPO_STOP_FILE"
+  [[ -z "$HP_STOP_REASON" ]] || : >"$HOLDERPO_STOP_FILE"  # signalled during start-up
+  HP_CKPT_DIR=$HOLDERPO_RUN_DIR${1:+/$1}
+  export HOLDERPO_HOME HOLDERPO_RUN_DIR HOLDERPO_LOG_DIR HOLDERPO_STOP_FILE
   hp_setup_wandb
   hp_log "job $SLURM_JOB_ID attempt $HP_RESTART (restart limit $HOLDERPO_MAX_RESTARTS) on $(hostname)"
   hp_log "run dir $HOLDERPO_RUN_DIR; attempt logs $HOLDERPO_LOG_DIR"
-  hp_write_attempt_info
-  if [[ -e "$HP_COMPLETED_MARKER" ]]; then
-    hp_log "run already complete ($HP_COMPLETED_MARKER exists); nothing to do"
-    hp_record_result 0 "already complete"
-    exit 0
-  fi
-}
-
-# hp_setup_wandb: one W&B run across every attempt. The id is chosen once per run directory (or taken from
-# HOLDERPO_WANDB_RUN_ID) and stored in RUN_DIR/wandb_run_id; WANDB_RESUME=allow makes W&B append to it.
-hp_setup_wandb() {
-  local id_file=$HOLDERPO_RUN_DIR/wandb_run_id id
-  if [[ -n "${HOLDERPO_WANDB_RUN_ID:-}" ]]; then
-    id=$HOLDERPO_WANDB_RUN_ID
-  elif [[ -s "$id_file" ]]; then
-    id=$(<"$id_file")
-  else
-    id=$(hp_sanitize "${SLURM_JOB_NAME:-holderpo}-$SLURM_JOB_ID-$(date -u +%Y%m%d%H%M%S)")
-  fi
-  if [[ ! -s "$id_file" ]] || [[ "$(<"$id_file")" != "$id" ]]; then
-    printf '%s\n' "$id" >"$id_file.tmp.$$" && mv -f "$id_file.tmp.$$" "$id_file"
-  fi
-  export WANDB_RUN_ID=$id
-  export WANDB_RESUME=${WANDB_RESUME:-allow}
-  export WANDB_MODE=${WANDB_MODE:-offline}
-  export WANDB_DIR=${WANDB_DIR:-$HOLDERPO_RUN_DIR}
-}
-
-hp_write_attempt_info() {
-  local end
-  end=$(hp_job_end_epoch)
   {
     printf 'job_id=%s\nrestart_count=%s\nhost=%s\nstart_utc=%s\n' "$SLURM_JOB_ID" "$HP_RESTART" "$(hostname)" \
       "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    printf 'allocation_end_epoch=%s\n' "${end:-unknown}"
-    printf 'nodes=%s\n' "${SLURM_JOB_NODELIST:-}"
+    printf 'allocation_end_epoch=%s\nnodes=%s\n' "$(hp_job_end_epoch)" "${SLURM_JOB_NODELIST:-}"
     printf 'wandb_run_id=%s\nwandb_mode=%s\n' "$WANDB_RUN_ID" "$WANDB_MODE"
     printf 'git_sha=%s\n' "$(git -C "$HOLDERPO_HOME" rev-parse HEAD 2>/dev/null || echo unknown)"
   } >"$HOLDERPO_LOG_DIR/attempt.env"
+  if [[ -e "$HP_CKPT_DIR/COMPLETED" ]]; then
+    hp_log "run already complete ($HP_CKPT_DIR/COMPLETED exists); nothing to do"
+    hp_record_result 0 "already complete"
+    exit 0
+  fi
+  # No writer can be running (this job owns the run directory): a temporary NeMo RL checkpoint left by a killed
+  # save is garbage, and the next save of that step would otherwise write into it.
+  local stale
+  for stale in "$HP_CKPT_DIR"/tmp_step_*; do
+    [[ -e "$stale" ]] || continue
+    hp_log "removing $stale (a save that never completed)"
+    rm -rf "$stale"
+  done
+  HP_START_STEP=$(hp_newest_step)
+  hp_log "newest complete checkpoint at start: step $HP_START_STEP (-1: none)"
+}
+
+# hp_claim_run_dir: one live job per run directory. RUN_DIR/owner_job holds the owning job id (created with
+# noclobber, so of two jobs starting together one wins). Another job may take over only once the owner is no longer
+# pending or running (its requeues keep the same id, so they pass).
+hp_claim_run_dir() {
+  local owner_file=$HOLDERPO_RUN_DIR/owner_job owner state
+  if (set -o noclobber && echo "$SLURM_JOB_ID" >"$owner_file") 2>/dev/null; then
+    return 0
+  fi
+  owner=$(<"$owner_file")
+  [[ "$owner" == "$SLURM_JOB_ID" ]] && return 0
+  state=$(squeue -h -j "$owner" -o %T 2>/dev/null) || state=""
+  case "$state" in
+    PENDING | RUNNING | SUSPENDED | CONFIGURING | COMPLETING | REQUEUE* | RESIZING | SIGNALING | STAGE_OUT | STOPPED)
+      hp_refuse "run directory $HOLDERPO_RUN_DIR belongs to job $owner ($state); not starting a second writer." \
+        "Wait for it or cancel it (scancel $owner), or use another HOLDERPO_RUN_DIR" ;;
+  esac
+  hp_log "taking over run directory from job $owner (${state:-gone})"
+  echo "$SLURM_JOB_ID" >"$owner_file.$SLURM_JOB_ID" && mv -f "$owner_file.$SLURM_JOB_ID" "$owner_file"
+}
+
+# hp_setup_wandb: one W&B run across every attempt: the id is chosen once per run directory (or taken from
+# HOLDERPO_WANDB_RUN_ID) and kept in RUN_DIR/wandb_run_id; WANDB_RESUME=allow makes W&B append to it.
+hp_setup_wandb() {
+  local id_file=$HOLDERPO_RUN_DIR/wandb_run_id
+  WANDB_RUN_ID=${HOLDERPO_WANDB_RUN_ID:-}
+  [[ -n "$WANDB_RUN_ID" || ! -s "$id_file" ]] || WANDB_RUN_ID=$(<"$id_file")
+  [[ -n "$WANDB_RUN_ID" ]] || WANDB_RUN_ID=$(hp_sanitize "${SLURM_JOB_NAME:-holderpo}-$SLURM_JOB_ID-$(date -u +%Y%m%d%H%M%S)")
+  if [[ ! -s "$id_file" || "$(<"$id_file")" != "$WANDB_RUN_ID" ]]; then
+    echo "$WANDB_RUN_ID" >"$id_file.tmp.$$" && mv -f "$id_file.tmp.$$" "$id_file"
+  fi
+  export WANDB_RUN_ID WANDB_RESUME=${WANDB_RESUME:-allow} WANDB_MODE=${WANDB_MODE:-offline}
+  export WANDB_DIR=${WANDB_DIR:-$HOLDERPO_RUN_DIR}
 }
 
 # hp_record_result CODE WHY: the attempt's outcome, for humans and for the tests.
@@ -129,83 +148,71 @@ hp_record_result() {
 }
 
 # ------------------------------------------------------------------------------------------------- signals
-HP_STOP_REASON=""     # USR1 | TERM once a stop was requested from outside
-HP_SIGNALS_SEEN=0     # counter, lets hp_wait tell "interrupted by a trap" from "driver died of a signal"
+HP_STOP_REASON=""  # why a stop was requested: USR1, TERM or "lost Ray worker"
 HP_DRIVER_PID=""
 HP_WATCHDOG_PID=""
 HP_REQUEUED=0
-HP_CLEANUP_HOOKS=()   # functions run (in order) on exit of the batch shell, success or failure
 
+# hp_request_stop WHY: ask the driver to checkpoint at its next step boundary (the stop file) and start the deadline.
 hp_request_stop() {
-  local sig=$1
-  HP_SIGNALS_SEEN=$((HP_SIGNALS_SEEN + 1))
-  if ((HP_REQUEUED)); then
-    return 0  # `scontrol requeue` makes Slurm terminate this attempt: expected, nothing to do
-  fi
-  if [[ -z "$HP_STOP_REASON" || "$sig" == TERM ]]; then
-    HP_STOP_REASON=$sig
-  fi
-  if [[ -z "${HOLDERPO_STOP_FILE:-}" ]]; then
-    return 0  # before hp_init_attempt: hp_init_attempt creates the stop file once it knows where
-  fi
-  hp_log "SIG$sig received: asking the driver to checkpoint at its next step boundary ($HOLDERPO_STOP_FILE)"
+  ((HP_REQUEUED)) && return 0  # `scontrol requeue` makes Slurm terminate this attempt: expected
+  [[ -n "$HP_STOP_REASON" && "$1" != TERM ]] || HP_STOP_REASON=$1
+  [[ -n "${HOLDERPO_STOP_FILE:-}" ]] || return 0  # before hp_init_attempt, which creates the stop file
+  hp_log "stop requested ($1): the driver checkpoints at its next step boundary ($HOLDERPO_STOP_FILE)"
   : >"$HOLDERPO_STOP_FILE"
   hp_start_watchdog
 }
 
-# hp_start_watchdog: terminate the driver if it has not exited HOLDERPO_CKPT_TIMEOUT_S after the stop request
-# (a deadline, not a readiness wait). TERM first; KILL after HOLDERPO_KILL_GRACE_S.
+# hp_start_watchdog: HOLDERPO_CKPT_TIMEOUT_S after the stop request, cancel the job's steps if the driver still runs.
+# Slurm then sends SIGTERM, and SIGKILL after KillWait, to the steps' tasks; the stop was requested, so the job is
+# requeued and resumes from the newest complete checkpoint (a half-written one is never named step_N).
 hp_start_watchdog() {
-  if [[ -z "$HP_DRIVER_PID" || -n "$HP_WATCHDOG_PID" ]]; then
-    return 0
-  fi
-  local pid=$HP_DRIVER_PID timeout=$HOLDERPO_CKPT_TIMEOUT_S grace=${HOLDERPO_KILL_GRACE_S:-30}
+  [[ -n "$HP_DRIVER_PID" && -z "$HP_WATCHDOG_PID" ]] || return 0
   (
-    sleeper=""
-    trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-    sleep "$timeout" &
-    sleeper=$!
-    wait "$sleeper"
-    if kill -0 "$pid" 2>/dev/null; then
-      hp_err "driver still running ${timeout}s after the stop request; terminating it (HOLDERPO_CKPT_TIMEOUT_S)"
-      kill -TERM "$pid" 2>/dev/null || true
-      sleep "$grace" &
-      sleeper=$!
-      wait "$sleeper"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
+    trap 'kill "$!" 2>/dev/null; exit 0' TERM
+    sleep "$HOLDERPO_CKPT_TIMEOUT_S" &
+    wait "$!"
+    hp_err "driver still running ${HOLDERPO_CKPT_TIMEOUT_S}s after the stop request (HOLDERPO_CKPT_TIMEOUT_S):" \
+      "cancelling the job's steps"
+    hp_cancel_steps
   ) &
   HP_WATCHDOG_PID=$!
 }
 
+# hp_cancel_steps: `scancel JOB.STEP` for every running step of this job but the batch step.
+hp_cancel_steps() {
+  local step
+  for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i 2>/dev/null); do
+    [[ "$step" =~ ^[0-9]+\.[0-9]+$ ]] || continue
+    hp_log "cancelling step $step"
+    scancel "$step" 2>/dev/null || true  # it may have ended meanwhile
+  done
+  return 0
+}
+
 hp_install_traps() {
-  unset HOLDERPO_STOP_FILE  # always per attempt (hp_init_attempt); never inherited from the submitting shell
+  unset HOLDERPO_STOP_FILE  # per attempt (hp_init_attempt), never inherited from the submitting shell
   trap 'hp_request_stop USR1' USR1
   trap 'hp_request_stop TERM' TERM
   trap 'hp_on_exit' EXIT
 }
 
 hp_on_exit() {
-  local rc=$? hook
+  local rc=$?
   trap - EXIT
   set +e
-  if [[ -n "$HP_WATCHDOG_PID" ]]; then
-    kill -TERM "$HP_WATCHDOG_PID" 2>/dev/null
-  fi
+  [[ -z "$HP_WATCHDOG_PID" ]] || kill "$HP_WATCHDOG_PID" 2>/dev/null
   if [[ -n "$HP_DRIVER_PID" ]] && kill -0 "$HP_DRIVER_PID" 2>/dev/null; then
-    hp_err "batch shell exiting while the driver (pid $HP_DRIVER_PID) still runs; terminating it"
-    kill -TERM "$HP_DRIVER_PID" 2>/dev/null
+    hp_err "batch shell exiting while the driver runs; cancelling the job's steps"
+    hp_cancel_steps
   fi
-  for hook in "${HP_CLEANUP_HOOKS[@]}"; do
-    "$hook"
-  done
   hp_log "batch shell exiting with code $rc"
   exit "$rc"
 }
 
 # ------------------------------------------------------------------------------------------------- driver
-# hp_run_driver LOG_FILE CMD [ARGS...]: run the driver in the background (so traps run at once), wait for it,
-# and set HP_DRIVER_RC. stdout+stderr go to LOG_FILE.
+# hp_run_driver LOG_FILE CMD [ARGS...]: run the driver in the background, so traps run at once, and wait for it,
+# calling hp_poll (if an entry defines it) every few seconds; sets HP_DRIVER_RC.
 hp_run_driver() {
   local log_file=$1
   shift
@@ -213,71 +220,63 @@ hp_run_driver() {
   hp_log "driver log: $log_file"
   "$@" >"$log_file" 2>&1 &
   HP_DRIVER_PID=$!
-  if [[ -n "$HP_STOP_REASON" ]]; then  # a signal arrived during setup: the stop file already exists
-    hp_start_watchdog
-  fi
-  hp_wait "$HP_DRIVER_PID"
-  HP_DRIVER_RC=$HP_WAIT_RC
+  [[ -z "$HP_STOP_REASON" ]] || hp_start_watchdog  # a signal arrived during setup: the stop file exists already
+  while kill -0 "$HP_DRIVER_PID" 2>/dev/null; do
+    sleep 2 &
+    wait "$!" 2>/dev/null || true  # a trapped signal ends this wait at once; its trap runs
+    if declare -F hp_poll >/dev/null; then hp_poll; fi
+  done
+  HP_DRIVER_RC=0
+  wait "$HP_DRIVER_PID" || HP_DRIVER_RC=$?
   HP_DRIVER_PID=""
   if [[ -n "$HP_WATCHDOG_PID" ]]; then
-    kill -TERM "$HP_WATCHDOG_PID" 2>/dev/null || true
-    wait "$HP_WATCHDOG_PID" 2>/dev/null || true
+    kill "$HP_WATCHDOG_PID" 2>/dev/null || true
     HP_WATCHDOG_PID=""
   fi
   hp_log "driver exited with code $HP_DRIVER_RC"
 }
 
-# hp_wait PID: wait for a child, resuming after trapped signals; sets HP_WAIT_RC.
-# bash's `wait` returns 128+n when a trapped signal interrupts it while the child still runs.
-hp_wait() {
-  local pid=$1 rc seen interrupted_rc=""
-  while :; do
-    seen=$HP_SIGNALS_SEEN
-    rc=0
-    wait "$pid" || rc=$?
-    if ((rc > 128)) && [[ "$seen" != "$HP_SIGNALS_SEEN" ]]; then
-      interrupted_rc=$rc
-      continue
-    fi
-    if ((rc == 127)) && [[ -n "$interrupted_rc" ]]; then
-      rc=$interrupted_rc  # the child had already been reaped when the trap fired; its status was rc
-    fi
-    break
-  done
-  HP_WAIT_RC=$rc
-}
-
 # ------------------------------------------------------------------------------------------------- outcome
-# hp_finish: turn the driver's exit code into the job's fate; never returns.
+# hp_finish: the rule at the top of this file; never returns.
 hp_finish() {
-  local rc=$HP_DRIVER_RC
+  local rc=$HP_DRIVER_RC newest why
+  hp_cancel_steps  # whatever still runs (ray.sub leaves its worker step behind when the head ends)
+  newest=$(hp_newest_step)
   if ((rc == 0)); then
-    if [[ ! -e "$HP_COMPLETED_MARKER" ]]; then
-      : >"$HP_COMPLETED_MARKER"
+    if [[ -e "$HP_CKPT_DIR/COMPLETED" ]]; then
+      hp_log "run complete"
+      hp_record_result 0 "complete"
+    else
+      hp_log "driver exited 0 without writing $HP_CKPT_DIR/COMPLETED (e.g. --dry-run): not complete, not requeued"
+      hp_record_result 0 "exited 0, run not complete"
     fi
-    hp_log "run complete"
-    hp_record_result 0 "complete"
     exit 0
   fi
-  if ((rc != HP_EXIT_STOPPED)); then
-    hp_err "driver failed with exit code $rc; not requeueing (see $HOLDERPO_LOG_DIR)"
-    hp_record_result "$rc" "driver failed"
-    exit "$rc"
-  fi
   if [[ "$HP_STOP_REASON" == TERM ]]; then
-    hp_log "checkpointed after SIGTERM (cancel or preemption): not requeueing; resubmit with" \
-      "HOLDERPO_RUN_DIR=$HOLDERPO_RUN_DIR to resume"
+    hp_log "driver exited $rc after SIGTERM (cancel or preemption): not requeueing (a preempting Slurm requeues" \
+      "--requeue jobs itself; newest checkpoint step $newest)"
     hp_record_result "$rc" "stopped by SIGTERM"
     exit "$rc"
   fi
+  if [[ -n "$HP_STOP_REASON" ]]; then
+    why="stop requested ($HP_STOP_REASON)"
+  elif ((rc == HP_EXIT_STOPPED)); then
+    why="driver checkpointed and stopped on its own (exit $rc)"
+  elif ((newest > HP_START_STEP)); then
+    why="driver exited $rc after progress (newest checkpoint step $HP_START_STEP -> $newest)"
+  else
+    hp_err "driver failed with exit code $rc before any new checkpoint; not requeueing (see $HOLDERPO_LOG_DIR)"
+    hp_record_result "$rc" "driver failed"
+    exit "$rc"
+  fi
   if ((HP_RESTART >= HOLDERPO_MAX_RESTARTS)); then
-    hp_err "checkpointed, but the restart limit is reached ($HP_RESTART requeues," \
-      "HOLDERPO_MAX_RESTARTS=$HOLDERPO_MAX_RESTARTS); not requeueing. Resume by hand:" \
-      "HOLDERPO_RUN_DIR=$HOLDERPO_RUN_DIR sbatch <same script and overrides>"
+    hp_err "$why, but the restart limit is reached ($HP_RESTART requeues, HOLDERPO_MAX_RESTARTS=$HOLDERPO_MAX_RESTARTS)." \
+      "Resume by hand: HOLDERPO_RUN_DIR=$HOLDERPO_RUN_DIR sbatch <same script and overrides>"
     hp_record_result "$rc" "restart limit reached"
     exit "$rc"
   fi
-  hp_log "checkpointed; requeueing job $SLURM_JOB_ID (restart $((HP_RESTART + 1)) of at most $HOLDERPO_MAX_RESTARTS)"
+  hp_log "$why; newest checkpoint step $newest; requeueing job $SLURM_JOB_ID (restart $((HP_RESTART + 1)) of at most" \
+    "$HOLDERPO_MAX_RESTARTS)"
   HP_REQUEUED=1
   hp_record_result "$rc" "requeued"
   if ! scontrol requeue "$SLURM_JOB_ID"; then

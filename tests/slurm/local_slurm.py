@@ -3,10 +3,27 @@
 Debian's slurm-wlm and munge binaries, nothing written outside the temp dir (every client reads ``SLURM_CONF``;
 munged gets its own key and socket). Nodes, all on 127.0.0.1, one slurmd each (``slurmd -N``):
 
-* ``cpu1`` (partition ``cpu``, default): 8 CPUs (oversubscribes the host; ``SlurmdParameters=config_overrides``)
-  for the real CPU smoke jobs;
-* ``gpu[1-4]`` (partition ``gpu``): 64 CPUs and ``gpu:8`` each, backed by 8 fake character devices, so
-  ``sbatch --test-only`` checks the 7B / 32B scripts against the shape of 8-GPU nodes. Nothing runs there.
+* ``hp-cpu1`` (partition ``cpu``, default): 8 CPUs (oversubscribes the host; ``SlurmdParameters=config_overrides``)
+  for the real CPU smoke jobs; partition ``cpu-urgent`` holds the same node at a higher ``PriorityTier``, so a job
+  there preempts (``PreemptType=preempt/partition_prio``, ``PreemptMode=REQUEUE``) like a real higher-priority job;
+* ``hp-gpu[1-4]`` (partition ``gpu``): 64 CPUs and ``gpu:8`` each, backed by 8 fake character devices, so
+  ``sbatch --test-only`` checks the GPU entries against the shape of 8-GPU nodes, and two of them carry a real
+  2-node Ray cluster started by NeMo RL's ``ray.sub`` (``test_nemo_rl_entry.py``).
+
+What makes one host behave like separate nodes (each said where it is done):
+
+* every slurmd runs in its own mount namespace whose ``/tmp/ray`` is a private directory, so each "node" has its own
+  Ray temp dir (``ray.sub`` deletes ``/tmp/ray/session_*`` before every ``ray start``; on one shared ``/tmp`` the
+  worker would delete the head's session, and other users' Ray sessions on this machine);
+* a step's processes are tracked by process group (``proctrack/pgid``; a real cluster uses cgroups, which five
+  slurmd on one host cannot share): when a step's task exits, Slurm kills what it left behind in its group, such as
+  ``ray.sub``'s sidecars and the Ray daemons of ``ray start --head`` (with ``proctrack/linuxproc`` they re-parent
+  away from the step, keep its output open, and the step never ends). ``Epilog=`` then kills, on each node, every
+  process still carrying the job's ``SLURM_JOB_ID`` (and this cluster's ``SLURM_CONF``) in its environment, as the
+  end of a job's cgroup would;
+* each node name resolves to its own loopback address, ``127.0.1.N`` (``NODE_IPS``), through ``/etc/hosts``
+  (``ensure_node_names_resolve``: appended once, only for the tests that need it), so resolving them sends no DNS
+  query off the machine and Ray registers each node under its own address.
 
 ``cred_expire=5`` (default 120 s): Slurm holds a requeued job until its old credentials expire, so requeued jobs
 start again after a few seconds instead of two minutes, without touching the job.
@@ -24,6 +41,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -32,8 +50,31 @@ from typing import Any
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "scontrol", "squeue", "scancel", "sinfo")
-GPU_NODES = ("gpu1", "gpu2", "gpu3", "gpu4")
-CPU_NODE = "cpu1"
+GPU_NODES = ("hp-gpu1", "hp-gpu2", "hp-gpu3", "hp-gpu4")
+CPU_NODE = "hp-cpu1"
+# Each node's own address, all on loopback: Ray keeps an address other than 127.0.0.1 as the node's IP (it replaces
+# 127.0.0.1 and localhost by the host's interface address), so two "nodes" get two distinct 127.0.1.x addresses.
+NODE_IPS = {CPU_NODE: "127.0.1.10", **{node: f"127.0.1.{i}" for i, node in enumerate(GPU_NODES, start=1)}}
+HOSTS_FILE = Path("/etc/hosts")
+HOSTS_MARK = "# holder_nemo tests/slurm/local_slurm.py: a local Slurm node"
+
+EPILOG = """#!{python}
+# Epilog of the test cluster (tests/slurm/local_slurm.py): what proctrack/cgroup does on a real cluster. Kill every
+# process on this node still carrying this job's id and this cluster's SLURM_CONF in its environment.
+import os, signal
+want = {{b"SLURM_JOB_ID=" + os.environ["SLURM_JOB_ID"].encode(), b"SLURM_CONF={conf}",
+         b"SLURMD_NODENAME=" + os.environ.get("SLURMD_NODENAME", "").encode()}}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) in (os.getpid(), os.getppid()):
+        continue
+    try:
+        with open(f"/proc/{{pid}}/environ", "rb") as fh:
+            env = set(fh.read().split(b"\\0"))
+        if want <= env:
+            os.kill(int(pid), signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        pass
+"""
 
 
 def missing_binaries() -> list[str]:
@@ -82,6 +123,7 @@ class LocalSlurm:
         self.base = base
         self.conf = base / "slurm.conf"
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.private_ray_tmp = False  # set by start(): whether each node has its own /tmp/ray
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         for var in [k for k in self.env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
             if var != "SLURM_CONF":  # a developer running the tests inside an allocation
@@ -90,13 +132,16 @@ class LocalSlurm:
     # ------------------------------------------------------------------------------------------- set-up
     def _write_config(self) -> None:
         b = self.base
-        for sub in ("munge", "state", "run", "log", "spool", "fakedev"):
+        for sub in ("munge", "state", "run", "log", "spool", "fakedev", "nodes"):
             (b / sub).mkdir(parents=True, exist_ok=True)
         for n in range(8):
             dev = b / "fakedev" / f"nvidia{n}"
             if not dev.exists():
                 os.mknod(dev, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # a char device with /dev/null's numbers
         ctld_port, cpu_port, *gpu_ports = _free_ports(2 + len(GPU_NODES))
+        epilog = b / "epilog.py"
+        epilog.write_text(EPILOG.format(python=sys.executable, conf=self.conf))
+        epilog.chmod(0o755)
         self.conf.write_text(
             f"""ClusterName=holderpoci
 SlurmctldHost=localhost(127.0.0.1)
@@ -106,7 +151,7 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={b}/munge/munge.socket,cred_expire=5
 MpiDefault=none
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -126,11 +171,15 @@ JobCompLoc={b}/log/jobcomp.txt
 AccountingStorageType=accounting_storage/none
 MinJobAge=600
 KillWait=5
+Epilog={epilog}
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 DefMemPerCPU=256
 NodeName={CPU_NODE} NodeHostname=localhost NodeAddr=127.0.0.1 Port={cpu_port} CPUs=8 RealMemory=8192 State=UNKNOWN
 NodeName={",".join(GPU_NODES)} NodeHostname=localhost NodeAddr=127.0.0.1 Port=[{",".join(map(str, gpu_ports))}] \
 CPUs=64 Sockets=2 CoresPerSocket=32 ThreadsPerCore=1 RealMemory=1000000 Gres=gpu:8 State=UNKNOWN
-PartitionName=cpu Nodes={CPU_NODE} Default=YES MaxTime=INFINITE State=UP
+PartitionName=cpu Nodes={CPU_NODE} Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=cpu-urgent Nodes={CPU_NODE} MaxTime=INFINITE State=UP PriorityTier=2
 PartitionName=gpu Nodes={",".join(GPU_NODES)} MaxTime=INFINITE State=UP
 """
         )
@@ -158,8 +207,16 @@ PartitionName=gpu Nodes={",".join(GPU_NODES)} MaxTime=INFINITE State=UP
         )  # fmt: skip
         wait_until(sock.exists, 20, "munged's socket")
         self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-i", "-f", str(self.conf)])
+        probe = ["unshare", "--mount", "--propagation", "private", "true"]
+        self.private_ray_tmp = shutil.which("unshare") is not None and subprocess.run(probe).returncode == 0
         for node in (CPU_NODE, *GPU_NODES):
-            self._spawn(f"slurmd-{node}", [_binary("slurmd"), "-D", "-f", str(self.conf), "-N", node])
+            slurmd = [_binary("slurmd"), "-D", "-f", str(self.conf), "-N", node]
+            if self.private_ray_tmp:  # the node's own /tmp/ray: a bind mount in a mount namespace of its own
+                ray_tmp = b / "nodes" / node / "tmp-ray"
+                ray_tmp.mkdir(parents=True, exist_ok=True)
+                bind = 'mkdir -p /tmp/ray && mount --bind "$0" /tmp/ray && exec "$@"'
+                slurmd = [*probe[:-1], "--", "/bin/sh", "-c", bind, str(ray_tmp), *slurmd]
+            self._spawn(f"slurmd-{node}", slurmd)
         wait_until(self._all_idle, 60, f"all nodes idle (logs in {b / 'log'})", interval=0.1)
 
     def _all_idle(self) -> bool:
@@ -247,3 +304,66 @@ def local_slurm(base: Path) -> Iterator[LocalSlurm]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def ensure_node_names_resolve() -> str | None:
+    """Make every node name resolve to its own loopback address (``NODE_IPS``) through /etc/hosts, appending one
+    marked line per missing name; None when done, else why it cannot be. Checked by reading the file, never by a
+    lookup: a name missing there would go out as a DNS query."""
+    try:
+        text = HOSTS_FILE.read_text()
+    except OSError as exc:
+        return f"cannot read {HOSTS_FILE}: {exc}"
+    listed: dict[str, str] = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        for name in fields[1:]:
+            listed.setdefault(name, fields[0])  # the resolver takes the first line naming it
+    wrong = {name: ip for name, ip in listed.items() if name in NODE_IPS and ip != NODE_IPS[name]}
+    if wrong:
+        return f"{HOSTS_FILE} maps {wrong}; the tests need {NODE_IPS} (remove those lines)"
+    missing = [name for name in NODE_IPS if name not in listed]
+    if not missing:
+        return None
+    lines = "".join(f"{NODE_IPS[name]} {name} {HOSTS_MARK}\n" for name in missing)
+    try:
+        with HOSTS_FILE.open("a") as fh:
+            fh.write(("" if text.endswith("\n") else "\n") + lines)
+    except OSError as exc:
+        return f"node names {missing} do not resolve and {HOSTS_FILE} is not writable ({exc})"
+    return None
+
+
+def job_pids(cluster: LocalSlurm, job_id: str) -> set[int]:
+    """Every process of this cluster's job ``job_id`` on this host (by its environment, as the Epilog finds them)."""
+    want = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_CONF={cluster.conf}".encode()}
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if want <= set(fh.read().split(b"\0")):
+                    pids.add(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def job_sockets(pids: set[int]) -> list[str]:
+    """``ss`` lines of the TCP/UDP sockets (any state) owned by ``pids``."""
+    out = subprocess.run(["ss", "-tunapH"], capture_output=True, text=True, timeout=30).stdout
+    return [line for line in out.splitlines() if any(int(p) in pids for p in _pids_in(line))]
+
+
+def off_loopback(line: str) -> bool:
+    """Whether an ``ss -tunapH`` line has a local or peer address that is neither loopback nor unset (``*``)."""
+    fields = line.split()
+    return not all(_loopback_or_unset(address) for address in fields[4:6])
+
+
+def _loopback_or_unset(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]").split("%", 1)[0].removeprefix("::ffff:")
+    return host in ("*", "0.0.0.0", "::", "::1") or host.startswith("127.")
+
+
+def _pids_in(line: str) -> list[str]:
+    return [part.split(",", 1)[0] for part in line.split("pid=")[1:]]

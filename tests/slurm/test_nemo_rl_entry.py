@@ -1,0 +1,309 @@
+"""The NeMo RL entries (``slurm/holderpo_7b.sh``; 32B and ALFWorld share its library) on the local Slurm cluster,
+through NeMo RL v0.7.0's real ``ray.sub``.
+
+The ray.sub tests need a NeMo RL source tree (``HOLDERPO_TEST_NEMO_RL_HOME=/path/to/NeMo-RL`` at tag v0.7.0; skipped
+with that reason where there is none, as on CI) and Ray with its dashboard (``ray[default]``) in the interpreter
+running the tests or in ``HOLDERPO_TEST_RAY_PYTHON``.
+
+Real: Slurm (2 "nodes" of the ``gpu`` partition, 8 fake GPUs each, each with its own loopback address and its own
+``/tmp/ray``), the entry and its libraries, ``ray.sub`` itself (copied out of the tree by the entry's first job step,
+as it is copied out of the image on a cluster), its head and worker steps, ``ray start``, the 2-node Ray cluster
+they form, and ``holderpo train`` with its stop contract as the driver. Faked, and why:
+
+* ``srun`` is ``stand_ins/srun``: drops the pyxis (``--container-*``) and PMIx flags this cluster cannot honour and
+  says so in the log (no enroot/pyxis here); no container is started;
+* ``ray`` is ``stand_ins/ray``: each node's own loopback address for ``ray start``, and a no-op ``ray stop`` (it
+  would kill every Ray process on this shared host);
+* the GPU job: ``cpu_driver.py`` instead of ``python -m holder_nemo.nemo_rl.run_grpo`` (``HOLDERPO_DRIVER``, same
+  arguments): it joins the Ray cluster and runs a task on each node, then runs ``holderpo train`` on CPU.
+
+Every TCP/UDP socket of the job's processes is sampled during the runs: none may leave loopback.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from local_slurm import NODE_IPS, LocalSlurm, ensure_node_names_resolve, job_pids, job_sockets, off_loopback
+from runs import (
+    CPU_DRIVER,
+    REPO,
+    SLURM_DIR,
+    TINY,
+    attempt_dirs,
+    newest_step,
+    read_env_file,
+    read_metrics,
+    reproducible,
+    resumed_step,
+    uninterrupted_metrics,
+    wait_final,
+    wait_for,
+    wait_requeued,
+)
+
+ENTRY = SLURM_DIR / "holderpo_7b.sh"
+STAND_INS = Path(__file__).with_name("stand_ins")
+NEMO_RL_HOME_ENV = "HOLDERPO_TEST_NEMO_RL_HOME"
+
+
+def nemo_rl_tree() -> Path:
+    home = os.environ.get(NEMO_RL_HOME_ENV)
+    if not home:
+        pytest.skip(f"no NeMo RL source tree: set {NEMO_RL_HOME_ENV} to a NeMo RL checkout at tag v0.7.0")
+    if not (Path(home) / "ray.sub").is_file():
+        pytest.skip(f"{NEMO_RL_HOME_ENV}={home} has no ray.sub")
+    return Path(home)
+
+
+def python_with_ray() -> Path:
+    python = Path(os.environ.get("HOLDERPO_TEST_RAY_PYTHON", sys.executable))
+    probe = subprocess.run([str(python), "-c", "import ray, aiohttp_cors, holder_nemo"], capture_output=True)
+    if probe.returncode or not python.with_name("ray").exists():
+        pytest.skip(f"{python} lacks ray[default] (ray.sub starts the dashboard) or holder_nemo; "
+                    "pip install 'ray[default]' or set HOLDERPO_TEST_RAY_PYTHON")  # fmt: skip
+    return python
+
+
+def free_port_block(count: int) -> int:
+    """First port of ``count`` consecutive free TCP ports, below Linux's ephemeral range."""
+    for base in range(20000, 32000 - count, 100):
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("0.0.0.0", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free port block")
+
+
+def entry_env(cluster: LocalSlurm, tmp: Path, run_dir: Path, python: Path, **extra: str) -> dict[str, str]:
+    """The submitting shell's environment: stand-ins first on PATH, ray.sub's ports (free ones: this host is shared),
+    the CPU driver, and the run's settings."""
+    if not cluster.private_ray_tmp:
+        pytest.skip("the nodes cannot get their own /tmp/ray (unshare --mount failed): ray.sub would clean the "
+                    "host's /tmp/ray")  # fmt: skip
+    problem = ensure_node_names_resolve()
+    if problem:
+        pytest.skip(problem)
+    b = free_port_block(80)
+    ports = {
+        "PORT": b,
+        "RAY_CLIENT_SERVER_PORT": b + 1,
+        "DASHBOARD_PORT": b + 2,
+        "DASHBOARD_AGENT_LISTEN_PORT": b + 3,
+        "NODE_MANAGER_PORT": b + 5,
+        "OBJECT_MANAGER_PORT": b + 7,
+        "RUNTIME_ENV_AGENT_PORT": b + 9,
+        "DASHBOARD_AGENT_GRPC_PORT": b + 11,
+        "METRICS_EXPORT_PORT": b + 13,
+        "MIN_WORKER_PORT": b + 20,
+        "MAX_WORKER_PORT": b + 79,
+    }  # fmt: skip  (ray.sub gives the head each per-node port + 1)
+    return {
+        "PATH": f"{STAND_INS}:{os.environ['PATH']}",
+        "HOLDERPO_TEST_REAL_SRUN": shutil.which("srun") or "/usr/bin/srun",
+        "HOLDERPO_TEST_REAL_RAY": str(python.with_name("ray")),
+        "HOLDERPO_DRIVER": f"{python} {CPU_DRIVER} --ray",
+        "HOLDERPO_RECIPE": str(REPO / "recipes" / "smoke_cpu.yaml"),
+        "HOLDERPO_CONTAINER_IMAGE": str(tmp / "nemo-rl-v0.7.0.sqsh"),  # never opened: srun drops it
+        "HOLDERPO_RUN_DIR": str(run_dir),
+        "HOLDERPO_CACHE_DIR": str(tmp / "cache"),
+        "RAY_AUTH_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+        **{name: str(port) for name, port in ports.items()},
+        **extra,
+    }
+
+
+def submit_entry(cluster: LocalSlurm, tmp: Path, env: dict[str, str], steps: int, *overrides: str) -> str:
+    args = [f"grpo.max_num_steps={steps}", *TINY, "logger.progress_bar=false", *overrides]
+    opts = ["--partition=gpu", "--nodes=2", "--time=00:45:00", f"--output={tmp}/%x-%j.out"]
+    return cluster.sbatch(ENTRY, args, env=env, options=opts, cwd=tmp)
+
+
+class SocketWatch(threading.Thread):
+    """Samples every second the sockets of all processes of a job (found by their environment)."""
+
+    def __init__(self, cluster: LocalSlurm, job: str) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.job = cluster, job
+        self.done = threading.Event()
+        self.seen: set[str] = set()
+        self.off_loopback: list[str] = []
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            for line in job_sockets(job_pids(self.cluster, self.job)):
+                self.seen.add(line)
+                if off_loopback(line):
+                    self.off_loopback.append(line)
+
+    def __enter__(self) -> SocketWatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
+
+
+def check_ray_cluster(attempt: Path, nodes: list[str]) -> None:
+    """The driver's view of Ray: every node of the allocation, under its own loopback address, running a task."""
+    seen = json.loads((attempt / "ray_cluster.json").read_text())
+    assert sorted(n["ip"] for n in seen["nodes"]) == sorted(NODE_IPS[n] for n in nodes), seen
+    assert all(n["resources"]["worker_units"] == 8 for n in seen["nodes"]), seen  # ray.sub's GPUS_PER_NODE
+    assert sorted((t["slurmd_nodename"], t["ip"]) for t in seen["tasks"]) == sorted((n, NODE_IPS[n]) for n in nodes)
+    assert seen["driver_ip"] == NODE_IPS[sorted(nodes)[0]]  # the driver runs on ray.sub's head node
+
+
+def job_nodes(cluster: LocalSlurm, job: str) -> list[str]:
+    hostlist = cluster.job(job)["NodeList"]
+    return cluster.run(["scontrol", "show", "hostnames", hostlist]).stdout.split()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
+    """One run of the 7B entry through ray.sub, stopped three different ways, then finished:
+
+    attempt 0: USR1 -> the driver checkpoints at its step boundary -> requeue (and a second job for the same run
+    directory, submitted meanwhile, is refused); attempt 1: the Ray worker node's step is killed -> ray.sub marks the
+    cluster ENDED -> stop -> requeue; attempt 2: USR1, but the checkpoint hangs past HOLDERPO_CKPT_TIMEOUT_S -> the
+    job's steps are cancelled -> requeue from the previous complete checkpoint; attempt 3: runs to the end. The
+    per-step metrics equal an uninterrupted run's exactly."""
+    tree, python = nemo_rl_tree(), python_with_ray()
+    steps, period = 40, 4
+    run_dir = tmp_path / "run"
+    env = entry_env(
+        slurm_cluster, tmp_path, run_dir, python, HOLDERPO_NEMO_RL_IN_IMAGE=str(tree), HOLDERPO_TEST_STEP_S="0.5",
+        HOLDERPO_TEST_SLOW_SAVE="2", HOLDERPO_CKPT_TIMEOUT_S="20",
+    )  # fmt: skip
+    want = uninterrupted_metrics(tmp_path, steps, TINY)
+    ckpt = run_dir / "checkpoints"
+    job = submit_entry(slurm_cluster, tmp_path, env, steps, f"checkpointing.save_period={period}")
+
+    def attempt(n: int) -> Path:
+        return run_dir / "logs" / f"{job}-{n}"
+
+    with SocketWatch(slurm_cluster, job) as sockets:
+        # 0: USR1 once the driver has joined Ray; a second submission to the same run directory is refused.
+        wait_for(lambda: (attempt(0) / "ray_cluster.json").exists(), 420, "attempt 0's driver to join Ray")
+        slurm_cluster.run(["scancel", "--signal=USR1", "--batch", job])
+        intruder = submit_entry(slurm_cluster, tmp_path, env, steps)
+        wait_requeued(slurm_cluster, job, 1)
+        # 1: kill the worker node's Ray step once training runs.
+        wait_for(lambda: (attempt(1) / "ray_cluster.json").exists(), 420, "attempt 1's driver to join Ray")
+        wait_for(lambda: len(read_metrics(ckpt)) > (resumed_step(attempt(1) / "driver.log") or 1e9), 240, "a step")
+        nodes = job_nodes(slurm_cluster, job)
+        steps_now = slurm_cluster.run(["squeue", "-h", "-s", "-j", job, "-o", "%i %N"]).stdout.split("\n")
+        worker = [s.split()[0] for s in steps_now if s.split()[1:] == [sorted(nodes)[1]] and ".batch" not in s]
+        assert len(worker) == 1, steps_now
+        slurm_cluster.run(["scancel", "--signal=KILL", worker[0]])
+        wait_requeued(slurm_cluster, job, 2)
+        # 2: USR1 after a periodic checkpoint of this attempt; that stop's save hangs (test fault).
+        wait_for(lambda: (attempt(2) / "ray_cluster.json").exists(), 420, "attempt 2's driver to join Ray")
+        wait_for(lambda: resumed_step(attempt(2) / "driver.log") is not None, 240, "attempt 2 to resume")
+        start = resumed_step(attempt(2) / "driver.log")
+        wait_for(lambda: newest_step(ckpt) > start, 240, "a periodic checkpoint in attempt 2")
+        slurm_cluster.run(["scancel", "--signal=USR1", "--batch", job])
+        wait_requeued(slurm_cluster, job, 3)
+        info = wait_final(slurm_cluster, job, timeout=600)
+    out = (tmp_path / f"holderpo-7b-{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "3"), out[-5000:]
+
+    refused = wait_final(slurm_cluster, intruder)
+    assert (refused["JobState"], refused["ExitCode"], refused["Restarts"]) == ("FAILED", "2:0", "0"), refused
+    assert f"belongs to job {job}" in (tmp_path / f"holderpo-7b-{intruder}.out").read_text()
+    assert [p.name for p in attempt_dirs(run_dir)] == [f"{job}-{n}" for n in range(4)]
+
+    results = [read_env_file(attempt(n) / "result.env") for n in range(4)]
+    assert [r["reason"] for r in results] == ["requeued"] * 3 + ["complete"]
+    assert results[0]["exit_code"] == "75" and results[2]["exit_code"] not in ("0", "75")
+    for why in ("stop requested (USR1)", "stop requested (lost Ray worker)", "(HOLDERPO_CKPT_TIMEOUT_S): cancelling"):
+        assert why in out, why
+    stop0 = int(re.search(r"checkpointed step (\d+)", (attempt(0) / "driver.log").read_text()).group(1))
+    assert resumed_step(attempt(1) / "driver.log") == stop0
+    hung = int(re.search(r"slow save of step (\d+)", (attempt(2) / "driver.log").read_text()).group(1))
+    before_hang = int(re.findall(r"stop requested \(USR1\); newest checkpoint step (\d+)", out)[-1])
+    assert resumed_step(attempt(3) / "driver.log") == before_hang < hung
+    assert f"removing {ckpt}/tmp_step_{hung} (a save that never completed)" in out
+    assert reproducible(read_metrics(ckpt)) == want
+    assert (ckpt / "COMPLETED").exists()
+
+    for n in range(4):
+        log = (attempt(n) / "ray.sub.log").read_text()
+        assert "ray.sub started" in log and "head: cluster ready, launching driver" in log.replace("'", "")
+        assert "[stand-in srun] no pyxis/PMIx in the test cluster: dropped" in log
+        assert filecmp.cmp(attempt(n) / "nemo_rl_release" / "ray.sub", tree / "ray.sub", shallow=False)
+        check_ray_cluster(attempt(n), nodes)
+    assert "ray.sub from the image" in out and "NeMo RL 0.7.0 ray.sub" in out
+    assert sockets.seen, "the socket sampler saw nothing: the no-off-loopback check would be vacuous"
+    assert not sockets.off_loopback, sockets.off_loopback[:20]
+    assert not job_pids(slurm_cluster, job), "processes of the finished job are still running"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_driver_failing_at_start_fails_the_job_with_its_code(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
+    """Through ray.sub (taken from NEMO_RL_HOME this time), a driver that fails before any checkpoint (a recipe key
+    that does not exist: exit 2) ends the job FAILED with exit code 2, on its first attempt."""
+    tree, python = nemo_rl_tree(), python_with_ray()
+    run_dir = tmp_path / "run"
+    env = entry_env(slurm_cluster, tmp_path, run_dir, python, NEMO_RL_HOME=str(tree))
+    job = submit_entry(slurm_cluster, tmp_path, env, 4, "policy.no_such_key=1")
+    info = wait_final(slurm_cluster, job, timeout=420)
+    out = (tmp_path / f"holderpo-7b-{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "2:0", "0"), out[-3000:]
+    attempt = run_dir / "logs" / f"{job}-0"
+    result = read_env_file(attempt / "result.env")
+    assert (result["exit_code"], result["reason"]) == ("2", "driver failed")
+    assert "no_such_key" in (attempt / "driver.log").read_text()
+    assert f"ray.sub from NEMO_RL_HOME={tree}" in out
+    assert not job_pids(slurm_cluster, job)
+
+
+@pytest.mark.slurm
+def test_ray_sub_of_another_nemo_rl_version_is_refused(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
+    """A ray.sub from NeMo RL 0.6 is refused before anything starts (FAILED, exit 2, the versions and the override
+    named); HOLDERPO_ALLOW_ANY_NEMO_RL=1 lets it through. No NeMo RL or Ray needed: the tree is a stand-in whose
+    ray.sub only records that it ran."""
+    tree = tmp_path / "nemo-rl-0.6"
+    (tree / "nemo_rl").mkdir(parents=True)
+    (tree / "nemo_rl" / "package_info.py").write_text("MAJOR = 0\nMINOR = 6\nPATCH = 2\n")
+    (tree / "ray.sub").write_text('#!/bin/bash\necho "stand-in ray.sub ran: $COMMAND"\n')
+    env = {"HOLDERPO_CONTAINER_IMAGE": str(tmp_path / "image.sqsh"), "NEMO_RL_HOME": str(tree)}
+    opts = ["--partition=gpu", "--nodes=1", f"--output={tmp_path}/%x-%j.out"]
+
+    def run(run_dir: Path, **extra: str) -> tuple[dict[str, str], str]:
+        job = slurm_cluster.sbatch(ENTRY, [], env={**env, "HOLDERPO_RUN_DIR": str(run_dir), **extra}, options=opts,
+                                   cwd=tmp_path)  # fmt: skip
+        return wait_final(slurm_cluster, job), (tmp_path / f"holderpo-7b-{job}.out").read_text()
+
+    info, out = run(tmp_path / "refused")
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "2:0", "0"), out
+    assert "ray.sub is from NeMo RL '0.6.2'; these entries run NeMo RL 0.7.x" in out
+    assert "HOLDERPO_ALLOW_ANY_NEMO_RL=1" in out
+    assert "stand-in ray.sub ran" not in out
+    info, out = run(tmp_path / "allowed", HOLDERPO_ALLOW_ANY_NEMO_RL="1")
+    assert info["JobState"] == "COMPLETED" and "WARNING: NeMo RL 0.6.2, not 0.7.x" in out, out
+    log = next((tmp_path / "allowed" / "logs").iterdir()) / "ray.sub.log"
+    assert "stand-in ray.sub ran: bash " in log.read_text()
+    # ray.sub exited 0 but the driver never wrote COMPLETED: not a finished run, and not requeued either.
+    assert read_env_file(log.with_name("result.env"))["reason"] == "exited 0, run not complete"
