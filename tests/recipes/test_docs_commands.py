@@ -22,6 +22,7 @@ A synopsis line (``[overrides...]``, ``<placeholder>``, ``[--flag]``) only needs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shlex
 import tomllib
@@ -36,10 +37,12 @@ SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 OPERATORS = {"&&", "||", ";", "|", "&", ";;"}
 IN_IMAGE = ("/opt/holder_nemo/", "/work/holder_nemo/", "/workspace/holder_nemo/")
 REPO_DIRS = ("recipes/", "slurm/", "containers/", "docs/", "holder_nemo/", "tests/", "benchmarks/", ".ci/")
+FRAMEWORK_MODULES = {"verl", "trl", "nemo_rl", "vllm"}
 ENVIRONMENT = {"cd", "export", "git", "ls", "cat", "mkdir", "wait", "for", "do", "done", "then", "fi", "enroot",
                "scancel", "squeue", "scontrol", "sacct", "tail", "nvidia-smi", "apptainer", "srun", "uv"}  # fmt: skip
-SYNOPSIS = re.compile(r"\[[a-z-]*\.\.\.\]|\[--|\[overrides|<[A-Za-z_ .-]+>|\.\.\.\]")
+SYNOPSIS = re.compile(r"\[[a-z-]*\.\.\.\]|\[--|\[overrides|<[A-Za-z_ .-]+>|\.\.\.\]|(^|\s)\.\.\.(\s|$)")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+PLACEHOLDER = re.compile(r"\[?[A-Z][A-Z0-9_]+(\.[a-z]+)?\]?")  # RECIPE, [RECIPE], MODEL_DIR, RECIPE.yaml
 
 
 @dataclass
@@ -50,35 +53,45 @@ class Command:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
 
+    inline: bool = False
+
     @property
     def synopsis(self) -> bool:
-        return bool(SYNOPSIS.search(self.text))
+        """A usage line (``[overrides...]``, ``<dir>``, ``RECIPE``), or an inline mention of a command's name."""
+        if SYNOPSIS.search(self.text) or any(PLACEHOLDER.fullmatch(t) for t in self.argv):
+            return True
+        return self.inline and all(re.fullmatch(r"[a-z][a-z-]*", t) for t in self.argv[1:])
+
+    @property
+    def has_variables(self) -> bool:
+        """Shell variables in the arguments: their values are only known at run time."""
+        return any("$" in token for token in self.argv)
 
     def __str__(self) -> str:
         return f"{self.doc}:{self.line}: {' '.join(self.argv)}"
 
 
+REDIRECTION = re.compile(r"\s\d*>&\d+|\s\d*(?:>>?|<)\s*[^\s;&|]+")
+CONTROL_WORDS = {"do", "then", "else", "time"}
+
+
 def _segments(text: str) -> list[tuple[list[str], dict[str, str]]]:
-    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|<>")
+    text = REDIRECTION.sub(" ", text)
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|")
     lexer.whitespace_split = True
     lexer.commenters = "#"
-    tokens = list(lexer)
     segments, current = [], []
-    skip_next = False
-    for token in [*tokens, ";"]:
-        if skip_next:
-            skip_next = False
-            continue
+    for token in [*lexer, ";"]:
         if token in OPERATORS:
             if current:
                 segments.append(current)
             current = []
-        elif set(token) <= set("<>&") or re.fullmatch(r"\d*[<>]+&?\d*", token):
-            skip_next = not token.endswith("&") and token not in {"&"}  # the redirection target
         else:
             current.append(token)
     out = []
     for argv in segments:
+        while argv and argv[0] in CONTROL_WORDS:
+            argv = argv[1:]
         env = {}
         while argv and ENV_ASSIGNMENT.match(argv[0]) and not argv[0].split("=", 1)[0].count("."):
             key, _, value = argv.pop(0).partition("=")
@@ -88,10 +101,24 @@ def _segments(text: str) -> list[tuple[list[str], dict[str, str]]]:
     return out
 
 
+INLINE_COMMAND = re.compile(r"`((?:holderpo|sbatch|python3? -m|\.venv[\w-]*/bin/\w+|pip install) [^`\n]+)`")
+
+
+def _commands_of_line(doc: Path, line: int, text: str, inline: bool = False) -> list[Command]:
+    name = doc.relative_to(REPO).as_posix()
+    if SYNOPSIS.search(text):  # a usage line: its brackets and bars are not shell syntax
+        return [Command(name, line, text, text.split(), inline=inline)]
+    return [Command(name, line, text, argv, env, inline) for argv, env in _segments(text)]
+
+
 def documented_commands() -> list[Command]:
+    """Every shell command of the fenced shell blocks, and every inline code span that starts with a command."""
     commands = []
     for doc in DOCS:
         text = doc.read_text()
+        for match in INLINE_COMMAND.finditer(_without_blocks(text)):
+            line = text[: match.start()].count("\n") + 1
+            commands += _commands_of_line(doc, line, match.group(1), inline=True)
         for block in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
             if block.group(1) not in SHELL_LANGUAGES:
                 continue
@@ -108,9 +135,13 @@ def documented_commands() -> list[Command]:
                 logical = ""
                 if not stripped or stripped.startswith("#"):
                     continue
-                for argv, env in _segments(stripped):
-                    commands.append(Command(doc.relative_to(REPO).as_posix(), start, stripped, argv, env))
+                commands += _commands_of_line(doc, start, stripped)
     return commands
+
+
+def _without_blocks(text: str) -> str:
+    """``text`` with fenced blocks blanked (same length, so offsets and line numbers stay right)."""
+    return re.sub(r"^```.*?^```", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.S | re.M)
 
 
 COMMANDS = documented_commands()
@@ -138,6 +169,38 @@ class _Parsed(Exception):
     pass
 
 
+def options_of(main, argv: list[str], monkeypatch) -> set[str]:
+    """Every option string of the argparse parser(s) ``main(argv)`` builds (sub-parsers included)."""
+    found: list[argparse.ArgumentParser] = []
+
+    def capture(self, args=None, namespace=None):
+        found.append(self)
+        raise _Parsed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_args", capture)
+        patch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
+        with contextlib.suppress(_Parsed):
+            main(argv)
+    options: set[str] = set()
+    pending = list(found)
+    while pending:
+        parser = pending.pop()
+        options |= set(parser._option_string_actions)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending += list(action.choices.values())
+    assert found, f"{main} builds no argument parser"
+    return options
+
+
+def assert_mentioned_options_exist(cmd: Command, main, argv: list[str], monkeypatch) -> None:
+    options = options_of(main, argv[:1], monkeypatch)
+    for token in argv:
+        if token.startswith("--"):
+            assert token.split("=")[0] in options, f"{cmd}: no option {token.split('=')[0]} (has {sorted(options)})"
+
+
 def assert_parses(cmd: Command, main, argv: list[str], monkeypatch) -> None:
     """``main(argv)`` gets past its argparse parser (stopped there: nothing is run)."""
     original_parse, original_known = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args
@@ -159,6 +222,8 @@ def assert_parses(cmd: Command, main, argv: list[str], monkeypatch) -> None:
     except _Parsed:
         return
     except SystemExit as exc:
+        if exc.code == 0 and ("--help" in argv or "-h" in argv):
+            return
         pytest.fail(f"{cmd}: rejected by its argument parser (exit {exc.code})")
     finally:
         monkeypatch.setattr(argparse.ArgumentParser, "parse_args", original_parse)
@@ -184,10 +249,13 @@ def check_holderpo(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
     from holder_nemo.cli import main as holderpo
 
     assert argv and argv[0] in SUBCOMMANDS, f"{cmd}: unknown holderpo command {argv[:1]}"
-    if cmd.synopsis:
+    if cmd.synopsis or cmd.inline:
+        assert_mentioned_options_exist(cmd, holderpo, argv, monkeypatch)
         return
     sub, rest = argv[0], [_in_repo(t) for t in argv[1:]]
     assert_parses(cmd, holderpo, [sub, *rest], monkeypatch)
+    if cmd.has_variables:
+        return
     if sub == "recipe" and rest[:1] == ["check"]:
         assert_recipe_check_passes(cmd, rest[1], [t for t in rest[2:] if not t.startswith("--")], capsys)
     elif sub in ("train", "schedule", "compare"):
@@ -199,7 +267,7 @@ def check_holderpo(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
             load_config(ns.recipe, ns.overrides)
         except ConfigError as exc:
             pytest.fail(f"{cmd}: the recipe or its overrides are invalid: {exc}")
-    elif sub == "eval" and not any("$" in t for t in rest):
+    elif sub == "eval":
         code = holderpo([sub, *rest, "--print-config"])
         assert code == 0, f"{cmd}: `holderpo eval --print-config` refuses it:\n{capsys.readouterr().err}"
 
@@ -210,24 +278,34 @@ def check_python(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
     assert argv[:1] == ["-m"], f"{cmd}: only `python -m MODULE` commands are documented"
     module, rest = argv[1], argv[2:]
     if module == "pytest":
-        for token in rest:
-            if not token.startswith("-") and "=" not in token:
+        takes_value = {"-m", "-k", "-p", "-n", "--timeout"}
+        for previous, token in zip(["", *rest], rest, strict=False):
+            if previous not in takes_value and not token.startswith("-") and "=" not in token:
                 assert (REPO / token.split("::")[0]).exists(), f"{cmd}: test path {token} does not exist"
         return
     if module == "pip":
         check_pip(cmd, rest)
         return
+    if module.split(".")[0] in FRAMEWORK_MODULES:  # another project's entry point, named in prose
+        return
     assert module.startswith("holder_nemo"), f"{cmd}: no checker for `python -m {module}`"
-    if cmd.synopsis:
+    import importlib
+
+    imported = importlib.import_module(module)
+    if not hasattr(imported, "main"):  # a package run through its __main__, which calls its cli module
+        imported = importlib.import_module(f"{module}.cli")
+    if cmd.synopsis or cmd.inline:
+        if rest:
+            assert_mentioned_options_exist(cmd, imported.main, rest, monkeypatch)
+        return
+    if cmd.has_variables:
         return
     if module == "holder_nemo.nemo_rl.run_grpo":
         recipe = rest[rest.index("--config") + 1]
         overrides = [t for t in rest if "=" in t and not t.startswith("--")]
         assert_recipe_check_passes(cmd, recipe, overrides, capsys)
         return
-    import importlib
-
-    assert_parses(cmd, importlib.import_module(module).main, [_in_repo(t) for t in rest], monkeypatch)
+    assert_parses(cmd, imported.main, [_in_repo(t) for t in rest], monkeypatch)
 
 
 def check_pip(cmd: Command, argv: list[str]) -> None:
@@ -241,15 +319,20 @@ def check_pip(cmd: Command, argv: list[str]) -> None:
 
 def check_sbatch(cmd: Command, argv: list[str], capsys) -> None:
     scripts = [t for t in argv if t.endswith(".sh")]
+    if not scripts and (cmd.inline or cmd.synopsis):
+        return  # sbatch's own flags, named in prose
     assert len(scripts) == 1, f"{cmd}: expected one sbatch script"
     script = REPO / scripts[0]
     assert script.is_file(), f"{cmd}: {scripts[0]} does not exist"
     overrides = argv[argv.index(scripts[0]) + 1 :]
-    if cmd.synopsis or not overrides:
+    if cmd.synopsis or cmd.has_variables or not overrides:
         return
-    match = re.search(r"HOLDERPO_RECIPE:-\$HOLDERPO_HOME/(recipes/[\w.-]+\.yaml)", script.read_text())
-    assert match, f"{cmd}: cannot find the default recipe of {scripts[0]}"
-    assert_recipe_check_passes(cmd, match.group(1), overrides, capsys)
+    entry = script.read_text()
+    match = re.search(r"^hp_run_nemo_rl ([\w.-]+\.yaml)", entry, re.M) or re.search(
+        r"HOLDERPO_RECIPE:-\$HOLDERPO_HOME/recipes/([\w.-]+\.yaml)", entry
+    )
+    assert match, f"{cmd}: cannot find the recipe of {scripts[0]}"
+    assert_recipe_check_passes(cmd, f"recipes/{match.group(1)}", overrides, capsys)
 
 
 def check_docker(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
@@ -286,7 +369,8 @@ def check_verl_overrides(cmd: Command) -> None:
     target = overrides.get("actor_rollout_ref.actor.policy_loss._target_")
     assert target, f"{cmd}: a bare override list must be a verl one (policy_loss._target_)"
     module, _, name = target.rpartition(".")
-    pytest.importorskip("verl", reason="the verl extra (holder_nemo[verl]) is not installed")
+    # a submodule: with tests/ on sys.path a bare `verl` would be the tests/verl folder
+    pytest.importorskip("verl.trainer.ppo.core_algos", reason="the verl extra (holder_nemo[verl]) is not installed")
     cls = getattr(importlib.import_module(module), name)
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in overrides:
