@@ -55,8 +55,9 @@ hp_newest_step() {
 
 # ------------------------------------------------------------------------------------------------- attempt setup
 # hp_init_attempt CHECKPOINT_SUBDIR: run-level variables, the run directory's owner check, the attempt's log
-# directory; exits 0 at once when the run is already complete. CHECKPOINT_SUBDIR ("" or "checkpoints") is where the
-# driver writes step_N/ and COMPLETED, relative to the run directory.
+# directory. CHECKPOINT_SUBDIR ("" or "checkpoints") is where the driver writes step_N/ and COMPLETED, relative to the
+# run directory. A finished run is the driver's to detect (it exits 0 at once), after it has checked that the recipe
+# and overrides are the run's own: a resubmission that changes them must be refused, not reported complete.
 hp_init_attempt() {
   : "${SLURM_JOB_ID:?submit this script with sbatch (SLURM_JOB_ID is not set)}"
   HP_RESTART=${SLURM_RESTART_COUNT:-0}
@@ -90,11 +91,6 @@ hp_init_attempt() {
     printf 'wandb_run_id=%s\nwandb_mode=%s\n' "$WANDB_RUN_ID" "$WANDB_MODE"
     printf 'git_sha=%s\n' "$(git -C "$HOLDERPO_HOME" rev-parse HEAD 2>/dev/null || echo unknown)"
   } >"$HOLDERPO_LOG_DIR/attempt.env"
-  if [[ -e "$HP_CKPT_DIR/COMPLETED" ]]; then
-    hp_log "run already complete ($HP_CKPT_DIR/COMPLETED exists); nothing to do"
-    hp_record_result 0 "already complete"
-    exit 0
-  fi
   # No writer can be running (this job owns the run directory): a temporary NeMo RL checkpoint left by a killed
   # save is garbage, and the next save of that step would otherwise write into it.
   local stale

@@ -160,12 +160,20 @@ def test_restart_limit_stops_cleanly_and_manual_resume_finishes(slurm_cluster: L
     assert (info2["JobState"], info2["ExitCode"]) == ("COMPLETED", "0:0"), info2
     assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, steps + 1))
     assert f"resumed from {run_dir / f'step_{done}'}" in (run_dir / "logs" / f"{job2}-0" / "driver.log").read_text()
-    # A further submission finds COMPLETED and exits at once without starting the driver.
+    # A further submission: the driver checks the recipe against the run's, finds COMPLETED and exits 0 at once.
     job3 = submit_smoke(slurm_cluster, tmp_path, run_dir, steps)
     info3 = wait_final(slurm_cluster, job3)
     assert (info3["JobState"], info3["ExitCode"]) == ("COMPLETED", "0:0")
-    assert read_env_file(run_dir / "logs" / f"{job3}-0" / "result.env")["reason"] == "already complete"
-    assert not (run_dir / "logs" / f"{job3}-0" / "driver.log").exists()
+    assert read_env_file(run_dir / "logs" / f"{job3}-0" / "result.env")["reason"] == "complete"
+    assert "already complete" in (run_dir / "logs" / f"{job3}-0" / "driver.log").read_text()
+    # One that changes the run (more steps) is refused by the driver's resume guard: exit 2, no requeue, untouched.
+    job4 = submit_smoke(slurm_cluster, tmp_path, run_dir, steps + 1)
+    info4 = wait_final(slurm_cluster, job4)
+    assert (info4["JobState"], info4["ExitCode"], info4["Restarts"]) == ("FAILED", "2:0", "0"), info4
+    assert f"grpo.max_num_steps: {steps} (stored) -> {steps + 1} (now)" in (
+        run_dir / "logs" / f"{job4}-0" / "driver.log"
+    ).read_text()
+    assert len(read_metrics(run_dir)) == steps
 
 
 @pytest.mark.slurm
