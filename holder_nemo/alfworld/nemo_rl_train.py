@@ -349,9 +349,12 @@ def _append_json_line(path: str | os.PathLike, record: dict) -> None:
         fh.write(json.dumps(nan_to_none(record), allow_nan=False) + "\n")
 
 
-def save_checkpoint(policy, checkpointer, grpo_save_state: dict, master_config: Any, step: int) -> str:
+def save_checkpoint(
+    policy, checkpointer, grpo_save_state: dict, master_config: Any, step: int, dataloader: Any = None
+) -> str:
     """``grpo_train``'s checkpoint block: tmp dir with ``training_info.json``, policy weights / optimizer /
-    tokenizer, then the atomic rename by ``finalize_checkpoint``."""
+    tokenizer, ``train_dataloader.pt`` (``setup``'s dataloader: NeMo RL's ``setup`` restores it on resume and fails
+    without the file, although this loop draws its games itself), then the atomic rename by ``finalize_checkpoint``."""
     policy.prepare_for_training()
     run_config = master_config if hasattr(master_config, "model_dump") else None  # run_config.yaml needs pydantic
     path = checkpointer.init_tmp_checkpoint(step, grpo_save_state, run_config)
@@ -361,6 +364,8 @@ def save_checkpoint(policy, checkpointer, grpo_save_state: dict, master_config: 
         tokenizer_path=os.path.join(path, "policy", "tokenizer"),
         checkpointing_cfg=dict(section(master_config, "checkpointing")),
     )
+    if dataloader is not None:
+        torch.save(dataloader.state_dict(), os.path.join(path, "train_dataloader.pt"))
     checkpointer.finalize_checkpoint(path)
     return str(path)
 
@@ -380,6 +385,7 @@ def alfworld_per_step_train(
     refit: Callable[[Any, Any], None],
     stop=None,
     set_temperature: Callable[[float], float] | None = None,
+    dataloader: Any = None,
 ) -> str | None:
     """Train until ``grpo.max_num_steps`` or a stop request (module docstring); returns the stop reason or None.
 
@@ -399,6 +405,8 @@ def alfworld_per_step_train(
         set_temperature: ``set(t) -> previous`` for the generation's sampling temperature, used around validation
             when ``alfworld.val_temperature`` differs from ``policy.generation.temperature``; default: NeMo RL's
             vLLM workers (``generation_settings.vllm_temperature_setter``).
+        dataloader: ``setup``'s train dataloader, saved with every checkpoint because ``setup`` restores it when a
+            run resumes (the run entry point passes it).
     """
     from holder_nemo.alfworld.entropy import EntropyBonusLoss
     from holder_nemo.alfworld.evaluate import format_table, nan_to_none
@@ -515,7 +523,7 @@ def alfworld_per_step_train(
             is_last or why is not None or (settings.save_period > 0 and total_steps % settings.save_period == 0)
         )
         if saving:
-            save_checkpoint(policy, checkpointer, grpo_save_state, master_config, total_steps)
+            save_checkpoint(policy, checkpointer, grpo_save_state, master_config, total_steps, dataloader)
 
         metrics = {
             "loss": float(train_results["loss"]) if "loss" in train_results else float("nan"),

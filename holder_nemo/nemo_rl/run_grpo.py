@@ -336,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _refit_buffer_size_gb=master_config.policy.get("refit_buffer_size_gb"),
             ),
             stop=stop,
+            dataloader=dataloader,
         )
         return exit_code_after_training(stop.fired, master_config.checkpointing)
     with patched_timeout_checker(grpo_module, stop):

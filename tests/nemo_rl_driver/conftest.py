@@ -166,6 +166,18 @@ def maths_data(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def alfworld_games(tmp_path_factory) -> Path:
+    """ALFWorld games built offline from the alfworld package's PDDL and grammar (3 per task type and split)."""
+    pytest.importorskip("alfworld", reason="the ALFWorld recipe needs the optional extra holder_nemo[alfworld]")
+    os.environ.setdefault("ALFWORLD_DATA", str(tmp_path_factory.mktemp("alfworld_data")))
+    from holder_nemo.alfworld.games import build_offline_games
+
+    root = tmp_path_factory.mktemp("alfworld_games")
+    build_offline_games(root, trials=3)
+    return root
+
+
 @dataclass
 class DriverRun:
     code: int
@@ -198,15 +210,16 @@ def run_driver(ray_cluster, hub_cache, maths_data):
     that decides what is trained is the recipe's own.
     """
 
-    def run(run_dir: Path, recipe: str, *overrides: str, signal_at_step: int = 0, env=None, timeout=900):
+    def run(run_dir: Path, recipe: str, *overrides: str, signal_at_step: int = 0, env=None, timeout=900, data=None):
         run_dir.mkdir(parents=True, exist_ok=True)
         trace_path = run_dir / f"trace-{time.monotonic_ns()}.json"
+        data = data or maths_data
         argv = [
             "--config", str(RECIPES / recipe),
             f"checkpointing.checkpoint_dir={run_dir / 'ckpt'}",
             f"logger.log_dir={run_dir / 'logs'}",
-            f"data.train.data_path={maths_data['train']}",
-            f"data.validation.data_path={maths_data['validation']}",
+            f"data.train.data_path={data['train']}",
+            f"data.validation.data_path={data['validation']}",
             "env.holder_math.num_workers=1",
             "logger.monitor_gpus=false",
             *overrides,

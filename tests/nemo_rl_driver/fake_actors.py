@@ -81,7 +81,10 @@ class FakeActor:
 
     def __init__(self, rank: int, role: str, fqn: str, config: dict, init_kwargs: dict) -> None:
         self.rank, self.role, self.fqn, self.config, self.init_kwargs = rank, role, fqn, config, init_kwargs
+        self.cfg = self.config  # the real workers keep their config as ``cfg`` (read by __ray_call__ functions)
         self._method_shells = {}
+        # Ray's built-in on every actor: run ``fn(actor, *args)`` inside the actor process.
+        self.__ray_call__ = _RemoteMethod(lambda fn, *args, **kwargs: fn(self, *args, **kwargs))
 
     def __getattr__(self, name: str) -> _RemoteMethod:
         if name.startswith("__") or name == "_method_shells":
@@ -225,7 +228,7 @@ class FakeActor:
         for i in range(len(responses)):  # vLLM reports log-probs of generated tokens only
             logprobs[i, : int(lengths[i])] = 0.0
             logprobs[i, int(lengths[i]) + len(responses[i]) :] = 0.0
-        TRACE["generate"].append(len(responses))
+        TRACE["generate"].append({"rows": len(responses), "temperature": self.cfg["temperature"], "greedy": greedy})
         return BatchedDataDict(
             {
                 "output_ids": output_ids,

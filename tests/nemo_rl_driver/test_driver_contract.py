@@ -75,6 +75,29 @@ def test_recipe_checkpoints_stops_and_resumes_through_nemo_rl(recipe, run_driver
     assert second.tensorboard("holder/p") == {3: pytest.approx(schedule(3))}
 
 
+def test_alfworld_recipe_checkpoints_and_resumes_through_nemo_rl(run_driver, alfworld_games, tmp_path):
+    """The ALFWorld recipe (DTensor v2, per-step layout, our loop instead of grpo_train) through grpo.setup, real
+    environment actors on offline games, validation at the recipe's temperature, the v2 save (format and
+    consolidation passed on), and the resume that NeMo RL's setup performs (it restores train_dataloader.pt too).
+    One operational override: episodes of 2 environment steps (the fake vLLM plays invalid actions, so every
+    episode would run the recipe's 50)."""
+    recipe, games = "holderpo_alfworld_qwen2.5-1.5b.yaml", {"train": alfworld_games / "train",
+                                                            "validation": alfworld_games / "valid_seen"}  # fmt: skip
+    first = run_driver(tmp_path, recipe, "grpo.max_rollout_turns=2", signal_at_step=1, data=games)
+    assert_ok(first, EXIT_STOPPED)
+    (save,) = first.trace["save_checkpoint"]
+    assert "checkpointing_cfg" in save["kwargs"]  # Policy.save_checkpoint passes the format on for DTensor v2
+    assert (tmp_path / "ckpt" / "step_1" / "train_dataloader.pt").is_file()
+    temperatures = {(g["temperature"], g["greedy"]) for g in first.trace["generate"]}
+    assert temperatures == {(0.4, False), (1.0, False)}  # validation at start (paper 0.4), training rollouts 1.0
+    second = run_driver(tmp_path, recipe, "grpo.max_rollout_turns=2", signal_at_step=2, data=games)
+    assert_ok(second, EXIT_STOPPED)
+    (init,) = second.trace["policy_init"]
+    assert init["fqn"].endswith("DTensorPolicyWorkerV2") and init["weights_path"].endswith("ckpt/step_1/policy/weights")
+    assert init["theta"] == first.trace["train"][-1]["theta"]
+    assert [(t["step"], t["p"]) for t in second.trace["train"]] == [(2, schedule_of(second)(2))]
+
+
 def test_resume_is_exact_against_an_uninterrupted_run(run_driver, tmp_path):
     """Stop at step 2 + requeue to step 4 == one job to step 4: same weights, losses and logged metrics."""
     recipe = "holderpo_qwen2.5-math-7b.yaml"
