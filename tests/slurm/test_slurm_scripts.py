@@ -170,9 +170,10 @@ def test_restart_limit_stops_cleanly_and_manual_resume_finishes(slurm_cluster: L
     job4 = submit_smoke(slurm_cluster, tmp_path, run_dir, steps + 1)
     info4 = wait_final(slurm_cluster, job4)
     assert (info4["JobState"], info4["ExitCode"], info4["Restarts"]) == ("FAILED", "2:0", "0"), info4
-    assert f"grpo.max_num_steps: {steps} (stored) -> {steps + 1} (now)" in (
-        run_dir / "logs" / f"{job4}-0" / "driver.log"
-    ).read_text()
+    assert (
+        f"grpo.max_num_steps: {steps} (stored) -> {steps + 1} (now)"
+        in (run_dir / "logs" / f"{job4}-0" / "driver.log").read_text()
+    )
     assert len(read_metrics(run_dir)) == steps
 
 
