@@ -20,7 +20,9 @@ Test-only pacing, ``HOLDERPO_TEST_STEP_S=SECONDS``: each training step takes at 
 the maths is untouched), so a test can act mid-run however fast the machine is.
 
 Test-only fault, ``HOLDERPO_TEST_SLOW_SAVE=N[,M...]``: in the job's attempts N, M... (``SLURM_RESTART_COUNT``, 0
-for the first), a save made while a stop is requested (the stop file exists) writes part of its temporary directory
+for the first), a save made while a stop is requested (the stop file exists, or the driver got SIGUSR1/SIGTERM: after a
+preemption Slurm signals the driver and the batch shell at once, and the driver may reach its save before the batch
+shell has written the stop file) writes part of its temporary directory
 and then hangs, as a checkpoint slower than ``HOLDERPO_CKPT_TIMEOUT_S`` (or than
 Slurm's KillWait after a preemption) would. Its SIGTERM handler only records the request, so only SIGKILL ends it.
 """
@@ -75,13 +77,20 @@ def ray_check(out: Path) -> None:
 
 
 def hang_saves_requested_by_a_stop() -> None:
+    from holder_nemo.nemo_rl.stop import StopRequest
     from holder_nemo.reference import checkpoint
 
     original = checkpoint.save_checkpoint
+    original_request = StopRequest.request
+    signalled: list[str] = []
+
+    def request(self, reason):
+        signalled.append(reason)
+        return original_request(self, reason)
 
     def save_checkpoint(run_dir, step, **kwargs):
         stop_file = os.environ.get("HOLDERPO_STOP_FILE")
-        if not (stop_file and Path(stop_file).exists()):
+        if not (signalled or (stop_file and Path(stop_file).exists())):
             return original(run_dir, step, **kwargs)
         partial = Path(run_dir) / f"tmp_step_{step}"  # named as NeMo RL names its unfinished saves
         partial.mkdir(parents=True, exist_ok=True)
@@ -90,6 +99,7 @@ def hang_saves_requested_by_a_stop() -> None:
         while True:
             time.sleep(3600)
 
+    StopRequest.request = request
     checkpoint.save_checkpoint = save_checkpoint
 
 
