@@ -8,12 +8,16 @@ seed and the data position ``start`` (so a resumed run sees exactly the prompts 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-DIGITS_OPS = ("copy", "reverse", "add")
+# A response is decoded with its special tokens kept (``keep_special_tokens``): "<bos>" counts as one wrong token.
+SPECIAL_OR_CHAR = re.compile(r"<[a-z]+>|.", re.DOTALL)
+
+DIGITS_OPS = ("copy", "reverse", "add", "repeat")
 DIGITS_REWARDS = ("exact", "partial")
 
 
@@ -27,7 +31,7 @@ class Example:
 
 class DigitsTask:
     """``op`` over random numbers of ``min_digits..max_digits`` digits: "123=" -> "123" (copy), "321" (reverse);
-    "12+34=" -> "46" (add).
+    "12+34=" -> "46" (add); "12=" -> "12121212" (repeat: the number tiled to ``repeat_length`` digits).
 
     Rewards: "exact" is 1.0 iff the response is the answer followed by <eos>; "partial" is the fraction of positions
     where the response tokens (with <eos> if the model emitted it) equal answer + <eos>, over the longer of the two,
@@ -35,17 +39,26 @@ class DigitsTask:
     """
 
     alphabet = "0123456789+="
+    # The reward sees every token the model emitted: decoding must not drop a "<bos>" or "<pad>" inside a response
+    # (a policy learnt to emit them to shorten its answer without <eos> when they were dropped).
+    keep_special_tokens = True
 
-    def __init__(self, op: str, min_digits: int, max_digits: int, reward: str, seed: int) -> None:
+    def __init__(
+        self, op: str, min_digits: int, max_digits: int, reward: str, seed: int, *, repeat_length: int = 8
+    ) -> None:
         if op not in DIGITS_OPS:
             raise ValueError(f"data.digits.op must be one of {DIGITS_OPS}, got {op!r}")
         if reward not in DIGITS_REWARDS:
             raise ValueError(f"data.digits.reward must be one of {DIGITS_REWARDS}, got {reward!r}")
+        if repeat_length < 1:
+            raise ValueError(f"data.digits.repeat_length must be >= 1, got {repeat_length}")
         self.op, self.reward_kind, self.seed = op, reward, seed
-        self.min_digits, self.max_digits = min_digits, max_digits
+        self.min_digits, self.max_digits, self.repeat_length = min_digits, max_digits, repeat_length
 
     @property
     def max_answer_chars(self) -> int:
+        if self.op == "repeat":
+            return self.repeat_length
         return self.max_digits + 1 if self.op == "add" else self.max_digits
 
     def _number(self, rng: np.random.Generator) -> str:
@@ -59,6 +72,8 @@ class DigitsTask:
             return Example(f"{a}=", a)
         if self.op == "reverse":
             return Example(f"{a}=", a[::-1])
+        if self.op == "repeat":
+            return Example(f"{a}=", (a * self.repeat_length)[: self.repeat_length])
         b = self._number(rng)
         return Example(f"{a}+{b}=", str(int(a) + int(b)))
 
@@ -69,7 +84,7 @@ class DigitsTask:
         if self.reward_kind == "exact":
             return float(finished and response == example.answer)
         target = [*example.answer, "<eos>"]
-        got = [*response, "<eos>"] if finished else list(response)
+        got = SPECIAL_OR_CHAR.findall(response) + (["<eos>"] if finished else [])
         hits = sum(t == g for t, g in zip(target, got, strict=False))
         return hits / max(len(target), len(got))
 
@@ -97,6 +112,8 @@ class MathJsonlTask:
         if not rows:
             raise ValueError(f"data.train_path: {path} has no rows")
         self.rows, self.seed = rows, seed
+
+    keep_special_tokens = False  # math-verify reads the text; special tokens are not part of an answer
 
     @staticmethod
     def _format(problem: str, tokenizer) -> str:
