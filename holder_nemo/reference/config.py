@@ -88,10 +88,11 @@ class LoggerSection(_Section):
 
 
 class DigitsSection(_Section):
-    op: Literal["copy", "reverse", "add"] = "copy"
+    op: Literal["copy", "reverse", "add", "repeat"] = "copy"
     min_digits: PositiveInt = 1
     max_digits: PositiveInt = 2
     reward: Literal["exact", "partial"] = "partial"
+    repeat_length: PositiveInt = Field(8, description="op repeat: answer length in digits (the number tiled)")
 
     @model_validator(mode="after")
     def _range(self) -> DigitsSection:

@@ -128,7 +128,7 @@ class ReferenceRecipe:
             )
         if cfg.data.task == "digits":
             d = cfg.data.digits
-            task = DigitsTask(d.op, d.min_digits, d.max_digits, d.reward, seed)
+            task = DigitsTask(d.op, d.min_digits, d.max_digits, d.reward, seed, repeat_length=d.repeat_length)
         else:
             task = MathJsonlTask(cfg.data.train_path, seed, tokenizer)
         return model, tokenizer, task
@@ -175,6 +175,7 @@ class ReferenceRecipe:
         examples = self.task.prompts(self.data_position, n_prompts)
         self.data_position += n_prompts
         rollout = self._rollout(examples)
+        self.loss_fn.set_mean_reward(float(rollout.rewards.mean()))  # read by the reward-driven p schedule only
         t1 = time.perf_counter()
         update_metrics = self._update(rollout.batch, step)
         t2 = time.perf_counter()
@@ -209,7 +210,9 @@ class ReferenceRecipe:
         batch, finished, response_lengths = build_batch(
             prompt_ids, response_ids, response_logprobs, prompt_lengths, tok.pad_token_id, tok.eos_token_id
         )
-        responses = decode_responses(tok, response_ids, response_lengths, finished)
+        responses = decode_responses(
+            tok, response_ids, response_lengths, finished, skip_special_tokens=not self.task.keep_special_tokens
+        )
         rewards = torch.tensor(
             [
                 self.task.reward(examples[i // self.group_size], text, bool(done))
