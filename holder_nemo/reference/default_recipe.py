@@ -88,7 +88,8 @@ logger:
   plot: true
 
 data:
-  # digits (built-in, exact answers) or math_jsonl (needs policy.model_name and data.train_path)
+  # digits (built-in, exact answers), math_jsonl (needs policy.model_name and data.train_path) or arith_words
+  # (generated one-step word problems, boxed answer graded by math-verify; needs an instruct policy.model_name)
   task: "digits"
   digits:
     # copy "12=" -> "12"; also reverse, add, repeat ("12=" -> "12121212", holderpo study)

@@ -89,6 +89,16 @@ class DigitsTask:
         return hits / max(len(target), len(got))
 
 
+def boxed_answer_reward(example: Example, response: str, finished: bool) -> float:
+    """``holderpo eval``'s scorer: 1.0 iff the last ``\\boxed{}`` equals the answer under math-verify; truncated
+    responses score 0, as in the paper's setup."""
+    if not finished:
+        return 0.0
+    from holder_nemo.eval.scoring import math_reward
+
+    return float(math_reward(response, example.answer))
+
+
 class MathJsonlTask:
     """Maths problems from local JSONL (``problem``, ``answer``), scored by ``holder_nemo.eval.scoring.math_reward``.
 
@@ -138,8 +148,71 @@ class MathJsonlTask:
         return [self._row(i) for i in range(start, start + count)]
 
     def reward(self, example: Example, response: str, finished: bool) -> float:
-        if not finished:  # truncated responses score 0, as in the paper's setup
-            return 0.0
-        from holder_nemo.eval.scoring import math_reward
+        return boxed_answer_reward(example, response, finished)
 
-        return float(math_reward(response, example.answer))
+
+# One operation on small numbers: a in 3..20, b in 2..9 (b < a, so subtraction stays positive).
+ARITHMETIC_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("{n} has {a} {i} and buys {b} more. How many {i} does {n} have now?", "+"),
+    ("{n} has {a} {i} and finds {b} more. How many {i} does {n} have now?", "+"),
+    ("There are {a} {i} in a box and {n} puts in {b} more. How many {i} are in the box?", "+"),
+    ("{n} has {a} {i} and gives {b} to a friend. How many {i} does {n} have left?", "-"),
+    ("{n} has {a} {i} and loses {b} of them. How many {i} does {n} have left?", "-"),
+    ("There are {a} {i} in a box and {n} takes out {b}. How many {i} are in the box?", "-"),
+)
+ARITHMETIC_NAMES = ("Tom", "Anna", "Sam", "Lena", "Omar", "Mia", "Ravi", "Zoe")
+ARITHMETIC_ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "coins", "shells")
+BOX_INSTRUCTION = " Put the final answer in \\boxed{}."
+# One worked example as a previous chat turn: without it a 135M instruct model rarely boxes its answer at all.
+ARITHMETIC_SHOT = (
+    "Ben has 4 cards and buys 3 more. How many cards does Ben have now?" + BOX_INSTRUCTION,
+    "Ben has 4 + 3 = 7 cards. The answer is \\boxed{7}.",
+)
+
+
+class ArithmeticWordTask:
+    """One-step arithmetic word problems ("Tom has 7 apples and buys 5 more. How many apples does Tom have now?"),
+    generated from ``(seed, index)`` like the digit task: nothing to download, and the data position fully
+    determines the next prompts. The answer is graded by ``holderpo eval``'s scorer (math-verify on the last
+    ``\\boxed{}``; truncated responses score 0).
+
+    Prompt: the tokenizer's chat template with one worked example as a previous turn, then the problem and "Put the
+    final answer in \\boxed{}." (the qwen_math system prompt alone leaves SmolLM2-135M-Instruct below 5 % reward; with
+    the example it scores about a quarter at temperature 1, so GRPO groups have mixed rewards from step 1).
+    """
+
+    keep_special_tokens = False
+
+    def __init__(self, seed: int, tokenizer) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("data.task 'arith_words' needs a tokenizer with a chat template (an instruct model)")
+        self.seed, self.tokenizer = seed, tokenizer
+
+    def problem(self, index: int) -> tuple[str, str]:
+        """(problem text, answer) of prompt ``index``."""
+        rng = np.random.default_rng([self.seed, index])
+        template, op = ARITHMETIC_TEMPLATES[int(rng.integers(len(ARITHMETIC_TEMPLATES)))]
+        a, b = int(rng.integers(3, 21)), int(rng.integers(2, 10))
+        b = min(b, a - 1)
+        name = ARITHMETIC_NAMES[int(rng.integers(len(ARITHMETIC_NAMES)))]
+        item = ARITHMETIC_ITEMS[int(rng.integers(len(ARITHMETIC_ITEMS)))]
+        return template.format(n=name, i=item, a=a, b=b), str(a + b if op == "+" else a - b)
+
+    def format(self, problem: str) -> str:
+        shot_user, shot_assistant = ARITHMETIC_SHOT
+        messages = [
+            {"role": "user", "content": shot_user},
+            {"role": "assistant", "content": shot_assistant},
+            {"role": "user", "content": problem + BOX_INSTRUCTION},
+        ]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompts(self, start: int, count: int) -> list[Example]:
+        out = []
+        for index in range(start, start + count):
+            text, answer = self.problem(index)
+            out.append(Example(self.format(text), answer))
+        return out
+
+    def reward(self, example: Example, response: str, finished: bool) -> float:
+        return boxed_answer_reward(example, response, finished)

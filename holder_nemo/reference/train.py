@@ -105,7 +105,7 @@ class ReferenceRecipe:
 
     def _setup_model_and_task(self):
         from holder_nemo.reference import model as model_lib
-        from holder_nemo.reference.tasks import DigitsTask, MathJsonlTask
+        from holder_nemo.reference.tasks import ArithmeticWordTask, DigitsTask, MathJsonlTask
 
         cfg, seed = self.cfg, self.cfg.grpo.seed
         if cfg.policy.model_name:
@@ -129,6 +129,8 @@ class ReferenceRecipe:
         if cfg.data.task == "digits":
             d = cfg.data.digits
             task = DigitsTask(d.op, d.min_digits, d.max_digits, d.reward, seed, repeat_length=d.repeat_length)
+        elif cfg.data.task == "arith_words":
+            task = ArithmeticWordTask(seed, tokenizer)
         else:
             task = MathJsonlTask(cfg.data.train_path, seed, tokenizer)
         return model, tokenizer, task
