@@ -5,6 +5,7 @@
     holderpo study --arms grpo,holder_anneal --tasks repeat --seeds 2 --steps 20 --out-dir /tmp/mini
     holderpo study --report-only                     # rebuild study.md / study.json / study.png from finished runs
     holderpo study --list                            # print the arms and tasks with their overrides
+    holderpo study --dry-run                         # validate every run's recipe, print the runs, run nothing
 
 Runs live in ``OUT/runs/<task>/<arm>/seed_<k>`` (ordinary ``holderpo train`` run directories); the report goes to
 ``OUT/study.{json,md,png}``. Exit codes: 0 complete, 75 stopped on request (rerun to continue), 2 bad arguments,
@@ -55,6 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of: {', '.join(TASKS)}")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
     parser.add_argument("--list", action="store_true", help="print arms and tasks with their overrides, then exit")
+    parser.add_argument("--dry-run", action="store_true", help="validate every run's recipe and print the runs")
     ns = parser.parse_args(argv)
     try:
         ns.arms = _names(ns.arms, ARMS, "arms")
@@ -201,6 +203,29 @@ def build_report(ns: argparse.Namespace, specs, recipe: Path, command: str, jobs
     return write_report(ns.out_dir, study, curves)
 
 
+def validate(specs, n_configs: int) -> str | None:
+    """Resolve and validate the recipe of the first ``n_configs`` runs (one per arm and task: seeds only change
+    ``grpo.seed``), loss section included; returns the error message or None."""
+    from holder_nemo.config import ConfigError
+    from holder_nemo.reference.loss import make_loss_fn
+    from holder_nemo.reference.train import load_config
+
+    try:
+        for spec in specs[:n_configs]:
+            cfg, _ = load_config(spec.argv[0], list(spec.argv[1:]))
+            make_loss_fn(cfg.loss_fn)
+    except (ConfigError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def plan(specs, jobs: int, out_dir: Path) -> str:
+    done = sum(spec.completed() for spec in specs)
+    lines = [f"{len(specs)} runs ({done} complete) on {jobs} worker(s) into {out_dir}:"]
+    lines += [f"  {spec.name}: holderpo train {shlex.join(spec.argv)}" for spec in specs]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     from holder_nemo.reference.default_recipe import default_recipe_path
     from holder_nemo.study.runner import run_all
@@ -209,34 +234,29 @@ def main(argv: list[str]) -> int:
     if ns.list:
         print(list_arms_and_tasks())
         return 0
-    recipe = Path(ns.recipe) if ns.recipe else default_recipe_path()
+    recipe = (Path(ns.recipe) if ns.recipe else default_recipe_path()).resolve()
     if not recipe.is_file():
         print(f"holderpo study: recipe not found: {recipe}", file=sys.stderr)
         return EXIT_BAD_ARGS
     specs = run_specs(ns, recipe)
     jobs = ns.jobs or default_jobs(len(specs))
     command = "holderpo study " + shlex.join(argv) if argv else "holderpo study"
+    if not ns.report_only:
+        error = validate(specs, len(ns.tasks) * len(ns.arms))
+        if error:
+            print(f"holderpo study: {error}", file=sys.stderr)
+            return EXIT_BAD_ARGS
+    if ns.dry_run:
+        print(plan(specs, jobs, ns.out_dir))
+        return 0
     with study_lock(ns.out_dir) as locked:
         if not locked:
             print(f"holderpo study: another holderpo study is running in {ns.out_dir}", file=sys.stderr)
             return EXIT_BAD_ARGS
         if not ns.report_only:
-            from holder_nemo.config import ConfigError
-            from holder_nemo.reference.loss import make_loss_fn
-            from holder_nemo.reference.train import load_config
-
-            try:  # one run's recipe per arm and task (loss section included), validated before any process starts
-                for spec in specs[: len(ns.tasks) * len(ns.arms)]:
-                    cfg, _ = load_config(spec.argv[0], list(spec.argv[1:]))
-                    make_loss_fn(cfg.loss_fn)
-            except (ConfigError, ValueError) as exc:
-                print(f"holderpo study: {exc}", file=sys.stderr)
-                return EXIT_BAD_ARGS
             problems = check_run_args(specs)
             if problems:
-                print(
-                    "holderpo study: " + "\n  ".join(["use a new --out-dir; changed runs:", *problems]), file=sys.stderr
-                )
+                print("holderpo study: use a new --out-dir; changed runs:\n  " + "\n  ".join(problems), file=sys.stderr)
                 return EXIT_BAD_ARGS
             start = time.perf_counter()
             code = run_all(specs, jobs, ns.out_dir)

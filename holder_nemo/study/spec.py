@@ -105,7 +105,7 @@ TASKS: dict[str, StudyTask] = {
             "data.digits.min_digits=6",
             "data.digits.max_digits=8",
         ),
-        threshold=0.15,
+        threshold=0.12,
     ),
 }
 
