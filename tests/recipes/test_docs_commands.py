@@ -40,3 +40,46 @@ def test_documented_command_passes_recipe_check(argv, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "warning" not in captured.err
+
+
+# `holderpo study` and `holderpo train RECIPE` lines in README.md and docs/*.md (fenced bash blocks): every study
+# command validates every run's recipe with --dry-run (nothing runs); every train recipe passes `holderpo recipe check`
+# with the same overrides. `holderpo convert-smollm2` is run for real by tests/reference/test_smollm2.py.
+def _holderpo_commands(sub: str) -> list[list[str]]:
+    found = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        in_bash = False
+        for line in doc.read_text().replace("\\\n", " ").splitlines():  # join continued lines
+            if line.startswith("```"):
+                in_bash = line.strip() == "```bash"
+                continue
+            words = shlex.split(line.split(" #")[0]) if in_bash and f"holderpo {sub}" in line else []
+            for i, word in enumerate(words):
+                if word.endswith("holderpo") and words[i + 1 : i + 2] == [sub]:
+                    found.append(words[i + 2 :])
+    return found
+
+
+STUDY_COMMANDS = _holderpo_commands("study")
+TRAIN_RECIPE_COMMANDS = [c for c in _holderpo_commands("train") if c and c[0].startswith("recipes/")]
+
+
+def test_docs_document_the_study_and_the_smollm2_recipe():
+    assert [] in STUDY_COMMANDS  # the default study
+    assert any(c[0] == "recipes/smollm2_135m_arith_cpu.yaml" for c in TRAIN_RECIPE_COMMANDS)
+
+
+@pytest.mark.parametrize("argv", STUDY_COMMANDS, ids=lambda a: " ".join(a) or "default")
+def test_documented_study_command_validates(argv, capsys, monkeypatch, tmp_path):
+    from holder_nemo.study.cli import main as study_main
+
+    monkeypatch.chdir(REPO)
+    out = ["--out-dir", str(tmp_path / "study")] if "--out-dir" not in argv else []
+    assert study_main([*argv, *out, "--dry-run"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", TRAIN_RECIPE_COMMANDS, ids=lambda a: " ".join(a))
+def test_documented_train_recipe_passes_recipe_check(argv, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code = main(["check", *argv, "--no-config"])
+    assert code == 0, capsys.readouterr().err
