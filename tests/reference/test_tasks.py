@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from holder_nemo.reference.tasks import DigitsTask, Example, MathJsonlTask
+from holder_nemo.reference.tasks import ArithmeticWordTask, DigitsTask, Example, MathJsonlTask
 
 
 def test_digit_prompts_are_deterministic_and_well_formed():
@@ -94,3 +94,45 @@ def test_special_tokens_inside_a_response_count_as_wrong_tokens():
     assert task.reward(ex, "77777777", finished=True) == 1.0
     assert DigitsTask("copy", 1, 2, "exact", seed=0).reward(Example("1=", "1"), "<bos>1", finished=True) == 0.0
     assert DigitsTask.keep_special_tokens and not MathJsonlTask.keep_special_tokens
+
+
+def _chat_tokenizer():
+    from holder_nemo.reference.model import build_char_tokenizer
+
+    tok = build_char_tokenizer(DigitsTask.alphabet)
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    return tok
+
+
+def test_arithmetic_word_problems_are_deterministic_and_their_answers_right():
+    import re
+
+    task = ArithmeticWordTask(seed=5, tokenizer=_chat_tokenizer())
+    assert task.prompts(3, 4) == task.prompts(3, 4)
+    assert task.prompts(4, 1)[0] == task.prompts(3, 2)[1]  # the position, not the call history
+    ops = set()
+    for index in range(200):
+        text, answer = task.problem(index)
+        a, b = (int(x) for x in re.findall(r"\d+", text))
+        op = "+" if any(w in text for w in ("buys", "finds", "puts in")) else "-"
+        ops.add(op)
+        assert int(answer) == (a + b if op == "+" else a - b) and int(answer) >= 1
+    assert ops == {"+", "-"}
+    prompt = task.prompts(0, 1)[0].prompt
+    assert prompt.count("\\boxed{}") == 2  # the worked example's question and the problem both ask for a box
+    assert "The answer is \\boxed{7}." in prompt and prompt.endswith("<assistant>")
+
+
+def test_arithmetic_reward_is_holderpo_evals_scorer():
+    pytest.importorskip("holder_nemo.eval.scoring", reason="holder_nemo.eval.scoring (eval helper) not importable")
+    task = ArithmeticWordTask(seed=0, tokenizer=_chat_tokenizer())
+    ex = Example("", "12")
+    assert task.reward(ex, "7 + 5 = 12. The answer is \\boxed{12}.", finished=True) == 1.0
+    assert task.reward(ex, "The answer is 12.", finished=True) == 0.0  # no box, no credit
+    assert task.reward(ex, "\\boxed{12}", finished=False) == 0.0  # truncated
+    assert task.reward(ex, "\\boxed{12} then \\boxed{13}", finished=True) == 0.0  # the last box counts
+    with pytest.raises(ValueError, match="chat template"):
+        ArithmeticWordTask(seed=0, tokenizer=object())
