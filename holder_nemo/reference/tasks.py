@@ -151,14 +151,13 @@ class MathJsonlTask:
         return boxed_answer_reward(example, response, finished)
 
 
-# One operation on small numbers: a in 3..20, b in 2..9 (b < a, so subtraction stays positive).
-ARITHMETIC_TEMPLATES: tuple[tuple[str, str], ...] = (
-    ("{n} has {a} {i} and buys {b} more. How many {i} does {n} have now?", "+"),
-    ("{n} has {a} {i} and finds {b} more. How many {i} does {n} have now?", "+"),
-    ("There are {a} {i} in a box and {n} puts in {b} more. How many {i} are in the box?", "+"),
-    ("{n} has {a} {i} and gives {b} to a friend. How many {i} does {n} have left?", "-"),
-    ("{n} has {a} {i} and loses {b} of them. How many {i} does {n} have left?", "-"),
-    ("There are {a} {i} in a box and {n} takes out {b}. How many {i} are in the box?", "-"),
+# One addition of small numbers (a in 3..20, b in 2..9), phrased three ways. Subtraction phrasings ("gives 9 to a
+# friend", "takes out 6") brought SmolLM2-135M-Instruct's step-0 reward from ~25 % down to ~5 %: too few groups
+# with a correct answer for GRPO to learn from in a CPU-sized run.
+ARITHMETIC_TEMPLATES: tuple[str, ...] = (
+    "{n} has {a} {i} and buys {b} more. How many {i} does {n} have now?",
+    "{n} has {a} {i} and finds {b} more. How many {i} does {n} have now?",
+    "There are {a} {i} in a box and {n} puts in {b} more. How many {i} are in the box?",
 )
 ARITHMETIC_NAMES = ("Tom", "Anna", "Sam", "Lena", "Omar", "Mia", "Ravi", "Zoe")
 ARITHMETIC_ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "coins", "shells")
@@ -171,14 +170,14 @@ ARITHMETIC_SHOT = (
 
 
 class ArithmeticWordTask:
-    """One-step arithmetic word problems ("Tom has 7 apples and buys 5 more. How many apples does Tom have now?"),
+    """One-step addition word problems ("Tom has 7 apples and buys 5 more. How many apples does Tom have now?"),
     generated from ``(seed, index)`` like the digit task: nothing to download, and the data position fully
     determines the next prompts. The answer is graded by ``holderpo eval``'s scorer (math-verify on the last
     ``\\boxed{}``; truncated responses score 0).
 
     Prompt: the tokenizer's chat template with one worked example as a previous turn, then the problem and "Put the
-    final answer in \\boxed{}." (the qwen_math system prompt alone leaves SmolLM2-135M-Instruct below 5 % reward; with
-    the example it scores about a quarter at temperature 1, so GRPO groups have mixed rewards from step 1).
+    final answer in \\boxed{}." (the qwen_math system prompt alone leaves SmolLM2-135M-Instruct near 0 reward: it
+    rarely boxes; with the example it scores about a quarter at temperature 1, so GRPO groups have mixed rewards).
     """
 
     keep_special_tokens = False
@@ -191,12 +190,11 @@ class ArithmeticWordTask:
     def problem(self, index: int) -> tuple[str, str]:
         """(problem text, answer) of prompt ``index``."""
         rng = np.random.default_rng([self.seed, index])
-        template, op = ARITHMETIC_TEMPLATES[int(rng.integers(len(ARITHMETIC_TEMPLATES)))]
+        template = ARITHMETIC_TEMPLATES[int(rng.integers(len(ARITHMETIC_TEMPLATES)))]
         a, b = int(rng.integers(3, 21)), int(rng.integers(2, 10))
-        b = min(b, a - 1)
         name = ARITHMETIC_NAMES[int(rng.integers(len(ARITHMETIC_NAMES)))]
         item = ARITHMETIC_ITEMS[int(rng.integers(len(ARITHMETIC_ITEMS)))]
-        return template.format(n=name, i=item, a=a, b=b), str(a + b if op == "+" else a - b)
+        return template.format(n=name, i=item, a=a, b=b), str(a + b)
 
     def format(self, problem: str) -> str:
         shot_user, shot_assistant = ARITHMETIC_SHOT

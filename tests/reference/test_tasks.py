@@ -113,14 +113,13 @@ def test_arithmetic_word_problems_are_deterministic_and_their_answers_right():
     task = ArithmeticWordTask(seed=5, tokenizer=_chat_tokenizer())
     assert task.prompts(3, 4) == task.prompts(3, 4)
     assert task.prompts(4, 1)[0] == task.prompts(3, 2)[1]  # the position, not the call history
-    ops = set()
+    phrasings = set()
     for index in range(200):
         text, answer = task.problem(index)
         a, b = (int(x) for x in re.findall(r"\d+", text))
-        op = "+" if any(w in text for w in ("buys", "finds", "puts in")) else "-"
-        ops.add(op)
-        assert int(answer) == (a + b if op == "+" else a - b) and int(answer) >= 1
-    assert ops == {"+", "-"}
+        assert int(answer) == a + b and 3 <= a <= 20 and 2 <= b <= 9
+        phrasings.add(next(w for w in ("buys", "finds", "puts in") if w in text))
+    assert len(phrasings) == 3
     prompt = task.prompts(0, 1)[0].prompt
     assert prompt.count("\\boxed{}") == 2  # the worked example's question and the problem both ask for a box
     assert "The answer is \\boxed{7}." in prompt and prompt.endswith("<assistant>")
