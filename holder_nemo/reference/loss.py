@@ -18,6 +18,23 @@ from holder_nemo.core import PSchedule
 from holder_nemo.nemo_rl import HolderPOLossFn
 
 
+def split_reward_schedule(loss_fn_config: Any) -> tuple[Any, Mapping[str, Any] | None]:
+    """(the ``loss_fn`` section as the NeMo RL plugin accepts it, the ``kind: reward`` schedule mapping or None).
+
+    The plugin refuses ``kind: reward`` (NeMo RL does not pass rewards to the loss); it is handed the section without
+    the schedule, so it still validates every other key, and the caller validates the reward schedule with
+    ``PSchedule`` (and replaces the plugin's default schedule with it). Anything else is returned as is.
+    """
+    if not isinstance(loss_fn_config, Mapping):
+        return loss_fn_config, None
+    holder = loss_fn_config.get("holder")
+    schedule = holder.get("schedule") if isinstance(holder, Mapping) else None
+    if not isinstance(schedule, Mapping) or schedule.get("kind") != "reward":
+        return loss_fn_config, None
+    plugin_view = {**loss_fn_config, "holder": {k: v for k, v in holder.items() if k != "schedule"}}
+    return plugin_view, schedule
+
+
 class ReferenceHolderPOLossFn(HolderPOLossFn):
     """``HolderPOLossFn`` whose p may also follow the step's mean reward (``set_mean_reward``).
 
@@ -26,17 +43,13 @@ class ReferenceHolderPOLossFn(HolderPOLossFn):
     """
 
     def __init__(self, loss_fn_config: Mapping[str, Any]) -> None:
-        config = dict(loss_fn_config)
-        holder = dict(config.get("holder") or {})
-        schedule = dict(holder.get("schedule") or {})
+        config, reward_schedule = split_reward_schedule(dict(loss_fn_config))
         feedback = None
-        if schedule.get("kind") == "reward":
+        if reward_schedule is not None:
             try:
-                feedback = PSchedule.from_dict(schedule)
-            except ValueError as exc:
+                feedback = PSchedule.from_dict(reward_schedule)
+            except (TypeError, ValueError) as exc:
                 raise ValueError(f"loss_fn.holder.schedule: {exc}") from None
-            # the plugin validates every other key; its schedule check only refuses the kind
-            config["holder"] = {**holder, "schedule": {**schedule, "kind": "constant"}}
         super().__init__(config)
         if feedback is not None:
             self.schedule = feedback

@@ -73,3 +73,14 @@ def test_reward_schedule_run_logs_p_of_its_reward_and_resumes_exactly(tmp_path, 
     codes = [main([str(SMOKE), *tiny(STEPS, stopped, *REWARD_OVERRIDES)]) for _ in range(STEPS)]
     assert codes == [EXIT_STOPPED] * (STEPS - 1) + [EXIT_COMPLETED]
     assert _reproducible(read_metrics(stopped)) == _reproducible(records)
+
+
+def test_recipe_check_accepts_the_reward_schedule_for_reference_recipes_only_when_valid(capsys):
+    from holder_nemo.recipe.cli import main as recipe_main
+
+    assert recipe_main(["check", str(SMOKE), *REWARD_OVERRIDES, "--no-config"]) == 0
+    capsys.readouterr()
+    bad_gamma = "++loss_fn.holder.schedule.gamma=-1"
+    assert recipe_main(["check", str(SMOKE), *REWARD_OVERRIDES, bad_gamma, "--no-config"]) == 1
+    err = capsys.readouterr().err
+    assert "loss_fn.holder.schedule: PSchedule.gamma must be >= 0" in err and "1 error(s)" in err
