@@ -151,9 +151,9 @@ class MathJsonlTask:
         return boxed_answer_reward(example, response, finished)
 
 
-# One addition of small numbers (a in 3..20, b in 2..9), phrased three ways. Subtraction phrasings ("gives 9 to a
-# friend", "takes out 6") brought SmolLM2-135M-Instruct's step-0 reward from ~25 % down to ~5 %: too few groups
-# with a correct answer for GRPO to learn from in a CPU-sized run.
+# One addition of small numbers (a in 3..20, b in 2..9), phrased three ways. With subtraction phrasings mixed in
+# ("gives 9 to a friend", "takes out 6") SmolLM2-135M-Instruct got 3 of 64 sampled answers right at step 0, against
+# 7 of 64 for these additions: too few groups with a correct answer for GRPO to learn from in a CPU-sized run.
 ARITHMETIC_TEMPLATES: tuple[str, ...] = (
     "{n} has {a} {i} and buys {b} more. How many {i} does {n} have now?",
     "{n} has {a} {i} and finds {b} more. How many {i} does {n} have now?",
@@ -177,7 +177,7 @@ class ArithmeticWordTask:
 
     Prompt: the tokenizer's chat template with one worked example as a previous turn, then the problem and "Put the
     final answer in \\boxed{}." (the qwen_math system prompt alone leaves SmolLM2-135M-Instruct near 0 reward: it
-    rarely boxes; with the example it scores about a quarter at temperature 1, so GRPO groups have mixed rewards).
+    rarely boxes; with the example it scores 10-25 % at temperature 1, so many GRPO groups have mixed rewards).
     """
 
     keep_special_tokens = False
