@@ -94,7 +94,9 @@ def test_two_step_run_trains_with_annealed_p_and_math_verify_rewards(two_steps):
     for r in records:
         assert 0.0 <= r["reward_mean"] <= 1.0 and r["num_updates"] == 2
         assert r["perf/peak_rss_mib"] > 500  # a 135M-parameter float32 model with AdamW state
-    assert any(r["probs_ratio_max"] != 1.0 for r in records)  # the second update is off-policy
+    for r in records:
+        if r["reward_std"] > 0:  # a mixed group: the first update moves the policy, so the second is off-policy
+            assert r["probs_ratio_max"] != 1.0 or r["probs_ratio_min"] != 1.0
     assert json.loads((two_steps / "COMPLETED").read_text())["steps"] == STEPS
 
 
