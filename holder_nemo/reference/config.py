@@ -88,10 +88,11 @@ class LoggerSection(_Section):
 
 
 class DigitsSection(_Section):
-    op: Literal["copy", "reverse", "add"] = "copy"
+    op: Literal["copy", "reverse", "add", "repeat"] = "copy"
     min_digits: PositiveInt = 1
     max_digits: PositiveInt = 2
     reward: Literal["exact", "partial"] = "partial"
+    repeat_length: PositiveInt = Field(8, description="op repeat: answer length in digits (the number tiled)")
 
     @model_validator(mode="after")
     def _range(self) -> DigitsSection:
@@ -101,7 +102,7 @@ class DigitsSection(_Section):
 
 
 class DataSection(_Section):
-    task: Literal["digits", "math_jsonl"] = "digits"
+    task: Literal["digits", "math_jsonl", "arith_words"] = "digits"
     digits: DigitsSection = DigitsSection()
     train_path: str | None = Field(None, description="JSONL with 'problem' and 'answer' (task: math_jsonl)")
 
@@ -143,8 +144,10 @@ class ReferenceConfig(_Section):
             )
         if self.data.task == "math_jsonl" and not self.data.train_path:
             raise ValueError("data.train_path is required when data.task is 'math_jsonl'")
-        if self.data.task == "math_jsonl" and not self.policy.model_name:
-            raise ValueError("data.task 'math_jsonl' needs a real model: set policy.model_name to a local HF dir")
+        if self.data.task in ("math_jsonl", "arith_words") and not self.policy.model_name:
+            raise ValueError(
+                f"data.task '{self.data.task}' needs a real model: set policy.model_name to a local HF dir"
+            )
         return self
 
 

@@ -88,15 +88,18 @@ logger:
   plot: true
 
 data:
-  # digits (built-in, exact answers) or math_jsonl (needs policy.model_name and data.train_path)
+  # digits (built-in, exact answers), math_jsonl (needs policy.model_name and data.train_path) or arith_words
+  # (generated one-step word problems, boxed answer graded by math-verify; needs an instruct policy.model_name)
   task: "digits"
   digits:
-    # copy "12=" -> "12"; also reverse, add
+    # copy "12=" -> "12"; also reverse, add, repeat ("12=" -> "12121212", holderpo study)
     op: "copy"
     min_digits: 1
     max_digits: 2
     # partial: fraction of positions matching answer + <eos> (1.0 iff exact); exact: 1/0
     reward: "partial"
+    # op repeat: the number tiled to this many digits
+    repeat_length: 8
   train_path: null
 
 reference:

@@ -70,10 +70,19 @@ def sample_groups(
     return enc["input_ids"].cpu(), response_ids.cpu(), response_logprobs.cpu(), prompt_lengths
 
 
-def decode_responses(tokenizer, response_ids: Tensor, response_lengths: Tensor, finished: Tensor) -> list[str]:
-    """Response texts without the trailing <eos> (and without padding)."""
+def decode_responses(
+    tokenizer, response_ids: Tensor, response_lengths: Tensor, finished: Tensor, *, skip_special_tokens: bool = True
+) -> list[str]:
+    """Response texts without the trailing <eos> and the padding after it.
+
+    ``skip_special_tokens=False`` keeps special tokens the model emitted *inside* its response (e.g. "<bos>"), so a
+    reward that counts tokens cannot be gamed by emitting tokens that decoding would otherwise drop.
+    """
     ends = (response_lengths - finished.long()).tolist()
-    return [tokenizer.decode(row[:end], skip_special_tokens=True) for row, end in zip(response_ids, ends, strict=True)]
+    return [
+        tokenizer.decode(row[:end], skip_special_tokens=skip_special_tokens)
+        for row, end in zip(response_ids, ends, strict=True)
+    ]
 
 
 def build_batch(

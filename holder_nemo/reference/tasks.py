@@ -8,12 +8,16 @@ seed and the data position ``start`` (so a resumed run sees exactly the prompts 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-DIGITS_OPS = ("copy", "reverse", "add")
+# A response is decoded with its special tokens kept (``keep_special_tokens``): "<bos>" counts as one wrong token.
+SPECIAL_OR_CHAR = re.compile(r"<[a-z]+>|.", re.DOTALL)
+
+DIGITS_OPS = ("copy", "reverse", "add", "repeat")
 DIGITS_REWARDS = ("exact", "partial")
 
 
@@ -27,7 +31,7 @@ class Example:
 
 class DigitsTask:
     """``op`` over random numbers of ``min_digits..max_digits`` digits: "123=" -> "123" (copy), "321" (reverse);
-    "12+34=" -> "46" (add).
+    "12+34=" -> "46" (add); "12=" -> "12121212" (repeat: the number tiled to ``repeat_length`` digits).
 
     Rewards: "exact" is 1.0 iff the response is the answer followed by <eos>; "partial" is the fraction of positions
     where the response tokens (with <eos> if the model emitted it) equal answer + <eos>, over the longer of the two,
@@ -35,17 +39,26 @@ class DigitsTask:
     """
 
     alphabet = "0123456789+="
+    # The reward sees every token the model emitted: decoding must not drop a "<bos>" or "<pad>" inside a response
+    # (a policy learnt to emit them to shorten its answer without <eos> when they were dropped).
+    keep_special_tokens = True
 
-    def __init__(self, op: str, min_digits: int, max_digits: int, reward: str, seed: int) -> None:
+    def __init__(
+        self, op: str, min_digits: int, max_digits: int, reward: str, seed: int, *, repeat_length: int = 8
+    ) -> None:
         if op not in DIGITS_OPS:
             raise ValueError(f"data.digits.op must be one of {DIGITS_OPS}, got {op!r}")
         if reward not in DIGITS_REWARDS:
             raise ValueError(f"data.digits.reward must be one of {DIGITS_REWARDS}, got {reward!r}")
+        if repeat_length < 1:
+            raise ValueError(f"data.digits.repeat_length must be >= 1, got {repeat_length}")
         self.op, self.reward_kind, self.seed = op, reward, seed
-        self.min_digits, self.max_digits = min_digits, max_digits
+        self.min_digits, self.max_digits, self.repeat_length = min_digits, max_digits, repeat_length
 
     @property
     def max_answer_chars(self) -> int:
+        if self.op == "repeat":
+            return self.repeat_length
         return self.max_digits + 1 if self.op == "add" else self.max_digits
 
     def _number(self, rng: np.random.Generator) -> str:
@@ -59,6 +72,8 @@ class DigitsTask:
             return Example(f"{a}=", a)
         if self.op == "reverse":
             return Example(f"{a}=", a[::-1])
+        if self.op == "repeat":
+            return Example(f"{a}=", (a * self.repeat_length)[: self.repeat_length])
         b = self._number(rng)
         return Example(f"{a}+{b}=", str(int(a) + int(b)))
 
@@ -69,9 +84,19 @@ class DigitsTask:
         if self.reward_kind == "exact":
             return float(finished and response == example.answer)
         target = [*example.answer, "<eos>"]
-        got = [*response, "<eos>"] if finished else list(response)
+        got = SPECIAL_OR_CHAR.findall(response) + (["<eos>"] if finished else [])
         hits = sum(t == g for t, g in zip(target, got, strict=False))
         return hits / max(len(target), len(got))
+
+
+def boxed_answer_reward(example: Example, response: str, finished: bool) -> float:
+    """``holderpo eval``'s scorer: 1.0 iff the last ``\\boxed{}`` equals the answer under math-verify; truncated
+    responses score 0, as in the paper's setup."""
+    if not finished:
+        return 0.0
+    from holder_nemo.eval.scoring import math_reward
+
+    return float(math_reward(response, example.answer))
 
 
 class MathJsonlTask:
@@ -98,6 +123,8 @@ class MathJsonlTask:
             raise ValueError(f"data.train_path: {path} has no rows")
         self.rows, self.seed = rows, seed
 
+    keep_special_tokens = False  # math-verify reads the text; special tokens are not part of an answer
+
     @staticmethod
     def _format(problem: str, tokenizer) -> str:
         system = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -121,8 +148,69 @@ class MathJsonlTask:
         return [self._row(i) for i in range(start, start + count)]
 
     def reward(self, example: Example, response: str, finished: bool) -> float:
-        if not finished:  # truncated responses score 0, as in the paper's setup
-            return 0.0
-        from holder_nemo.eval.scoring import math_reward
+        return boxed_answer_reward(example, response, finished)
 
-        return float(math_reward(response, example.answer))
+
+# One addition of small numbers (a in 3..20, b in 2..9), phrased three ways. With subtraction phrasings mixed in
+# ("gives 9 to a friend", "takes out 6") SmolLM2-135M-Instruct got 3 of 64 sampled answers right at step 0, against
+# 7 of 64 for these additions: too few groups with a correct answer for GRPO to learn from in a CPU-sized run.
+ARITHMETIC_TEMPLATES: tuple[str, ...] = (
+    "{n} has {a} {i} and buys {b} more. How many {i} does {n} have now?",
+    "{n} has {a} {i} and finds {b} more. How many {i} does {n} have now?",
+    "There are {a} {i} in a box and {n} puts in {b} more. How many {i} are in the box?",
+)
+ARITHMETIC_NAMES = ("Tom", "Anna", "Sam", "Lena", "Omar", "Mia", "Ravi", "Zoe")
+ARITHMETIC_ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "coins", "shells")
+BOX_INSTRUCTION = " Put the final answer in \\boxed{}."
+# One worked example as a previous chat turn: without it a 135M instruct model rarely boxes its answer at all.
+ARITHMETIC_SHOT = (
+    "Ben has 4 cards and buys 3 more. How many cards does Ben have now?" + BOX_INSTRUCTION,
+    "Ben has 4 + 3 = 7 cards. The answer is \\boxed{7}.",
+)
+
+
+class ArithmeticWordTask:
+    """One-step addition word problems ("Tom has 7 apples and buys 5 more. How many apples does Tom have now?"),
+    generated from ``(seed, index)`` like the digit task: nothing to download, and the data position fully
+    determines the next prompts. The answer is graded by ``holderpo eval``'s scorer (math-verify on the last
+    ``\\boxed{}``; truncated responses score 0).
+
+    Prompt: the tokenizer's chat template with one worked example as a previous turn, then the problem and "Put the
+    final answer in \\boxed{}." (the qwen_math system prompt alone leaves SmolLM2-135M-Instruct near 0 reward: it
+    rarely boxes; with the example it scores 10-25 % at temperature 1, so many GRPO groups have mixed rewards).
+    """
+
+    keep_special_tokens = False
+
+    def __init__(self, seed: int, tokenizer) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("data.task 'arith_words' needs a tokenizer with a chat template (an instruct model)")
+        self.seed, self.tokenizer = seed, tokenizer
+
+    def problem(self, index: int) -> tuple[str, str]:
+        """(problem text, answer) of prompt ``index``."""
+        rng = np.random.default_rng([self.seed, index])
+        template = ARITHMETIC_TEMPLATES[int(rng.integers(len(ARITHMETIC_TEMPLATES)))]
+        a, b = int(rng.integers(3, 21)), int(rng.integers(2, 10))
+        name = ARITHMETIC_NAMES[int(rng.integers(len(ARITHMETIC_NAMES)))]
+        item = ARITHMETIC_ITEMS[int(rng.integers(len(ARITHMETIC_ITEMS)))]
+        return template.format(n=name, i=item, a=a, b=b), str(a + b)
+
+    def format(self, problem: str) -> str:
+        shot_user, shot_assistant = ARITHMETIC_SHOT
+        messages = [
+            {"role": "user", "content": shot_user},
+            {"role": "assistant", "content": shot_assistant},
+            {"role": "user", "content": problem + BOX_INSTRUCTION},
+        ]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompts(self, start: int, count: int) -> list[Example]:
+        out = []
+        for index in range(start, start + count):
+            text, answer = self.problem(index)
+            out.append(Example(self.format(text), answer))
+        return out
+
+    def reward(self, example: Example, response: str, finished: bool) -> float:
+        return boxed_answer_reward(example, response, finished)

@@ -114,7 +114,7 @@ class ReferenceRecipe:
 
     def _setup_model_and_task(self):
         from holder_nemo.reference import model as model_lib
-        from holder_nemo.reference.tasks import DigitsTask, MathJsonlTask
+        from holder_nemo.reference.tasks import ArithmeticWordTask, DigitsTask, MathJsonlTask
 
         cfg, seed = self.cfg, self.cfg.grpo.seed
         if cfg.policy.model_name:
@@ -137,7 +137,9 @@ class ReferenceRecipe:
             )
         if cfg.data.task == "digits":
             d = cfg.data.digits
-            task = DigitsTask(d.op, d.min_digits, d.max_digits, d.reward, seed)
+            task = DigitsTask(d.op, d.min_digits, d.max_digits, d.reward, seed, repeat_length=d.repeat_length)
+        elif cfg.data.task == "arith_words":
+            task = ArithmeticWordTask(seed, tokenizer)
         else:
             task = MathJsonlTask(cfg.data.train_path, seed, tokenizer)
         return model, tokenizer, task
@@ -184,6 +186,7 @@ class ReferenceRecipe:
         examples = self.task.prompts(self.data_position, n_prompts)
         self.data_position += n_prompts
         rollout = self._rollout(examples)
+        self.loss_fn.set_mean_reward(float(rollout.rewards.mean()))  # read by the reward-driven p schedule only
         t1 = time.perf_counter()
         update_metrics = self._update(rollout.batch, step)
         t2 = time.perf_counter()
@@ -218,7 +221,9 @@ class ReferenceRecipe:
         batch, finished, response_lengths = build_batch(
             prompt_ids, response_ids, response_logprobs, prompt_lengths, tok.pad_token_id, tok.eos_token_id
         )
-        responses = decode_responses(tok, response_ids, response_lengths, finished)
+        responses = decode_responses(
+            tok, response_ids, response_lengths, finished, skip_special_tokens=not self.task.keep_special_tokens
+        )
         rewards = torch.tensor(
             [
                 self.task.reward(examples[i // self.group_size], text, bool(done))

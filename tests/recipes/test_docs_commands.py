@@ -270,6 +270,13 @@ def check_holderpo(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
     elif sub == "eval":
         code = holderpo([sub, *rest, "--print-config"])
         assert code == 0, f"{cmd}: `holderpo eval --print-config` refuses it:\n{capsys.readouterr().err}"
+    elif sub == "study":  # --dry-run validates every run's recipe and runs nothing
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = ["--out-dir", tmp] if "--out-dir" not in rest else []
+            code = holderpo([sub, *rest, *out, "--dry-run"])
+        assert code == 0, f"{cmd}: `holderpo study --dry-run` refuses it:\n{capsys.readouterr().err}"
 
 
 def check_python(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
@@ -390,6 +397,13 @@ def test_docs_document_the_baselines():
     assert any("clip_mode=token " in c and "p_max=1.0" in c for c in runs)  # GRPO
     assert any("ratio_clip_min=3e-4" in c and "p_max=0.0" in c for c in runs)  # GSPO
     assert any("clip_mode=token_log" in c and "ratio_clip_min=0.4" in c for c in runs)  # GMPO
+
+
+def test_docs_document_the_study_and_the_smollm2_recipe():
+    runs = [[Path(c.argv[0]).name, *c.argv[1:]] for c in COMMANDS if not (c.synopsis or c.inline)]
+    assert ["holderpo", "study"] in runs  # the default study
+    assert any(r[:3] == ["holderpo", "train", "recipes/smollm2_135m_arith_cpu.yaml"] for r in runs)
+    assert any(r[:2] == ["holderpo", "convert-smollm2"] for r in runs)
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=str)

@@ -68,3 +68,14 @@ def test_sampler_logprobs_equal_learner_logprobs_at_the_shifted_positions():
     torch.testing.assert_close(learner[mask], batch["generation_logprobs"][mask], rtol=1e-4, atol=1e-4)
     texts = decode_responses(tok, out[1], lengths, finished)
     assert all(isinstance(t, str) and "<" not in t for t in texts)
+
+
+def test_decode_can_keep_special_tokens_inside_a_response():
+    tok = build_char_tokenizer(DigitsTask.alphabet)
+    eos, bos, pad = tok.eos_token_id, tok.bos_token_id, tok.pad_token_id
+    one, two = tok.convert_tokens_to_ids(["1", "2"])
+    ids = torch.tensor([[bos, one, eos, pad], [one, pad, two, two]])
+    finished, lengths = torch.tensor([True, False]), torch.tensor([3, 4])
+    assert decode_responses(tok, ids, lengths, finished) == ["1", "122"]
+    kept = decode_responses(tok, ids, lengths, finished, skip_special_tokens=False)
+    assert kept == ["<bos>1", "1<pad>22"]  # the trailing <eos> and the padding after it are never part of the text

@@ -1,0 +1,274 @@
+"""A study's results: per-run summaries, per-arm intervals over seeds, paired differences against GRPO.
+
+Outputs in the study directory:
+    study.json   settings, arms, tasks, per-run values, per-arm intervals and diagnostics, timing
+    study.md     the same as tables (mean +- 95 % t half-width over seeds)
+    study.png    per task: mean reward curve with its 95 % band per arm (top), p(t) per arm (bottom)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from holder_nemo.study.spec import ARMS, BASELINE_ARM
+from holder_nemo.study.stats import (
+    Interval,
+    final_reward,
+    mean_interval,
+    paired_differences,
+    reward_auc,
+    steps_to_threshold,
+    trailing_mean,
+)
+
+JSON_FILE, MARKDOWN_FILE, FIGURE_FILE = "study.json", "study.md", "study.png"
+LEVEL = 0.95
+
+# (metrics.jsonl key, name in the report): means over a run's steps, then intervals over seeds
+DIAGNOSTICS = (
+    ("holder_p", "p"),
+    ("holder/jensen_gap", "jensen_gap"),
+    ("holder/effective_tokens", "effective_tokens"),
+    ("response_length_mean", "response_tokens"),
+    ("holder/seq_clip_frac_low", "seq_clip_low"),
+    ("holder/seq_clip_frac_high", "seq_clip_high"),
+    ("holder/token_clip_frac", "token_clip"),
+    ("holder/kl_to_old", "kl_to_old"),
+)
+
+
+def smoothing_window(steps: int) -> int:
+    """Trailing window for curves and steps-to-threshold: 5 % of the run, at least 1 step."""
+    return max(1, steps // 20)
+
+
+def run_summary(records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """Final reward (last 10 % of steps), AUC, steps to threshold and diagnostic means of one run."""
+    rewards = [r["reward_mean"] for r in records]
+    step, reached = steps_to_threshold(rewards, threshold, smoothing_window(len(rewards)))
+    out: dict[str, Any] = {
+        "steps": len(rewards),
+        "final_reward": final_reward(rewards),
+        "auc": reward_auc(rewards),
+        "steps_to_threshold": step,
+        "reached_threshold": reached,
+    }
+    for key, name in DIAGNOSTICS:
+        values = [r[key] for r in records if isinstance(r.get(key), int | float)]
+        out[name] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+def _interval(values: list[float]) -> dict[str, float]:
+    return mean_interval(values, LEVEL).to_dict()
+
+
+def arm_results(per_seed: dict[int, dict[str, Any]], baseline: dict[int, dict[str, Any]] | None) -> dict[str, Any]:
+    """Intervals over seeds of one arm's run summaries, and its paired differences against the baseline arm."""
+    seeds = sorted(per_seed)
+    out: dict[str, Any] = {"seeds": seeds, "n_reached_threshold": sum(per_seed[s]["reached_threshold"] for s in seeds)}
+    for metric in ("final_reward", "auc", "steps_to_threshold", *(name for _, name in DIAGNOSTICS)):
+        out[metric] = _interval([per_seed[s][metric] for s in seeds])
+    if baseline is not None:
+        out["vs_grpo"] = {
+            metric: _interval(
+                paired_differences(
+                    {s: v[metric] for s, v in per_seed.items()}, {s: v[metric] for s, v in baseline.items()}
+                )
+            )
+            for metric in ("final_reward", "auc", "steps_to_threshold")
+        }
+    return out
+
+
+def curves(records_by_seed: dict[int, list[dict[str, Any]]], window: int) -> dict[str, list[float]]:
+    """Per step: mean over seeds of the smoothed reward with its 95 % band, and the mean p."""
+    steps = min(len(r) for r in records_by_seed.values())
+    rewards = np.array(
+        [trailing_mean([r["reward_mean"] for r in recs[:steps]], window) for recs in records_by_seed.values()]
+    )
+    ps = np.array([[r["holder_p"] for r in recs[:steps]] for recs in records_by_seed.values()])
+    bands = [mean_interval(rewards[:, t], LEVEL) for t in range(steps)]
+    return {
+        "step": list(range(1, steps + 1)),
+        "reward_mean": [b.mean for b in bands],
+        "reward_half_width": [0.0 if np.isnan(b.half_width) else b.half_width for b in bands],
+        "p_mean": ps.mean(0).tolist(),
+        "p_min": ps.min(0).tolist(),
+        "p_max": ps.max(0).tolist(),
+    }
+
+
+def build_results(records: dict[str, dict[str, dict[int, list[dict[str, Any]]]]], thresholds: dict[str, float]):
+    """records[task][arm][seed] = metrics.jsonl rows -> (results[task][arm], curves[task][arm], per_run)."""
+    results: dict[str, dict[str, Any]] = {}
+    all_curves: dict[str, dict[str, Any]] = {}
+    per_run: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for task, arms in records.items():
+        per_run[task] = {
+            arm: {s: run_summary(recs, thresholds[task]) for s, recs in seeds.items()} for arm, seeds in arms.items()
+        }
+        baseline = per_run[task].get(BASELINE_ARM)
+        results[task] = {
+            arm: arm_results(summaries, baseline if arm != BASELINE_ARM else None)
+            for arm, summaries in per_run[task].items()
+        }
+        steps = max(len(recs) for seeds in arms.values() for recs in seeds.values())
+        all_curves[task] = {arm: curves(seeds, smoothing_window(steps)) for arm, seeds in arms.items()}
+    return results, all_curves, per_run
+
+
+def _fmt(interval: dict[str, float], digits: int = 3, signed: bool = False) -> str:
+    mean, half = interval["mean"], interval["half_width"]
+    if np.isnan(mean):
+        return "–"
+    sign = "+" if signed else ""
+    text = f"{mean:{sign}.{digits}f}"
+    return text if np.isnan(half) else f"{text} ± {half:.{digits}f}"
+
+
+def _marked(interval: dict[str, float], digits: int = 3) -> str:
+    """A paired difference; bold when its 95 % interval excludes 0."""
+    text = _fmt(interval, digits, signed=True)
+    return (
+        f"**{text}**"
+        if Interval(interval["mean"], interval["half_width"], int(interval["n"])).excludes_zero()
+        else text
+    )
+
+
+def markdown(study: dict[str, Any]) -> str:
+    s = study["settings"]
+    lines = [
+        "# HölderPO aggregation study",
+        "",
+        f"Command: `{s['command']}`",
+        "",
+        f"{s['seeds']} seeds per arm (seed k: same initial weights and prompt order in every arm), "
+        f"{s['steps']} steps per run. Values are mean ± half-width of the 95 % Student-t interval over seeds. "
+        "**Final reward**: mean reward of the last 10 % of steps. "
+        "**AUC**: mean reward over all steps (area under the reward curve / steps). "
+        f"**Steps to threshold**: first step where the trailing {s['window']}-step mean reward reaches the task's "
+        f"threshold (runs that never do count as their last step; `k/n` say how many reached it). "
+        f"**Δ vs GRPO**: per-seed paired difference arm − GRPO; bold when its 95 % interval excludes 0.",
+        "",
+    ]
+    for task, arms in study["results"].items():
+        t = study["tasks"][task]
+        lines += [f"## Task `{task}`: {t['summary']}", "", f"Threshold {t['threshold']}.", ""]
+        lines += [
+            "| arm | final reward | AUC | steps to threshold | Δ final vs GRPO | Δ AUC vs GRPO | Δ steps vs GRPO |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for arm, r in arms.items():
+            vs = r.get("vs_grpo")
+            deltas = (
+                [
+                    _marked(vs[m]) if m != "steps_to_threshold" else _marked(vs[m], 0)
+                    for m in ("final_reward", "auc", "steps_to_threshold")
+                ]
+                if vs
+                else ["(baseline)"] * 3
+            )
+            n = len(r["seeds"])
+            lines.append(
+                f"| {ARMS[arm].label if arm in ARMS else arm} | {_fmt(r['final_reward'])} | {_fmt(r['auc'])} | "
+                f"{_fmt(r['steps_to_threshold'], 0)} ({r['n_reached_threshold']}/{n}) | " + " | ".join(deltas) + " |"
+            )
+        lines += [
+            "",
+            "Diagnostics (means over steps, then over seeds): p; Jensen gap log ρ_p − log ρ_0 per sequence (0 when "
+            "every token ratio is equal; how far the arm's aggregate is from the geometric mean); effective tokens "
+            "exp(entropy of the token weights) against the response length; sequence- and token-clip fractions; "
+            "KL(old ‖ new) per token.",
+            "",
+            "| arm | p | Jensen gap | effective tokens | response tokens | seq clip low | seq clip high | token clip "
+            "| KL(old‖new) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for arm, r in arms.items():
+            cells = [
+                _fmt(r["p"], 2),
+                _fmt(r["jensen_gap"], 5),
+                _fmt(r["effective_tokens"], 2),
+                _fmt(r["response_tokens"], 2),
+                _fmt(r["seq_clip_low"], 4),
+                _fmt(r["seq_clip_high"], 4),
+                _fmt(r["token_clip"], 4),
+                _fmt(r["kl_to_old"], 5),
+            ]
+            lines.append(f"| {ARMS[arm].label if arm in ARMS else arm} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Arms", "", "| arm | what | overrides |", "|---|---|---|"]
+    for arm, a in study["arms"].items():
+        lines.append(f"| {a['label']} (`{arm}`) | {a['summary']} | `{' '.join(a['overrides'])}` |")
+    lines += ["", "## Shared settings", "", f"Recipe `{s['recipe']}` with `{' '.join(s['overrides'])}`.", ""]
+    timing = study["timing"]
+    lines += [
+        "## Time",
+        "",
+        f"{timing['runs']} runs, {timing['cpu_s']:.0f} CPU-seconds in the runs "
+        f"({timing['cpu_s'] / 60:.1f} CPU-minutes), "
+        f"{timing['study_wall_s']:.0f} s of study wall time over {timing['invocations']} invocation(s) with "
+        f"{timing['jobs']} worker(s).",
+        "",
+        f"![study]({FIGURE_FILE})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(study_curves: dict[str, dict[str, Any]], labels: dict[str, str], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(study_curves)
+    fig, axes = plt.subplots(
+        2,
+        len(tasks),
+        figsize=(7.5 * len(tasks), 8),
+        sharex="col",
+        squeeze=False,
+        gridspec_kw={"height_ratios": [2.2, 1]},
+        constrained_layout=True,
+    )
+    colors = plt.get_cmap("tab10")
+    for col, task in enumerate(tasks):
+        top, bottom = axes[0][col], axes[1][col]
+        for i, (arm, c) in enumerate(study_curves[task].items()):
+            steps = np.array(c["step"])
+            mean, half = np.array(c["reward_mean"]), np.array(c["reward_half_width"])
+            color = colors(i % 10)
+            top.plot(steps, mean, color=color, label=labels.get(arm, arm), lw=1.4)
+            top.fill_between(steps, mean - half, mean + half, color=color, alpha=0.15, lw=0)
+            bottom.plot(steps, c["p_mean"], color=color, lw=1.4)
+            if np.any(np.array(c["p_max"]) != np.array(c["p_min"])):  # reward-driven p differs between seeds
+                bottom.fill_between(steps, c["p_min"], c["p_max"], color=color, alpha=0.15, lw=0)
+        top.set(title=f"task {task}: mean reward (trailing mean) ± 95 % CI over seeds", ylabel="reward")
+        bottom.set(title="Hölder order p (mean over seeds; band: min–max)", xlabel="step", ylabel="p")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+        top.legend(fontsize=8, ncol=2)
+    fig.suptitle(title)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def write_report(out_dir: Path, study: dict[str, Any], study_curves: dict[str, dict[str, Any]]) -> list[Path]:
+    """study.json, study.md and study.png in ``out_dir``; returns their paths."""
+    json_path, md_path = out_dir / JSON_FILE, out_dir / MARKDOWN_FILE
+    payload = {**study, "curves": study_curves}
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    tmp.replace(json_path)
+    md_path.write_text(markdown(study))
+    labels = {arm: a["label"] for arm, a in study["arms"].items()}
+    fig = plot(study_curves, labels, out_dir / FIGURE_FILE, f"{study['settings']['seeds']} seeds per arm")
+    return [json_path, md_path, fig]
