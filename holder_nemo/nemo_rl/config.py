@@ -20,12 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
-from holder_nemo.core import CLIP_MODES, PSchedule
-
-IMPORTANCE_RATIOS = ("train_vs_old", "train_vs_generation")
-IS_CORRECTION_LEVELS = ("sequence_mean", "sequence_sum")
-TRUNCATION_TYPES = ("tis", "icepop", "seq-mask-tis")
-KL_TYPES = ("k1", "k2", "k3")
+from holder_nemo.core import CLIP_MODES, KL_KINDS, PSchedule
+from holder_nemo.core.estimators import IS_LEVELS, TRUNCATIONS
 
 # ClippedPGLossFn switches that would change the objective; HölderPO requires these values.
 _NEUTRAL_CLIPPED_PG_KEYS: dict[str, tuple[Any, str]] = {
@@ -38,42 +34,28 @@ _NEUTRAL_CLIPPED_PG_KEYS: dict[str, tuple[Any, str]] = {
 }
 
 
-class ScheduleConfig(BaseModel):
-    """``loss_fn.holder.schedule``: the fields of ``holder_nemo.core.PSchedule``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: str = "linear_dec"
-    p_max: float = 2.0
-    p_min: float = -2.0
-    steps: int = Field(500, strict=True)
-    power: float = 2.0
-    gamma: float = 1.0
-
-    @model_validator(mode="after")
-    def _valid_schedule(self) -> ScheduleConfig:
-        if self.kind == "reward":
-            raise ValueError(
-                "kind 'reward' needs the step's mean reward, which NeMo RL v0.7.0 does not pass to policy.train; "
-                "use a step schedule (linear_dec, cos, ...)"
-            )
-        self.to_schedule()  # PSchedule validates ranges and names the field
-        return self
-
-    def to_schedule(self) -> PSchedule:
-        return PSchedule.from_dict(self.model_dump())
-
-
 class HolderBlock(BaseModel):
     """``loss_fn.holder``: HölderPO-only settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schedule: ScheduleConfig = ScheduleConfig()
-    clip_mode: Literal["sequence", "token", "token_log", "none"] = "sequence"
+    schedule: PSchedule = PSchedule()
+    clip_mode: Literal[CLIP_MODES] = "sequence"
     check_finite: StrictBool = True
     importance_ratio: Literal["train_vs_old", "train_vs_generation"] = "train_vs_old"
-    is_correction_level: Literal["sequence_mean", "sequence_sum"] = "sequence_mean"
+    is_correction_level: Literal[IS_LEVELS] = "sequence_mean"
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> Any:
+        """``PSchedule`` is the schema (fields, defaults, ranges); built by its own constructor, not coerced."""
+        schedule = PSchedule.from_dict(value) if isinstance(value, Mapping) else value
+        if isinstance(schedule, PSchedule) and schedule.kind == "reward":
+            raise ValueError(
+                "kind 'reward' needs the step's mean reward, which NeMo RL v0.7.0 does not pass to policy.train; "
+                "use a step schedule (linear_dec, cos, ...)"
+            )
+        return schedule
 
 
 class HolderPOLossConfig(BaseModel):
@@ -87,14 +69,14 @@ class HolderPOLossConfig(BaseModel):
     ratio_clip_c: float | None = Field(None, gt=1.0)
     # KL(pi_theta || pi_ref) penalty, normalised per sequence like ClippedPG with token_level_loss: false
     reference_policy_kl_penalty: float = Field(0.01, ge=0.0)
-    reference_policy_kl_type: Literal["k1", "k2", "k3"] = "k3"
+    reference_policy_kl_type: Literal[KL_KINDS] = "k3"
     kl_input_clamp_value: float | None = Field(20.0, gt=0.0)
     kl_output_clamp_value: float | None = Field(10.0, gt=0.0)
     use_kl_in_reward: StrictBool = False
     use_on_policy_kl_approximation: StrictBool = False
     # train/inference importance-sampling correction (one weight per sequence, see holder.is_correction_level)
     use_importance_sampling_correction: StrictBool = False
-    truncated_importance_sampling_type: Literal["tis", "icepop", "seq-mask-tis"] | None = None
+    truncated_importance_sampling_type: Literal[TRUNCATIONS] | None = None
     truncated_importance_sampling_ratio: float | None = Field(None, gt=0.0)
     truncated_importance_sampling_ratio_min: float | None = Field(None, ge=0.0)
     # ClippedPG switches that must keep their neutral value (checked below)
@@ -192,15 +174,4 @@ def parse_loss_config(loss_fn_config: Mapping[str, Any] | BaseModel, prefix: str
         raise LossConfigError("invalid HölderPO loss config:\n  " + "\n  ".join(lines)) from None
 
 
-__all__ = [
-    "CLIP_MODES",
-    "IMPORTANCE_RATIOS",
-    "IS_CORRECTION_LEVELS",
-    "KL_TYPES",
-    "TRUNCATION_TYPES",
-    "HolderBlock",
-    "HolderPOLossConfig",
-    "LossConfigError",
-    "ScheduleConfig",
-    "parse_loss_config",
-]
+__all__ = ["HolderBlock", "HolderPOLossConfig", "LossConfigError", "parse_loss_config"]

@@ -23,6 +23,7 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,12 @@ from holder_nemo.config.resume_guard import (
     check_resume_config,
     record_accepted_changes,
 )
+from holder_nemo.core import Reduce
+from holder_nemo.nemo_rl import HolderPOLossFn
 from holder_nemo.nemo_rl.stop import StopRequest
 from holder_nemo.reference import checkpoint as ckpt
 from holder_nemo.reference.config import ReferenceConfig, validate_reference_config
 from holder_nemo.reference.default_recipe import default_recipe_path
-from holder_nemo.reference.loss import make_loss_fn, reduce_metric
 from holder_nemo.reference.metrics_log import MetricsLog
 from holder_nemo.reference.rollout import (
     Rollout,
@@ -99,7 +101,7 @@ class ReferenceRecipe:
         self.model, self.tokenizer, self.task = self._setup_model_and_task()
         self.model.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), **cfg.policy.optimizer.kwargs.model_dump())
-        self.loss_fn = make_loss_fn(dict(cfg.loss_fn))
+        self.loss_fn = HolderPOLossFn(cfg.loss_fn)  # called exactly as NeMo RL calls it (docs/reference_run.md)
         self._resume()
         # The metrics log is opened after resume so it can drop lines of steps the checkpoint does not cover.
         self.metrics_log = MetricsLog(self.run_dir, upto_step=self.step, tensorboard=cfg.logger.tensorboard_enabled)
@@ -250,6 +252,7 @@ class ReferenceRecipe:
             global_valid_toks = (mini["token_mask"][:, 1:] * mini["sample_mask"][:, None]).sum()
             self.optimizer.zero_grad(set_to_none=True)
             update: dict[str, float] = {}
+            reductions = self.loss_fn.metric_reductions
             for mstart in range(0, gbs, mbs):
                 micro = {k: v[mstart : mstart + mbs] for k, v in mini.items()}
                 lps = next_token_logprobs(self.model, micro["input_ids"], micro["input_lengths"], self.temperature)
@@ -260,17 +263,15 @@ class ReferenceRecipe:
                     global_valid_toks=global_valid_toks,
                 )
                 loss.backward()
-                for key, value in metrics.items():
-                    if isinstance(value, int | float):
-                        update[key] = reduce_metric(key, update.get(key), float(value))
+                combine_metrics(update, metrics, reductions)
             max_norm = self.cfg.policy.max_grad_norm or float("inf")
             update["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
             self.optimizer.step()
-            for key, value in update.items():
-                sums[key] = reduce_metric(key, sums.get(key), value)
+            combine_metrics(sums, update, reductions)
             n_updates += 1
-        # Means over the step's updates, except *_min / *_max, which stay extremes.
-        out = {key: value if key.endswith(("_min", "_max")) else value / n_updates for key, value in sums.items()}
+        # Means over the step's updates, except the extremes (MIN / MAX), which stay extremes.
+        extremes = (Reduce.MIN, Reduce.MAX)
+        out = {k: v if reductions.get(k) in extremes else v / n_updates for k, v in sums.items()}
         out["holder_p"] = float(self.loss_fn.p)
         out["num_updates"] = n_updates
         return out
@@ -306,6 +307,14 @@ class ReferenceRecipe:
 
     def cleanup(self) -> None:
         self.metrics_log.close()
+
+
+def combine_metrics(acc: dict[str, float], metrics: Mapping[str, float], reductions: Mapping[str, Reduce]) -> None:
+    """Fold one micro-batch's (or update's) metrics into ``acc`` as each declares (NeMo RL's reductions: the
+    metrics are normalised by the global counts, so shares add; extremes take min / max; undeclared keys add)."""
+    for key, value in metrics.items():
+        how = reductions.get(key, Reduce.SUM)
+        acc[key] = how.combine(acc[key], float(value)) if key in acc else float(value)
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
