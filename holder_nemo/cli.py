@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("holder_nemo.reference.plotting", "redraw the training figure of a run directory"),
     "schedule": ("holder_nemo.reference.schedule_cli", "print and plot p over a recipe's run"),
     "compare": ("holder_nemo.reference.compare", "GRPO vs GSPO vs annealed HölderPO on one seed and task"),
-    "recipe": ("holder_nemo.recipe.cli", "resolve and validate a recipe offline (`holderpo recipe check ...`)"),
+    "recipe": ("holder_nemo.recipe_check.cli", "resolve and validate a recipe offline (`holderpo recipe check ...`)"),
     "data": ("holder_nemo.data.cli", "prepare training and evaluation data (`holderpo data prepare NAME DIR`)"),
     "eval": ("holder_nemo.eval.cli", "paper-protocol evaluation on AIME24, AMC, MATH500, Minerva, OlympiadBench"),
     "eval-alfworld": ("holder_nemo.alfworld.evaluate", "ALFWorld success overall and per task type (paper Table 3)"),

@@ -2,8 +2,8 @@
 
 ``run_episodes`` plays ``group_size`` episodes on each of several game files (verl-agent: 16 games x 8 = 128
 environments per training step; same game within a group), batching every step's prompts into one policy call, and
-returns :class:`~holder_nemo.alfworld.layout.Episode` records that ``layout.build_step_samples`` turns into training
-rows. A policy is ``Callable[[list[str]], list[str | Generation]]`` mapping protocol prompts to responses.
+returns :class:`~holder_nemo.alfworld.step_samples.Episode` records that ``step_samples.build_step_samples`` turns
+into training rows. A policy is ``Callable[[list[str]], list[str | Generation]]`` mapping protocol prompts to responses.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from holder_nemo.alfworld.env import AlfworldEpisode
-from holder_nemo.alfworld.layout import Episode, StepRecord, check_prompt_lengths
 from holder_nemo.alfworld.protocol import ProtocolConfig
+from holder_nemo.alfworld.step_samples import Episode, StepRecord, check_prompt_lengths
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def hf_policy(
     """
     import torch
 
-    from holder_nemo.alfworld.layout import render_chat_prompt
+    from holder_nemo.alfworld.step_samples import render_chat_prompt
 
     config = hf_sampling_config(
         model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy
@@ -219,7 +219,7 @@ def nemo_rl_policy(
     verl-agent). Prompts over ``max_prompt_tokens`` raise ``PromptTooLong`` before anything is generated."""
     import torch
 
-    from holder_nemo.alfworld.layout import render_chat_prompt
+    from holder_nemo.alfworld.step_samples import render_chat_prompt
 
     try:  # NeMo RL's own container type where available; the contract is the mapping of these keys
         from nemo_rl.distributed.batched_data_dict import BatchedDataDict as _Batch

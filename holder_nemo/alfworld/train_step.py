@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from holder_nemo.alfworld.layout import TokenizedBatch
+from holder_nemo.alfworld.step_samples import TokenizedBatch
 from holder_nemo.core import holder_po_loss, kl_estimate
 
 

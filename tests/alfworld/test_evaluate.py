@@ -9,7 +9,7 @@ import math
 import pytest
 
 from holder_nemo.alfworld.evaluate import COLUMNS, format_table, summarize
-from holder_nemo.alfworld.layout import Episode
+from holder_nemo.alfworld.step_samples import Episode
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("alfworld") is None, reason="needs the optional extra holder_nemo[alfworld]"
@@ -172,7 +172,7 @@ def test_model_errors_exit_2(offline_root, tmp_path, capsys):
 
 def test_prompt_over_the_budget_stops_the_evaluation(offline_root, tmp_path):
     from holder_nemo.alfworld.cli import main
-    from holder_nemo.alfworld.layout import PromptTooLong
+    from holder_nemo.alfworld.step_samples import PromptTooLong
 
     step_dir = _save_tiny_checkpoint(tmp_path / "ckpt" / "step_1")
     args = ["eval", "--data-root", str(offline_root), "--model", str(step_dir), "--episodes", "1", "--device", "cpu",

@@ -47,7 +47,7 @@ def tiny_policy():
 
 
 def _positive_row_logprob(model, tokenizer, episodes):
-    from holder_nemo.alfworld.layout import build_step_samples, tokenize_step_samples
+    from holder_nemo.alfworld.step_samples import build_step_samples, tokenize_step_samples
     from holder_nemo.alfworld.train_step import frozen_logprobs
 
     samples = build_step_samples(episodes)
@@ -113,14 +113,14 @@ def test_reference_steps_rollout_reward_advantages_update(tiny_policy, game_by_t
 def test_step_rows_through_the_nemo_rl_loss_plugin_match_the_reference_loss(tiny_policy, game_by_task):
     """Per-step rows in NeMo RL's train_data contract give HolderPOLossFn the same HölderPO loss as train_step."""
     from holder_nemo.alfworld.evaluate import play_expert
-    from holder_nemo.alfworld.layout import (
+    from holder_nemo.alfworld.protocol import ProtocolConfig
+    from holder_nemo.alfworld.step_samples import (
         Episode,
         StepRecord,
         build_step_samples,
         to_nemo_rl_train_data,
         tokenize_step_samples,
     )
-    from holder_nemo.alfworld.protocol import ProtocolConfig
     from holder_nemo.alfworld.train_step import token_logprobs_and_entropy
     from holder_nemo.core import holder_po_loss
     from holder_nemo.nemo_rl.loss import HolderPOLossFn

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from holder_nemo.config import load_recipe
-from holder_nemo.recipe.cli import check, main
+from holder_nemo.recipe_check.cli import check, main
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))

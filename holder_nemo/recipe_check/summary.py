@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from holder_nemo.recipe.checks import Layout
-from holder_nemo.recipe.schema import lookup, type_matches
+from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
+from holder_nemo.nemo_rl.recipe_keys import lookup, type_matches
 
 
 def _get(cfg: Mapping, path: str, default: Any = "?") -> Any:
@@ -38,7 +38,7 @@ def _p_range(cfg: Mapping, steps: int | None) -> str:
     )
 
 
-def summarize(cfg: Mapping, layout: Layout | None) -> str:
+def summarize(cfg: Mapping, layout: ParallelLayout | None) -> str:
     """Lines of ``key: value`` describing what one step costs and what the run does."""
     prompts, gens = _int(_get(cfg, "grpo.num_prompts_per_step")), _int(_get(cfg, "grpo.num_generations_per_prompt"))
     gbs, seq = _int(_get(cfg, "policy.train_global_batch_size")), _int(_get(cfg, "policy.max_total_sequence_length"))
