@@ -84,7 +84,7 @@ def parallel_layout(cfg: Mapping) -> ParallelLayout | None:
     )
 
 
-def check_layout(cfg: Mapping, report: Report) -> ParallelLayout | None:
+def _check_switches(cfg: Mapping, report: Report) -> None:
     megatron, dtensor = enabled(cfg, "policy.megatron_cfg.enabled"), enabled(cfg, "policy.dtensor_cfg.enabled")
     if megatron == dtensor:
         state = "both enabled" if megatron else "neither enabled"
@@ -93,22 +93,21 @@ def check_layout(cfg: Mapping, report: Report) -> ParallelLayout | None:
             f"exactly one training backend must be on (policy.megatron_cfg.enabled / policy.dtensor_cfg.enabled: "
             f"{state})",
         )
-    packing, dynamic = (
-        enabled(cfg, "policy.sequence_packing.enabled"),
-        enabled(cfg, "policy.dynamic_batching.enabled"),
-    )
-    if packing and dynamic:
+    if enabled(cfg, "policy.sequence_packing.enabled") and enabled(cfg, "policy.dynamic_batching.enabled"):
         report.error("policy.sequence_packing.enabled", "sequence packing and dynamic batching are mutually exclusive")
 
-    layout = parallel_layout(cfg)
-    if layout is None:
-        return None
-    tp_key = "policy.megatron_cfg.tensor_model_parallel_size" if megatron else "policy.dtensor_cfg.tensor_parallel_size"
-    cp_key = "policy.megatron_cfg.context_parallel_size" if megatron else "policy.dtensor_cfg.context_parallel_size"
+
+def _parallel_keys(megatron: bool) -> tuple[str, str]:
+    """(TP key, CP key) of the training backend."""
+    if megatron:
+        return "policy.megatron_cfg.tensor_model_parallel_size", "policy.megatron_cfg.context_parallel_size"
+    return "policy.dtensor_cfg.tensor_parallel_size", "policy.dtensor_cfg.context_parallel_size"
+
+
+def _check_gpus(cfg: Mapping, layout: ParallelLayout, report: Report) -> None:
+    """Training GPUs divisible by TP x PP x CP; vLLM's TP x PP fits a node and divides the generation GPUs."""
+    tp_key, cp_key = _parallel_keys(layout.backend == "megatron")
     model_parallel = layout.tp * layout.pp * layout.cp
-    if layout.train_gpus < 1:
-        report.error("policy.generation.colocated.resources", "non-colocated generation leaves no training GPUs")
-        return None
     if layout.train_gpus % model_parallel:
         report.error(
             "cluster",
@@ -116,50 +115,66 @@ def check_layout(cfg: Mapping, report: Report) -> ParallelLayout | None:
             f"{'' if layout.colocated else ' - generation GPUs'}) must be divisible by TP x PP x CP "
             f"({layout.tp} x {layout.pp} x {layout.cp} = {model_parallel}; {tp_key}, {cp_key})",
         )
-    if get(cfg, "policy.generation.backend") == "vllm":
-        gen_mp = layout.gen_tp * layout.gen_pp
-        if gen_mp > layout.gpus_per_node:
-            report.error(
-                "policy.generation.vllm_cfg.tensor_parallel_size",
-                f"vLLM TP x PP ({layout.gen_tp} x {layout.gen_pp}) must fit in one node "
-                f"(cluster.gpus_per_node = {layout.gpus_per_node})",
-            )
-        elif layout.gen_gpus % gen_mp or layout.gen_gpus_per_node % gen_mp:
-            report.error(
-                "policy.generation.vllm_cfg.tensor_parallel_size",
-                f"vLLM TP x PP ({gen_mp}) must divide the generation GPUs per node ({layout.gen_gpus_per_node})",
-            )
+    if get(cfg, "policy.generation.backend") != "vllm":
+        return
+    gen_mp = layout.gen_tp * layout.gen_pp
+    if gen_mp > layout.gpus_per_node:
+        report.error(
+            "policy.generation.vllm_cfg.tensor_parallel_size",
+            f"vLLM TP x PP ({layout.gen_tp} x {layout.gen_pp}) must fit in one node "
+            f"(cluster.gpus_per_node = {layout.gpus_per_node})",
+        )
+    elif layout.gen_gpus % gen_mp or layout.gen_gpus_per_node % gen_mp:
+        report.error(
+            "policy.generation.vllm_cfg.tensor_parallel_size",
+            f"vLLM TP x PP ({gen_mp}) must divide the generation GPUs per node ({layout.gen_gpus_per_node})",
+        )
+
+
+def _check_sequences(cfg: Mapping, layout: ParallelLayout, report: Report) -> None:
+    """Packing with Megatron CP; sequence length and packing pad factor against CP and TP; a packed micro-batch."""
+    megatron, packing = layout.backend == "megatron", enabled(cfg, "policy.sequence_packing.enabled")
+    _, cp_key = _parallel_keys(megatron)
     if megatron and layout.cp > 1 and not packing:
         report.error(
             "policy.sequence_packing.enabled",
             f"must be true when Megatron context parallelism is on ({cp_key} = {layout.cp})",
         )
     seq = get(cfg, "policy.max_total_sequence_length")
-    if type_matches(seq, "int"):
+    if type_matches(seq, "int") and seq % (layout.cp * math.lcm(2, layout.tp)):
         multiple = layout.cp * math.lcm(2, layout.tp)
-        if seq % multiple:
-            report.error(
-                "policy.max_total_sequence_length",
-                f"must be divisible by CP x lcm(2, TP) = {layout.cp} x {math.lcm(2, layout.tp)} = {multiple}, "
-                f"got {seq}",
-            )
+        report.error(
+            "policy.max_total_sequence_length",
+            f"must be divisible by CP x lcm(2, TP) = {layout.cp} x {math.lcm(2, layout.tp)} = {multiple}, got {seq}",
+        )
     pad = get(cfg, "policy.make_sequence_length_divisible_by")
     if megatron and packing and type_matches(pad, "int") and pad >= 1:
         # NeMo RL pads every packed sequence to a multiple of make_sequence_length_divisible_by, which must be a
         # multiple of 2 x CP (CP > 1) times TP (TP > 1 with sequence parallelism).
-        factor = (2 * layout.cp if layout.cp > 1 else 1) * (
-            layout.tp if layout.tp > 1 and layout.sequence_parallel else 1
-        )
+        sp = layout.tp if layout.tp > 1 and layout.sequence_parallel else 1
+        factor = (2 * layout.cp if layout.cp > 1 else 1) * sp
         if pad % factor:
             report.error(
                 "policy.make_sequence_length_divisible_by",
                 f"must be a multiple of {factor} (2 x CP when CP > 1, times TP when sequence parallel), got {pad}",
             )
-    if packing and type_matches(seq, "int"):
-        mb_tokens = get(cfg, "policy.sequence_packing.train_mb_tokens")
-        if type_matches(mb_tokens, "int") and mb_tokens < seq:
-            report.error(
-                "policy.sequence_packing.train_mb_tokens",
-                f"({mb_tokens}) must be >= policy.max_total_sequence_length ({seq}) so a full sequence fits",
-            )
+    mb_tokens = get(cfg, "policy.sequence_packing.train_mb_tokens")
+    if packing and type_matches(seq, "int") and type_matches(mb_tokens, "int") and mb_tokens < seq:
+        report.error(
+            "policy.sequence_packing.train_mb_tokens",
+            f"({mb_tokens}) must be >= policy.max_total_sequence_length ({seq}) so a full sequence fits",
+        )
+
+
+def check_layout(cfg: Mapping, report: Report) -> ParallelLayout | None:
+    """Every layout rule (module docstring); the layout, or None when it cannot be derived."""
+    _check_switches(cfg, report)
+    layout = parallel_layout(cfg)
+    if layout is None:
+        return None
+    if layout.train_gpus < 1:
+        report.error("policy.generation.colocated.resources", "non-colocated generation leaves no training GPUs")
+        return None
+    _check_gpus(cfg, layout, report)
+    _check_sequences(cfg, layout, report)
     return layout

@@ -61,7 +61,7 @@ def test_compare_runs_three_special_cases_with_the_same_seed(tmp_path, capsys):
 
 def test_metric_reduction_follows_nemo_rl():
     from holder_nemo.nemo_rl import HolderPOLossFn
-    from holder_nemo.reference.train import combine_metrics
+    from holder_nemo.reference.metrics_log import combine_metrics
 
     how = HolderPOLossFn.metric_reductions
     acc: dict[str, float] = {}
