@@ -14,9 +14,7 @@ from dataclasses import dataclass
 
 TASK_MARKER = "Your task is to: "
 
-PROMPT_FIRST_STEP = (
-    "\nYou are an expert agent operating in the ALFRED Embodied Environment.\n"
-    "Your current observation is: {current_observation}\n"
+_ADMISSIBLE_AND_INSTRUCTIONS = (
     "Your admissible actions of the current situation are: [{admissible_actions}].\n"
     "\n"
     "Now it's your turn to take an action.\n"
@@ -25,19 +23,16 @@ PROMPT_FIRST_STEP = (
     "Once you've finished your reasoning, you should choose an admissible action for current step and present it "
     "within <action> </action> tags.\n"
 )
-
+PROMPT_FIRST_STEP = (
+    "\nYou are an expert agent operating in the ALFRED Embodied Environment.\n"
+    "Your current observation is: {current_observation}\n" + _ADMISSIBLE_AND_INSTRUCTIONS
+)
 PROMPT_WITH_HISTORY = (
     "\nYou are an expert agent operating in the ALFRED Embodied Environment. Your task is to: {task_description}\n"
     "Prior to this step, you have already taken {step_count} step(s). Below are the most recent {history_length} "
     "observaitons and the corresponding actions you took: {action_history}\n"
     "You are now at step {current_step} and your current observation is: {current_observation}\n"
-    "Your admissible actions of the current situation are: [{admissible_actions}].\n"
-    "\n"
-    "Now it's your turn to take an action.\n"
-    "You should first reason step-by-step about the current situation. This reasoning process MUST be enclosed "
-    "within <think> </think> tags. \n"
-    "Once you've finished your reasoning, you should choose an admissible action for current step and present it "
-    "within <action> </action> tags.\n"
+    + _ADMISSIBLE_AND_INSTRUCTIONS
 )
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")

@@ -34,29 +34,19 @@ class EvalResult:
 
 
 def make_backend(cfg: EvalConfig, model: ResolvedModel) -> Backend:
+    from holder_nemo.eval.backends import HFBackend, VLLMBackend
+
+    common = {"dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.backend == "hf":
-        from holder_nemo.eval.backends import HFBackend
-
-        return HFBackend(
-            model.model,
-            model.tokenizer,
-            dtype=cfg.dtype,
-            batch_size=cfg.hf_batch_size,
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    from holder_nemo.eval.backends import VLLMBackend
-
-    return VLLMBackend(
-        model.model,
-        model.tokenizer,
-        dtype=cfg.dtype,
-        tensor_parallel_size=cfg.tensor_parallel_size,
-        max_model_len=cfg.max_model_len,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        seed=cfg.seed,
-        trust_remote_code=cfg.trust_remote_code,
-        allow_long_context=cfg.allow_long_context,
-    )
+        return HFBackend(model.model, model.tokenizer, batch_size=cfg.hf_batch_size, **common)
+    vllm = {
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "max_model_len": cfg.max_model_len,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "seed": cfg.seed,
+        "allow_long_context": cfg.allow_long_context,
+    }
+    return VLLMBackend(model.model, model.tokenizer, **vllm, **common)
 
 
 def check_context_length(cfg: EvalConfig, model: ResolvedModel) -> None:

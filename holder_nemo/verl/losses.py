@@ -96,32 +96,29 @@ def _holder_loss(clip_mode: str, old_log_prob, log_prob, advantages, response_ma
     return pg_loss, metrics
 
 
-def compute_policy_loss_holder(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "seq-mean-token-mean",
-    config: ActorConfig | None = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """HölderPO with the sequence clip (paper Eq. 2). Tensors [batch, response_length]; loss is a scalar."""
-    args = (old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights)
-    return _holder_loss("sequence", *args)
+def _policy_loss(clip_mode: str, doc: str):
+    """verl's ``PolicyLossFn`` signature (verl calls it with these keywords) around ``_holder_loss(clip_mode, ...)``."""
+
+    def policy_loss(
+        old_log_prob: torch.Tensor,
+        log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        loss_agg_mode: str = "seq-mean-token-mean",
+        config: ActorConfig | None = None,
+        rollout_is_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        args = (old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights)
+        return _holder_loss(clip_mode, *args)
+
+    policy_loss.__doc__ = doc + " Tensors [batch, response_length]; the loss is a scalar."
+    return policy_loss
 
 
-def compute_policy_loss_holder_token(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "seq-mean-token-mean",
-    config: ActorConfig | None = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """HölderPO with each token ratio clipped before the Hölder mean (paper Eq. 11; p = 1 is GRPO)."""
-    args = (old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights)
-    return _holder_loss("token", *args)
+compute_policy_loss_holder = _policy_loss("sequence", "HölderPO with the sequence clip (paper Eq. 2).")
+compute_policy_loss_holder_token = _policy_loss(
+    "token", "HölderPO with each token ratio clipped before the Hölder mean (paper Eq. 11; p = 1 is GRPO)."
+)
 
 
 def register() -> None:
