@@ -112,15 +112,14 @@ def _save_tiny_checkpoint(step_dir):
     import string
 
     from alfworld_doubles import CHAT_TEMPLATE
+    from tiny_qwen2 import tiny_qwen2
     from transformers import GenerationConfig
 
-    from holder_nemo.reference.model import build_char_tokenizer, build_tiny_qwen2
+    from holder_nemo.reference.model import build_char_tokenizer
 
     tokenizer = build_char_tokenizer(string.printable)
     tokenizer.chat_template = CHAT_TEMPLATE
-    model = build_tiny_qwen2(len(tokenizer), hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
-                             intermediate_size=32, max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)  # fmt: skip
+    model = tiny_qwen2(tokenizer, max_position_embeddings=4096)
     model.generation_config = GenerationConfig(repetition_penalty=1.3, top_k=20, top_p=0.8, temperature=0.7,
                                                do_sample=True, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
     weights = step_dir / "policy" / "weights" / "model" / "consolidated"

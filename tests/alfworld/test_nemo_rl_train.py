@@ -87,25 +87,13 @@ def _tokenizer():
 
 
 def _model(tokenizer, weights=None):
+    from tiny_qwen2 import tiny_qwen2
     from transformers import AutoModelForCausalLM
-
-    from holder_nemo.reference.model import build_tiny_qwen2
 
     if weights is not None:
         return AutoModelForCausalLM.from_pretrained(weights)
     torch.manual_seed(0)
-    return build_tiny_qwen2(
-        len(tokenizer),
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=32,
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    return tiny_qwen2(tokenizer)
 
 
 class Run:

@@ -25,24 +25,13 @@ CHAT_TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def tiny_policy():
-    from holder_nemo.reference.model import build_char_tokenizer, build_tiny_qwen2
+def tiny_policy(tiny_qwen2):
+    from holder_nemo.reference.model import build_char_tokenizer
 
     tokenizer = build_char_tokenizer(string.printable)
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
-    model = build_tiny_qwen2(
-        len(tokenizer),
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    model = tiny_qwen2(tokenizer, hidden_size=32, num_layers=2, intermediate_size=64, max_position_embeddings=4096)
     return model, tokenizer
 
 
