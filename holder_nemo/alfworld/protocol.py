@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
 TASK_MARKER = "Your task is to: "
 
 _ADMISSIBLE_AND_INSTRUCTIONS = (
@@ -38,9 +40,8 @@ PROMPT_WITH_HISTORY = (
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
-@dataclass(frozen=True)
-class ProtocolConfig:
-    """Knobs of the protocol (verl-agent defaults; every one is YAML-overridable under ``env.alfworld``).
+class ProtocolConfig(BaseModel):
+    """Knobs of the protocol, the recipe's ``env.alfworld`` section (verl-agent defaults; all YAML-overridable).
 
     history_length: past (observation, action) pairs shown in the prompt (``env.history_length``, default 2).
     max_steps: environment steps per episode (``env.max_steps``, 50); the episode ends unsuccessful after it.
@@ -50,31 +51,22 @@ class ProtocolConfig:
     reject_cjk: a response containing CJK ideographs is invalid (verl-agent: yes).
     """
 
-    history_length: int = 2
-    max_steps: int = 50
-    success_reward: float = 10.0
-    invalid_action_penalty: float = 0.1
-    require_think: bool = True
-    reject_cjk: bool = True
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.history_length, int) or self.history_length < 0:
-            raise ValueError(f"history_length must be an int >= 0, got {self.history_length!r}")
-        if not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ValueError(f"max_steps must be an int >= 1, got {self.max_steps!r}")
-        if not self.success_reward > 0:
-            raise ValueError(f"success_reward must be > 0, got {self.success_reward!r}")
-        if not self.invalid_action_penalty >= 0:
-            raise ValueError(f"invalid_action_penalty must be >= 0, got {self.invalid_action_penalty!r}")
+    history_length: int = Field(2, ge=0)
+    max_steps: int = Field(50, ge=1)
+    success_reward: float = Field(10.0, gt=0)
+    invalid_action_penalty: float = Field(0.1, ge=0)
+    require_think: StrictBool = True
+    reject_cjk: StrictBool = True
 
     @classmethod
     def from_dict(cls, cfg: dict | None) -> ProtocolConfig:
         """Build from a config mapping; unknown keys are an error naming them."""
         cfg = dict(cfg or {})
-        allowed = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - allowed)
+        unknown = sorted(set(cfg) - set(cls.model_fields))
         if unknown:
-            raise ValueError(f"alfworld protocol: unknown keys {unknown}; allowed {sorted(allowed)}")
+            raise ValueError(f"alfworld protocol: unknown keys {unknown}; allowed {sorted(cls.model_fields)}")
         return cls(**cfg)
 
 

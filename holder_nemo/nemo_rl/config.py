@@ -143,12 +143,13 @@ class LossConfigError(ValueError):
     """Invalid ``loss_fn`` section; the message lists every problem as ``loss_fn.<dotted key>: <what is allowed>``."""
 
 
-def _describe(error: Mapping[str, Any], prefix: str) -> str:
+def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
+    """One pydantic error of this schema as ``<dotted key>: <what is allowed>`` (``prefix`` goes before the key)."""
     loc = [str(part) for part in error.get("loc", ())]
     ctx_error = (error.get("ctx") or {}).get("error")
     if isinstance(ctx_error, _KeyError):
-        return f"{prefix}.{ctx_error.key}: {ctx_error.message}"
-    key = ".".join([prefix, *loc]) if loc else prefix
+        return ".".join([p for p in (prefix, *loc, ctx_error.key) if p]) + f": {ctx_error.message}"
+    key = ".".join([p for p in (prefix, *loc) if p]) or "loss_fn"
     if error.get("type") == "extra_forbidden":
         return f"{key}: unknown key"
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
@@ -170,8 +171,8 @@ def parse_loss_config(loss_fn_config: Mapping[str, Any] | BaseModel, prefix: str
     try:
         return HolderPOLossConfig.model_validate(dict(loss_fn_config))
     except ValidationError as exc:
-        lines = [_describe(err, prefix) for err in exc.errors()]
+        lines = [describe_error(err, prefix) for err in exc.errors()]
         raise LossConfigError("invalid HölderPO loss config:\n  " + "\n  ".join(lines)) from None
 
 
-__all__ = ["HolderBlock", "HolderPOLossConfig", "LossConfigError", "parse_loss_config"]
+__all__ = ["HolderBlock", "HolderPOLossConfig", "LossConfigError", "describe_error", "parse_loss_config"]

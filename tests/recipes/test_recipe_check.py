@@ -246,6 +246,7 @@ def _reference_recipe(tmp_path: Path, **sections) -> Path:
         "loss_fn": {
             "ratio_clip_min": 0.2,
             "ratio_clip_max": 0.2,
+            "reference_policy_kl_penalty": 0.0,  # the schema's default is NeMo RL's 0.01; no reference model here
             "holder": {
                 "schedule": {"kind": "linear_dec", "p_max": 2.0, "p_min": -2.0, "steps": 20},
                 "clip_mode": "sequence",
