@@ -1,6 +1,6 @@
 """One HölderPO policy update on per-step ALFWorld rows, as the paper's verl fork computes it (CPU reference path).
 
-Loss (verl ``dp_actor.update_policy`` with ``loss_mode=holder_seq``, paper §7.4 of our reference notes):
+Loss (verl ``dp_actor.update_policy`` with ``loss_mode=holder_seq``, the paper's ALFWorld runs):
 
     loss = mean_rows( HölderPO_seq(rows) )  -  entropy_coeff * token_mean(entropy)  +  kl_coef * token_mean(low_var_kl)
 

@@ -58,7 +58,7 @@ def test_prints_resolved_config_and_summary(capsys):
 
 
 def test_paper_protocol_values():
-    """The 7B recipe carries the paper's maths protocol (paper.md §5.1)."""
+    """The 7B recipe carries the paper's maths protocol (paper §4.1, docs/eval.md)."""
     cfg = load_recipe(SEVEN_B)
     assert cfg.grpo.num_prompts_per_step == 128 and cfg.grpo.num_generations_per_prompt == 8
     assert cfg.grpo.max_num_steps == 500
