@@ -290,3 +290,9 @@ def test_reference_recipe_shared_holder_block_is_checked(tmp_path, capsys):
 def test_reference_recipe_unknown_key(tmp_path, capsys):
     code, _, err = _run(capsys, str(_reference_recipe(tmp_path)), "+grpo.bogus=1")
     assert code == 1 and "grpo.bogus" in err
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).resolve().parents[2].glob("recipes/*.yaml")), ids=str)
+def test_every_recipe_opens_with_its_launch_command(recipe):
+    head = "\n".join(recipe.read_text().splitlines()[:2])
+    assert "python -m holder_nemo.nemo_rl.run_grpo --config recipes/" in head or "holderpo train" in head, head
