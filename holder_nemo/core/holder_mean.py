@@ -31,6 +31,7 @@ without communication in backward. The shift m_r is detached: the value does not
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,11 @@ def holder_partials(x: Tensor, mask: Tensor, order: Order) -> Tensor:
     Returns:
         the partials, differentiable in x through sum x, S, E and the tied sums (the other columns are detached).
     """
+    return torch.stack(_partial_columns(x, mask, order), dim=-1)
+
+
+def _partial_columns(x: Tensor, mask: Tensor, order: Order) -> list[Tensor]:
+    """The ``NUM_PARTIALS`` columns of ``holder_partials``, [B] each."""
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
     x0 = torch.where(mask, x, zero)
@@ -92,17 +98,18 @@ def holder_partials(x: Tensor, mask: Tensor, order: Order) -> Tensor:
         mu = sum_x / n.clamp(min=1)
         ext = torch.where(n > 0, torch.where(p_safe >= 0, x_max, x_min), zero)
         shift, u = _centred_exponents(x0, mask, p_safe, mu, ext)
-        exp_u = torch.where(mask, torch.exp(u), zero)
+        valid = mask.to(x.dtype)  # u is finite everywhere, so a product masks it (and is cheaper than where)
+        exp_u = torch.exp(u) * valid
         columns[SHIFT] = shift
         columns[SUM_EXP] = exp_u.sum(-1)
-        columns[SUM_EXPM1] = torch.where(mask, torch.expm1(u), zero).sum(-1)
+        columns[SUM_EXPM1] = (torch.expm1(u) * valid).sum(-1)
         columns[SUM_EXP_U] = (exp_u.detach() * u.detach()).sum(-1)
     if order.may_be_infinite:
         for count, tied_sum, extreme in ((TIES_MAX, TIED_MAX, x_max), (TIES_MIN, TIED_MIN, x_min)):
             tied = mask & (x0_const == extreme[:, None])
             columns[count] = tied.sum(-1).to(x.dtype)
             columns[tied_sum] = torch.where(tied, x0, zero).sum(-1)
-    return torch.stack(columns, dim=-1)
+    return columns
 
 
 @dataclass(frozen=True)
@@ -121,36 +128,41 @@ class HolderMean:
     sum_exp: Tensor
 
 
-def _tie_value(blocks: Tensor, extreme: Tensor, count: int, tied_sum: int) -> tuple[Tensor, Tensor]:
+def _tie_value(cols: Sequence[Tensor], extreme: Tensor, count: int, tied_sum: int) -> tuple[Tensor, Tensor]:
     """(value, ties) at p = +/-inf: the extreme itself, with the gradient of the mean of the tied tokens."""
     col = X_MAX if count == TIES_MAX else X_MIN
-    holds = (blocks[..., col] == extreme) & (blocks[..., N] > 0)
-    ties = torch.where(holds, blocks[..., count], 0).sum(0)
-    tie_mean = torch.where(holds, blocks[..., tied_sum], 0).sum(0) / ties.clamp(min=1)
+    holds = (cols[col] == extreme) & (cols[N] > 0)
+    ties = torch.where(holds, cols[count], 0).sum(0)
+    tie_mean = torch.where(holds, cols[tied_sum], 0).sum(0) / ties.clamp(min=1)
     return extreme.detach() + (tie_mean - tie_mean.detach()), ties
 
 
 def merge_partials(blocks: Tensor, order: Order) -> HolderMean:
     """Merge [R, B, NUM_PARTIALS] partials (R shards of the same B sequences) into each sequence's statistics."""
-    n_r = blocks[..., N]
+    return _merge(blocks.unbind(-1), order)
+
+
+def _merge(cols: Sequence[Tensor], order: Order) -> HolderMean:
+    """``merge_partials`` on the columns ([R, B] each) of the blocks."""
+    n_r = cols[N]
     n = n_r.sum(0)
     has = n > 0
     n_safe = n.clamp(min=1)
     zero = torch.zeros_like(n)
-    mu = blocks[..., SUM_X].sum(0) / n_safe
-    x_max, x_min = blocks[..., X_MAX].amax(0), blocks[..., X_MIN].amin(0)
+    mu = cols[SUM_X].sum(0) / n_safe
+    x_max, x_min = cols[X_MAX].amax(0), cols[X_MIN].amin(0)
     log_rho, effective, shift, sum_exp = mu, n, zero, n.clamp(min=1)
     if not order.zero:
         finite, p_safe = _finite_order(order.p)
         neg_inf = torch.full_like(n_r, float("-inf"))
-        c = torch.where(n_r > 0, p_safe * (blocks[..., SUM_X] / n_r.clamp(min=1) - mu) + blocks[..., SHIFT], neg_inf)
+        c = torch.where(n_r > 0, p_safe * (cols[SUM_X] / n_r.clamp(min=1) - mu) + cols[SHIFT], neg_inf)
         shift = torch.where(has, c.amax(0), zero).detach()
         d = torch.where(n_r > 0, c - shift, neg_inf)
         scale = torch.exp(d)
         d0 = torch.where(n_r > 0, d, torch.zeros_like(d))
-        sum_exp = (scale * blocks[..., SUM_EXP]).sum(0)
-        sum_expm1 = (scale * blocks[..., SUM_EXPM1] + n_r * torch.expm1(d0)).sum(0)
-        sum_exp_u = (scale * (blocks[..., SUM_EXP_U] + d0 * blocks[..., SUM_EXP])).sum(0).detach()
+        sum_exp = (scale * cols[SUM_EXP]).sum(0)
+        sum_expm1 = (scale * cols[SUM_EXPM1] + n_r * torch.expm1(d0)).sum(0)
+        sum_exp_u = (scale * (cols[SUM_EXP_U] + d0 * cols[SUM_EXP])).sum(0).detach()
         mean_expm1 = sum_expm1 / n_safe
         # Both branches stay finite (clamps), so the branch torch.where does not take cannot leak NaN gradients.
         log_mean = torch.where(
@@ -162,8 +174,8 @@ def merge_partials(blocks: Tensor, order: Order) -> HolderMean:
         s = sum_exp.detach().clamp(min=1)
         effective = torch.where(finite, torch.exp(torch.log(s) - sum_exp_u / s), n)
     if order.may_be_infinite:
-        top, ties_max = _tie_value(blocks, x_max, TIES_MAX, TIED_MAX)
-        bottom, ties_min = _tie_value(blocks, x_min, TIES_MIN, TIED_MIN)
+        top, ties_max = _tie_value(cols, x_max, TIES_MAX, TIED_MAX)
+        bottom, ties_min = _tie_value(cols, x_min, TIES_MIN, TIED_MIN)
         plus, minus = torch.isposinf(order.p), torch.isneginf(order.p)
         log_rho = torch.where(plus, top, torch.where(minus, bottom, log_rho))
         effective = torch.where(plus, ties_max, torch.where(minus, ties_min, effective))
@@ -181,7 +193,7 @@ def merge_partials(blocks: Tensor, order: Order) -> HolderMean:
 
 def holder_mean(x: Tensor, mask: Tensor, order: Order) -> HolderMean:
     """Statistics of whole sequences in one process: the merge of one shard. Arguments as ``holder_partials``."""
-    return merge_partials(holder_partials(x, mask, order)[None], order)
+    return _merge([column[None] for column in _partial_columns(x, mask, order)], order)
 
 
 def prepare_log_ratio(
