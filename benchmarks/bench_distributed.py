@@ -1,19 +1,17 @@
-"""Distributed reductions: CP communication and wall time, and the memory of chunked vocabulary-parallel log-probs.
+"""Context-parallel Hölder reduction: communication and wall time against gathering the tokens.
 
-(a) Bytes per rank per micro-batch for the Hölder reduction over a context-parallel (CP) group: holder_nemo's
-    statistics all-gather (``cp_log_holder_mean``: [B, 10] float32 per rank, nothing in backward) versus the peers'
-    all-gather of per-token log-probs (NeMo RL's ``AllGatherCPTensor`` pattern: forward all-gather of [B, S/CP],
-    backward all-reduce of the [B, S] gradient, then the loss on the whole sequences on every rank). Computed for
-    CP = 2/4/8, and measured on real gloo ranks (bytes the rank wrote to its sockets, /proc/self/io ``wchar``)
-    for the CP sizes in --measure-cp, together with the forward+backward wall time of both, in the same run.
-(b) Peak resident memory above the inputs of vocabulary-parallel log-probs at V = 152064 (TP = 1: the full vocabulary
-    is one shard, which is the worst case per rank), forward+backward from bf16 logits: unchunked, chunked, and the
-    plain ``log_softmax(logits.float())`` + gather baseline, each in its own subprocess.
+Bytes per rank per micro-batch for the Hölder reduction over a context-parallel (CP) group: holder_nemo's partial
+statistics all-gather (``cp_log_holder_mean``: [B, NUM_PARTIALS] float32 per rank, one column more with its
+default ``check_finite``, nothing in backward) versus the peers' all-gather of per-token log-probs (NeMo RL's
+``AllGatherCPTensor`` pattern: forward all-gather of [B, S/CP], backward all-reduce of the [B, S] gradient, then the
+loss on the whole sequences on every rank). Computed for CP = 2/4/8, and measured on real gloo ranks (bytes the
+rank wrote to its sockets, /proc/self/io ``wchar``) for the CP sizes in --measure-cp, together with the
+forward+backward wall time of both, in the same run.
 
 Usage (prints ratios; ~1 minute on 2 CPU cores):
 
     python benchmarks/bench_distributed.py
-    python benchmarks/bench_distributed.py --measure-cp 2,4,8 --tokens 16384 --mem-tokens 2048 --chunk 256
+    python benchmarks/bench_distributed.py --measure-cp 2,4,8 --tokens 16384
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +27,9 @@ from datetime import timedelta
 
 import torch
 
-STATS_PER_SEQUENCE = 10  # holder_nemo.distributed.holder_reduction.STATS
+from holder_nemo.core.holder_mean import NUM_PARTIALS
+
+STATS_PER_SEQUENCE = NUM_PARTIALS  # measured with check_finite=False (True adds the non-finite count column)
 FLOAT32 = 4
 
 
@@ -126,56 +125,16 @@ def measure_cp(cp: int, batch: int, tokens: int, repeats: int) -> dict:
             return json.load(f)
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith(field + ":")).split()[1]) * 1024
-
-
-def _reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM) to the current one."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def memory_variant(variant: str, tokens: int, vocab: int, chunk: int) -> dict:
-    """Runs in a fresh subprocess: peak RSS above the inputs for forward+backward of one log-prob variant."""
-    from holder_nemo.distributed import vocab_parallel_logprobs
-
-    torch.set_num_threads(2)
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(1, tokens, vocab, generator=gen, dtype=torch.bfloat16).requires_grad_(True)
-    targets = torch.randint(0, vocab, (1, tokens), generator=gen)
-    _reset_peak_rss()
-    base = _status_bytes("VmRSS")
-    start = time.perf_counter()
-    if variant == "log_softmax":
-        lp = torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
-    else:
-        lp = vocab_parallel_logprobs(logits, targets, None, chunk_size=chunk if variant == "chunked" else None)
-    lp.sum().backward()
-    seconds = time.perf_counter() - start
-    peak = _status_bytes("VmHWM")
-    return {"peak_above_inputs": peak - base, "seconds": seconds, "logits_bytes": logits.numel() * 2}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8, help="sequences per micro-batch")
     parser.add_argument("--tokens", type=int, default=16384, help="tokens per sequence")
     parser.add_argument("--measure-cp", default="2,4", help="CP sizes to spawn gloo ranks for (comma separated)")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--vocab", type=int, default=152064)
-    parser.add_argument("--mem-tokens", type=int, default=2048, help="sequence length of the memory benchmark")
-    parser.add_argument("--chunk", type=int, default=256, help="chunk_size of the chunked variant")
-    parser.add_argument("--_memory-variant", dest="memory_variant", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.memory_variant:  # subprocess mode
-        print(json.dumps(memory_variant(args.memory_variant, args.mem_tokens, args.vocab, args.chunk)))
-        return 0
-
     measure = {int(c) for c in args.measure_cp.split(",") if c}
-    print(f"(a) CP Hölder reduction, B={args.batch} sequences x {args.tokens} tokens, float32, bytes sent per rank")
+    print(f"CP Hölder reduction, B={args.batch} sequences x {args.tokens} tokens, float32, bytes sent per rank")
     print(
         f"{'CP':>3} {'ours':>8} {'gather fwd':>11} {'gather f+b':>11} {'ratio f+b':>10} "
         f"{'measured ours':>14} {'measured gather f+b':>20} {'time gather/ours':>17}"
@@ -197,35 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(line, flush=True)
 
-    print(f"\n(b) vocabulary-parallel log-probs, bf16 logits [1, {args.mem_tokens}, {args.vocab}], forward+backward")
-    mem = {}
-    for variant in ("log_softmax", "unchunked", "chunked"):
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--_memory-variant",
-                variant,
-                "--mem-tokens",
-                str(args.mem_tokens),
-                "--vocab",
-                str(args.vocab),
-                "--chunk",
-                str(args.chunk),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        mem[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    logits_mib = mem["chunked"]["logits_bytes"] / 2**20
-    for variant, m in mem.items():
-        ratio = m["peak_above_inputs"] / mem["chunked"]["peak_above_inputs"]
-        print(
-            f"  {variant:>11}: peak above inputs {m['peak_above_inputs'] / 2**20:8.0f} MiB ({ratio:.1f}x chunked; "
-            f"logits {logits_mib:.0f} MiB), {m['seconds']:.2f} s"
-        )
-    print(json.dumps({"cp": rows, "memory": mem}))
+    print(json.dumps({"cp": rows}))
     return 0
 
 

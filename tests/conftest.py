@@ -13,6 +13,14 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen2():
+    """``tiny_qwen2(tokenizer, **sizes)``: the tests' tiny random Qwen2 (tests/tiny_qwen2.py)."""
+    from tiny_qwen2 import tiny_qwen2 as build
+
+    return build
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)

@@ -51,13 +51,10 @@ class EntropyBonusLoss:
         return self.inner.input_type
 
     def __call__(
-        self,
-        next_token_logprobs: Tensor,
-        data: Mapping[str, Any],
-        global_valid_seqs: Tensor,
-        global_valid_toks: Tensor,
+        self, next_token_logprobs: Tensor, data: Mapping[str, Any], global_valid_seqs: Tensor, global_valid_toks: Tensor
     ) -> tuple[Tensor, dict[str, Any]]:
-        """The inner loss of this micro-batch minus the entropy term, and the metrics plus ``entropy_estimate``."""
+        """The inner loss of this micro-batch minus the entropy term, and the metrics plus ``entropy_estimate``
+        (NeMo RL's ``LossFunction`` call, as ``HolderPOLossFn.__call__``)."""
         loss, metrics = self.inner(next_token_logprobs, data, global_valid_seqs, global_valid_toks)
         term, estimate = self.entropy_term(next_token_logprobs, data, global_valid_toks)
         metrics = dict(metrics)

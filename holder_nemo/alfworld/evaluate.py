@@ -29,9 +29,9 @@ from pathlib import Path
 
 from holder_nemo.alfworld.data import task_type_of
 from holder_nemo.alfworld.env import AlfworldEpisode
-from holder_nemo.alfworld.layout import Episode, StepRecord
 from holder_nemo.alfworld.protocol import ProtocolConfig
 from holder_nemo.alfworld.rollout import Policy, run_episodes, validation_games
+from holder_nemo.alfworld.step_samples import Episode, StepRecord
 
 # Paper Table 3 columns, in order: (column, ALFWorld task type).
 COLUMNS: tuple[tuple[str, str], ...] = (

@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
 TASK_MARKER = "Your task is to: "
 
-PROMPT_FIRST_STEP = (
-    "\nYou are an expert agent operating in the ALFRED Embodied Environment.\n"
-    "Your current observation is: {current_observation}\n"
+_ADMISSIBLE_AND_INSTRUCTIONS = (
     "Your admissible actions of the current situation are: [{admissible_actions}].\n"
     "\n"
     "Now it's your turn to take an action.\n"
@@ -25,27 +25,23 @@ PROMPT_FIRST_STEP = (
     "Once you've finished your reasoning, you should choose an admissible action for current step and present it "
     "within <action> </action> tags.\n"
 )
-
+PROMPT_FIRST_STEP = (
+    "\nYou are an expert agent operating in the ALFRED Embodied Environment.\n"
+    "Your current observation is: {current_observation}\n" + _ADMISSIBLE_AND_INSTRUCTIONS
+)
 PROMPT_WITH_HISTORY = (
     "\nYou are an expert agent operating in the ALFRED Embodied Environment. Your task is to: {task_description}\n"
     "Prior to this step, you have already taken {step_count} step(s). Below are the most recent {history_length} "
     "observaitons and the corresponding actions you took: {action_history}\n"
     "You are now at step {current_step} and your current observation is: {current_observation}\n"
-    "Your admissible actions of the current situation are: [{admissible_actions}].\n"
-    "\n"
-    "Now it's your turn to take an action.\n"
-    "You should first reason step-by-step about the current situation. This reasoning process MUST be enclosed "
-    "within <think> </think> tags. \n"
-    "Once you've finished your reasoning, you should choose an admissible action for current step and present it "
-    "within <action> </action> tags.\n"
+    + _ADMISSIBLE_AND_INSTRUCTIONS
 )
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
-@dataclass(frozen=True)
-class ProtocolConfig:
-    """Knobs of the protocol (verl-agent defaults; every one is YAML-overridable under ``env.alfworld``).
+class ProtocolConfig(BaseModel):
+    """Knobs of the protocol, the recipe's ``env.alfworld`` section (verl-agent defaults; all YAML-overridable).
 
     history_length: past (observation, action) pairs shown in the prompt (``env.history_length``, default 2).
     max_steps: environment steps per episode (``env.max_steps``, 50); the episode ends unsuccessful after it.
@@ -55,31 +51,22 @@ class ProtocolConfig:
     reject_cjk: a response containing CJK ideographs is invalid (verl-agent: yes).
     """
 
-    history_length: int = 2
-    max_steps: int = 50
-    success_reward: float = 10.0
-    invalid_action_penalty: float = 0.1
-    require_think: bool = True
-    reject_cjk: bool = True
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.history_length, int) or self.history_length < 0:
-            raise ValueError(f"history_length must be an int >= 0, got {self.history_length!r}")
-        if not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ValueError(f"max_steps must be an int >= 1, got {self.max_steps!r}")
-        if not self.success_reward > 0:
-            raise ValueError(f"success_reward must be > 0, got {self.success_reward!r}")
-        if not self.invalid_action_penalty >= 0:
-            raise ValueError(f"invalid_action_penalty must be >= 0, got {self.invalid_action_penalty!r}")
+    history_length: int = Field(2, ge=0)
+    max_steps: int = Field(50, ge=1)
+    success_reward: float = Field(10.0, gt=0)
+    invalid_action_penalty: float = Field(0.1, ge=0)
+    require_think: StrictBool = True
+    reject_cjk: StrictBool = True
 
     @classmethod
     def from_dict(cls, cfg: dict | None) -> ProtocolConfig:
         """Build from a config mapping; unknown keys are an error naming them."""
         cfg = dict(cfg or {})
-        allowed = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - allowed)
+        unknown = sorted(set(cfg) - set(cls.model_fields))
         if unknown:
-            raise ValueError(f"alfworld protocol: unknown keys {unknown}; allowed {sorted(allowed)}")
+            raise ValueError(f"alfworld protocol: unknown keys {unknown}; allowed {sorted(cls.model_fields)}")
         return cls(**cfg)
 
 

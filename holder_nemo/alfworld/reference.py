@@ -2,9 +2,9 @@
 
 ``train_on_episodes`` is one GRPO step of the verl-agent protocol for a Hugging Face policy:
 
-1. ``layout.build_step_samples``: one row per environment step, episode-level group-normalised advantage,
+1. ``step_samples.build_step_samples``: one row per environment step, episode-level group-normalised advantage,
    invalid-format penalty on the malformed rows;
-2. ``layout.tokenize_step_samples``: chat-templated prompt + response tokens, response mask;
+2. ``step_samples.tokenize_step_samples``: chat-templated prompt + response tokens, response mask;
 3. old log-probs (the policy before the update: one PPO epoch, so ratios start at 1), reference log-probs;
 4. p from the schedule (paper ALFWorld: linear_dec 1 -> -1 over 150 steps);
 5. ``train_step.policy_update`` on mini-batches of ``mini_batch_rows`` rows.
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from holder_nemo.alfworld.layout import Episode, TokenizedBatch, build_step_samples, tokenize_step_samples
+from holder_nemo.alfworld.step_samples import Episode, TokenizedBatch, build_step_samples, tokenize_step_samples
 from holder_nemo.alfworld.train_step import UpdateConfig, frozen_logprobs, policy_update
 from holder_nemo.core import PSchedule
 

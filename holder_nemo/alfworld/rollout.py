@@ -2,8 +2,8 @@
 
 ``run_episodes`` plays ``group_size`` episodes on each of several game files (verl-agent: 16 games x 8 = 128
 environments per training step; same game within a group), batching every step's prompts into one policy call, and
-returns :class:`~holder_nemo.alfworld.layout.Episode` records that ``layout.build_step_samples`` turns into training
-rows. A policy is ``Callable[[list[str]], list[str | Generation]]`` mapping protocol prompts to responses.
+returns :class:`~holder_nemo.alfworld.step_samples.Episode` records that ``step_samples.build_step_samples`` turns
+into training rows. A policy is ``Callable[[list[str]], list[str | Generation]]`` mapping protocol prompts to responses.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from holder_nemo.alfworld.env import AlfworldEpisode
-from holder_nemo.alfworld.layout import Episode, StepRecord, check_prompt_lengths
 from holder_nemo.alfworld.protocol import ProtocolConfig
+from holder_nemo.alfworld.step_samples import Episode, StepRecord, check_prompt_lengths
 
 
 @dataclass(frozen=True)
@@ -132,13 +132,9 @@ def run_episodes(
 def hf_sampling_config(
     model, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float = 1.0, greedy: bool = False
 ):
-    """A complete ``GenerationConfig``: every flag that shapes the distribution is set, as vLLM's ``SamplingParams``
-    would have it (top-k off, no min-p / typical-p, repetition penalty 1). Without this, ``generate`` fills unset
-    flags from the checkpoint's ``generation_config.json`` (Qwen2.5-Instruct: repetition_penalty 1.1, top_k 20,
-    top_p 0.8), which verl-agent's vLLM rollouts do not apply. Stops at the tokenizer's EOS and the checkpoint's."""
-    from transformers import GenerationConfig
-
-    from holder_nemo.eval.backends import stop_token_ids
+    """``eval.backends.full_distribution_config`` for one policy, validated: sampling as verl-agent's vLLM rollouts
+    (no flag from the checkpoint's ``generation_config.json``); stops at the tokenizer's EOS and the checkpoint's."""
+    from holder_nemo.eval.backends import full_distribution_config, stop_token_ids
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -146,15 +142,11 @@ def hf_sampling_config(
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0, "min_p": 0.0, "typical_p": 1.0}
-    return GenerationConfig(
+    return full_distribution_config(
         max_new_tokens=max_new_tokens,
-        do_sample=not greedy,
-        **(sampling if not greedy else {}),
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        min_new_tokens=0,
-        num_beams=1,
+        temperature=temperature,
+        top_p=top_p,
+        greedy=greedy,
         eos_token_id=stop_token_ids(tokenizer, getattr(model, "generation_config", None)),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )
@@ -178,7 +170,7 @@ def hf_policy(
     """
     import torch
 
-    from holder_nemo.alfworld.layout import render_chat_prompt
+    from holder_nemo.alfworld.step_samples import render_chat_prompt
 
     config = hf_sampling_config(
         model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy
@@ -219,7 +211,7 @@ def nemo_rl_policy(
     verl-agent). Prompts over ``max_prompt_tokens`` raise ``PromptTooLong`` before anything is generated."""
     import torch
 
-    from holder_nemo.alfworld.layout import render_chat_prompt
+    from holder_nemo.alfworld.step_samples import render_chat_prompt
 
     try:  # NeMo RL's own container type where available; the contract is the mapping of these keys
         from nemo_rl.distributed.batched_data_dict import BatchedDataDict as _Batch

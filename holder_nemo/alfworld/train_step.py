@@ -1,6 +1,6 @@
 """One HölderPO policy update on per-step ALFWorld rows, as the paper's verl fork computes it (CPU reference path).
 
-Loss (verl ``dp_actor.update_policy`` with ``loss_mode=holder_seq``, paper §7.4 of our reference notes):
+Loss (verl ``dp_actor.update_policy`` with ``loss_mode=holder_seq``, the paper's ALFWorld runs):
 
     loss = mean_rows( HölderPO_seq(rows) )  -  entropy_coeff * token_mean(entropy)  +  kl_coef * token_mean(low_var_kl)
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from holder_nemo.alfworld.layout import TokenizedBatch
-from holder_nemo.core import holder_po_loss
+from holder_nemo.alfworld.step_samples import TokenizedBatch
+from holder_nemo.core import holder_po_loss, kl_estimate
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,6 @@ def token_logprobs_and_entropy(model: torch.nn.Module, batch: TokenizedBatch) ->
     return token_lp, entropy, batch.response_mask[:, 1:]
 
 
-def low_var_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """verl ``low_var_kl`` (k3) per token, clamped to [-10, 10]."""
-    diff = (ref_logprobs - logprobs).clamp(-20.0, 20.0)
-    return (diff.exp() - diff - 1.0).clamp(-10.0, 10.0)
-
-
 def policy_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -70,7 +64,7 @@ def policy_update(
     logprobs, entropy, mask = token_logprobs_and_entropy(model, batch)
     if old_logprobs.shape != logprobs.shape:
         raise ValueError(f"old_logprobs shape {tuple(old_logprobs.shape)} != {tuple(logprobs.shape)}")
-    per_row, metrics = holder_po_loss(
+    per_row, stats = holder_po_loss(
         logprobs,
         old_logprobs,
         batch.advantages,
@@ -87,7 +81,9 @@ def policy_update(
     loss = pg_loss - config.entropy_coeff * entropy_mean
     kl_mean = torch.zeros(())
     if ref_logprobs is not None and config.kl_coef > 0:
-        kl_mean = (low_var_kl(logprobs, ref_logprobs) * mask).sum() / n_tokens
+        # verl's low_var_kl: k3 with the log-ratio clamped to [-20, 20] and the estimate to [-10, 10]
+        low_var_kl = kl_estimate(logprobs, ref_logprobs, "k3", input_clamp=20.0, output_clamp=10.0)
+        kl_mean = (low_var_kl * mask).sum() / n_tokens
         loss = loss + config.kl_coef * kl_mean
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -96,6 +92,7 @@ def policy_update(
     if stepped:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    summary = stats.summary()
     return {
         "loss": float(loss.detach()),
         "pg_loss": float(pg_loss.detach()),
@@ -103,10 +100,10 @@ def policy_update(
         "kl": float(kl_mean.detach()),
         "grad_norm": float(grad_norm),
         "stepped": float(stepped),
-        "p": float(metrics["p"]),
-        "log_rho_mean": float(metrics["log_rho_mean"]),
-        "seq_clip_frac_low": float(metrics["seq_clip_frac_low"]),
-        "seq_clip_frac_high": float(metrics["seq_clip_frac_high"]),
+        "p": float(summary["p"]),
+        "log_rho_mean": float(summary["log_rho"]),
+        "seq_clip_frac_low": float(summary["clipped_low"]),
+        "seq_clip_frac_high": float(summary["clipped_high"]),
     }
 
 

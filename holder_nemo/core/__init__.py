@@ -1,23 +1,44 @@
-"""HölderPO maths, framework-free (torch only)."""
+"""HölderPO maths, framework-free (torch only): the Hölder mean as mergeable partial statistics, the clipped
+objective, the divergence estimators, the per-sequence statistics and the p schedules (docs/core.md)."""
 
+from holder_nemo.core.estimators import KL_KINDS, js_divergence, kl_estimate, sequence_is_weights
 from holder_nemo.core.holder_mean import (
-    effective_tokens,
+    HolderMean,
+    holder_mean,
+    holder_partials,
+    holder_statistics,
     holder_token_weights,
     log_holder_mean,
-    masked_holder_token_weights,
-    masked_log_holder_mean,
+    merge_partials,
 )
-from holder_nemo.core.loss import CLIP_MODES, holder_po_loss
+from holder_nemo.core.objective import CLIP_MODES, ClipSpec, holder_po_loss, holder_po_objective
 from holder_nemo.core.schedules import SCHEDULE_KINDS, PSchedule
+from holder_nemo.core.stats import HolderStats, Normalisers, Reduce, reduce_table, reduce_values
+from holder_nemo.core.validation import Order, as_order
 
 __all__ = [
     "CLIP_MODES",
+    "KL_KINDS",
     "SCHEDULE_KINDS",
+    "ClipSpec",
+    "HolderMean",
+    "HolderStats",
+    "Normalisers",
+    "Order",
     "PSchedule",
-    "effective_tokens",
+    "Reduce",
+    "as_order",
+    "holder_mean",
+    "holder_partials",
     "holder_po_loss",
+    "holder_po_objective",
+    "holder_statistics",
     "holder_token_weights",
+    "js_divergence",
+    "kl_estimate",
     "log_holder_mean",
-    "masked_holder_token_weights",
-    "masked_log_holder_mean",
+    "merge_partials",
+    "reduce_table",
+    "reduce_values",
+    "sequence_is_weights",
 ]

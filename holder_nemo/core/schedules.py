@@ -1,4 +1,4 @@
-"""Schedules for the Hölder order p over training (paper §3, App. E; formulas of the authors' code, paper.md §3.2).
+"""Schedules for the Hölder order p over training (paper §3, App. E; formulas of the authors' code).
 
 With progress x = min(1, max(step, 0) / steps), mid = (p_min + p_max) / 2 and amp = (p_max - p_min) / 2:
 

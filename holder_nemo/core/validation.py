@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -56,23 +57,39 @@ def check_finite_where(name: str, x: Tensor, mask: Tensor) -> None:
         )
 
 
-def as_p_tensor(p: float | Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """p as a Tensor[B]; +/-inf allowed (max/min), NaN rejected."""
+@dataclass(frozen=True)
+class Order:
+    """The Hölder order of every sequence, with what is known about it without reading the tensor.
+
+    p: [B] (+/-inf allowed). zero: p is 0 everywhere (a Python 0 was given), so no exponential is needed.
+    may_be_infinite: some p may be +/-inf (always True for a tensor p, whose values are not read on the host).
+    """
+
+    p: Tensor
+    zero: bool
+    may_be_infinite: bool
+
+
+def as_order(p: float | Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> Order:
+    """p as an ``Order`` over ``batch`` sequences; +/-inf allowed (max/min), NaN rejected.
+
+    A Python number is checked on the host for free; a tensor is checked with one host read (``bool(isnan)``).
+    """
     if isinstance(p, Tensor):
         if p.dim() == 0:
             p = p.expand(batch)
         if p.shape != (batch,):
             raise ValueError(f"p must be a float or a Tensor of shape [B] = [{batch}], got shape {tuple(p.shape)}")
-        if not p.is_floating_point():
-            p = p.to(dtype)
         p = p.detach().to(dtype=dtype, device=device)
-    else:
-        if isinstance(p, bool) or not isinstance(p, int | float):
-            raise ValueError(f"p must be a real number or a Tensor[B], got {type(p).__name__}")
-        p = torch.full((batch,), float(p), dtype=dtype, device=device)
-    if bool(torch.isnan(p).any()):
+        if bool(torch.isnan(p).any()):
+            raise ValueError("p must not be NaN (any real value or +/-inf is allowed)")
+        return Order(p, zero=False, may_be_infinite=True)
+    if isinstance(p, bool) or not isinstance(p, int | float):
+        raise ValueError(f"p must be a real number or a Tensor[B], got {type(p).__name__}")
+    if math.isnan(p):
         raise ValueError("p must not be NaN (any real value or +/-inf is allowed)")
-    return p
+    p_t = torch.full((batch,), float(p), dtype=dtype, device=device)
+    return Order(p_t, zero=p == 0, may_be_infinite=math.isinf(p))
 
 
 def check_eps(name: str, value: float, *, upper: float | None) -> None:

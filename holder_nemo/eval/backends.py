@@ -42,6 +42,37 @@ class Backend(Protocol):
         ...
 
 
+def full_distribution_config(
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    eos_token_id: list[int],
+    pad_token_id: int,
+    num_return_sequences: int = 1,
+) -> Any:
+    """A complete transformers ``GenerationConfig``, sampling from the full distribution as vLLM's
+    ``SamplingParams`` do (top-k off, no min-p / typical-p, repetition penalty 1). Every field that shapes the
+    distribution is set: ``generate`` fills unset (None) fields from the checkpoint's ``generation_config.json``
+    (Qwen2.5-Instruct: repetition_penalty 1.1, top_k 20, top_p 0.8), which vLLM ignores when given SamplingParams."""
+    from transformers import GenerationConfig
+
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0, "min_p": 0.0, "typical_p": 1.0}
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        **({} if greedy else sampling),
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_new_tokens=0,
+        num_beams=1,
+        num_return_sequences=num_return_sequences,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+
+
 def stop_token_ids(tokenizer: Any, generation_config: Any | None) -> list[int]:
     """Tokenizer EOS plus ``generation_config.eos_token_id`` (int or list), deduplicated, in that order."""
     ids: list[int] = []
@@ -86,7 +117,6 @@ class HFBackend:
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingSettings) -> list[list[Generation]]:
         import torch
-        from transformers import GenerationConfig
 
         torch.manual_seed(sampling.seed)
         order = sorted(range(len(prompt_token_ids)), key=lambda i: len(prompt_token_ids[i]))
@@ -101,25 +131,14 @@ class HFBackend:
                 input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention_mask[row, width - len(ids) :] = 1
             budget = max(sampling.max_new_tokens[i] for i in batch)
-            greedy = sampling.temperature == 0.0
-            # Every field that shapes the distribution is set explicitly: transformers fills unset (None) fields
-            # from the model's generation_config.json (e.g. an instruct model's repetition_penalty or top_k), while
-            # vLLM ignores those when SamplingParams are given.
-            # vLLM samples from the full distribution: top_k disabled, no min_p / typical_p.
-            sampling_flags = {} if greedy else {
-                "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0, "min_p": 0.0, "typical_p": 1.0
-            }  # fmt: skip
-            config = GenerationConfig(
+            config = full_distribution_config(
                 max_new_tokens=budget,
-                do_sample=not greedy,
-                num_beams=1,
-                repetition_penalty=1.0,
-                no_repeat_ngram_size=0,
-                min_new_tokens=0,
-                num_return_sequences=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                greedy=sampling.temperature == 0.0,
                 eos_token_id=self.stop_ids,
                 pad_token_id=self.pad_id,
-                **sampling_flags,
+                num_return_sequences=sampling.n,
             )
             with torch.no_grad():
                 out = self.model.generate(

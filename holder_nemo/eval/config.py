@@ -1,4 +1,4 @@
-"""Evaluation settings (pydantic), defaulting to the paper's protocol (reference paper.md §5.1).
+"""Evaluation settings (pydantic), defaulting to the paper's protocol (paper §4.1, docs/eval.md).
 
 Paper protocol: qwen_math prompt, greedy decoding (temperature 0), 4,096 new tokens, one sample per question,
 Pass@1; vLLM bf16 with ``max_model_len`` 5,120. The Qwen3 tables (paper App. F) report AIME25 as Pass@8 at

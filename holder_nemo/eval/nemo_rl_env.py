@@ -12,13 +12,9 @@ reason to an environment, so the environment recognises a cut from the token cou
 limits from its config (the recipes interpolate them from ``policy.generation``); leave them out (null) to grade cut
 replies like whole ones, as ``holderpo eval`` does.
 
-Use (the NeMo RL entry point must call ``register()`` before building the data / environments)::
-
-    from holder_nemo.eval.nemo_rl_env import register
-    register()                      # env name "holder_math"
-
-and in the recipe: ``data.default.env_name: holder_math`` (or per dataset) and ``env.holder_math: {num_workers: 8,
-max_new_tokens: ..., max_model_len: ...}``.
+Use: in the recipe, ``data.default.env_name: holder_math`` (or per dataset) and ``env.holder_math: {_component_:
+holder_nemo.eval.nemo_rl_component, num_workers: 8, max_new_tokens: ..., max_model_len: ...}``; the entry point
+registers the environment through that component (``holder_nemo.nemo_rl.components``).
 
 Imports ray and nemo_rl: import this module only inside a NeMo RL run.
 """
@@ -29,17 +25,12 @@ from typing import Any, ClassVar
 
 import ray
 import torch
-from nemo_rl.distributed.ray_actor_environment_registry import ACTOR_ENVIRONMENT_REGISTRY
-from nemo_rl.distributed.virtual_cluster import PY_EXECUTABLES
 from nemo_rl.environments.interfaces import EnvironmentReturn
 from nemo_rl.environments.math_environment import BaseMathEnvironment
-from nemo_rl.environments.utils import ENV_REGISTRY, chunk_list_to_workers
+from nemo_rl.environments.utils import chunk_list_to_workers
 
 from holder_nemo.eval.rollout_limits import cut_by_length, length_limits
 from holder_nemo.eval.scoring import score_response
-
-ENV_NAME = "holder_math"
-ENV_FQN = f"{__name__}.PaperMathEnvironment"
 
 
 def verify_batch(
@@ -111,9 +102,3 @@ class PaperMathEnvironment(BaseMathEnvironment):
             terminateds=torch.ones(len(rewards), dtype=torch.float32),
             answers=answers,
         )
-
-
-def register(env_name: str = ENV_NAME) -> None:
-    """Make ``env_name`` usable as ``env_name`` in NeMo RL data configs (idempotent)."""
-    ACTOR_ENVIRONMENT_REGISTRY.setdefault(ENV_FQN, PY_EXECUTABLES.SYSTEM)
-    ENV_REGISTRY.setdefault(env_name, {"actor_class_fqn": ENV_FQN})

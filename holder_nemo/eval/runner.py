@@ -34,29 +34,19 @@ class EvalResult:
 
 
 def make_backend(cfg: EvalConfig, model: ResolvedModel) -> Backend:
+    from holder_nemo.eval.backends import HFBackend, VLLMBackend
+
+    common = {"dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.backend == "hf":
-        from holder_nemo.eval.backends import HFBackend
-
-        return HFBackend(
-            model.model,
-            model.tokenizer,
-            dtype=cfg.dtype,
-            batch_size=cfg.hf_batch_size,
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    from holder_nemo.eval.backends import VLLMBackend
-
-    return VLLMBackend(
-        model.model,
-        model.tokenizer,
-        dtype=cfg.dtype,
-        tensor_parallel_size=cfg.tensor_parallel_size,
-        max_model_len=cfg.max_model_len,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        seed=cfg.seed,
-        trust_remote_code=cfg.trust_remote_code,
-        allow_long_context=cfg.allow_long_context,
-    )
+        return HFBackend(model.model, model.tokenizer, batch_size=cfg.hf_batch_size, **common)
+    vllm = {
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "max_model_len": cfg.max_model_len,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "seed": cfg.seed,
+        "allow_long_context": cfg.allow_long_context,
+    }
+    return VLLMBackend(model.model, model.tokenizer, **vllm, **common)
 
 
 def check_context_length(cfg: EvalConfig, model: ResolvedModel) -> None:
@@ -87,12 +77,9 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def evaluate_benchmark(
-    backend: Backend, cfg: EvalConfig, name: str, problems: list[Problem]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Generate and score one benchmark; returns (metrics, generation records)."""
+def _sampling(backend: Backend, cfg: EvalConfig, name: str, problems: list[Problem]) -> tuple[list, list, Any]:
+    """(prompts, prompt token ids, SamplingSettings) of one benchmark; each reply gets what its prompt leaves."""
     sampling = cfg.sampling_for(name)
-    n, k = int(sampling["n"]), cfg.pass_k if name in cfg.pass_k_benchmarks else 1
     prompts = [apply_template(cfg.prompt_template, p.problem) for p in problems]
     # add_special_tokens=True: what vLLM does with a text prompt (oat passes text), e.g. BOS for R1-Distill.
     prompt_ids = [backend.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
@@ -104,42 +91,52 @@ def evaluate_benchmark(
             "tokens; raise max_model_len"
         )
     settings = SamplingSettings(
-        n=n, temperature=float(sampling["temperature"]), top_p=float(sampling["top_p"]), max_new_tokens=budgets,
-        seed=cfg.seed,
+        n=int(sampling["n"]), temperature=float(sampling["temperature"]), top_p=float(sampling["top_p"]),
+        max_new_tokens=budgets, seed=cfg.seed,
     )  # fmt: skip
+    return prompts, prompt_ids, settings
+
+
+def _record(name: str, problem: Problem, prompt: str, sample_index: int, gen: Any, score: Any) -> dict[str, Any]:
+    return {
+        "benchmark": name,
+        "index": problem.index,
+        "sample": sample_index,
+        "problem": problem.problem,
+        "answer": problem.answer,
+        "prompt": prompt,
+        "response": gen.text,
+        "finish_reason": gen.finish_reason,
+        "num_tokens": gen.num_tokens,
+        "extracted": score.extracted,
+        "reward": score.reward,
+    }
+
+
+def evaluate_benchmark(
+    backend: Backend, cfg: EvalConfig, name: str, problems: list[Problem]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Generate and score one benchmark; returns (metrics, generation records)."""
+    prompts, prompt_ids, settings = _sampling(backend, cfg, name, problems)
+    n, k = settings.n, cfg.pass_k if name in cfg.pass_k_benchmarks else 1
     started = time.perf_counter()
     generations = backend.generate(prompt_ids, settings)
     elapsed = time.perf_counter() - started
     records: list[dict[str, Any]] = []
-    per_problem_pass, num_correct, num_solved, num_truncated, num_no_box, num_tokens = [], 0, 0, 0, 0, 0
+    per_problem_pass, counts = [], {"correct": 0, "solved": 0, "truncated": 0, "no_box": 0, "tokens": 0}
     for problem, prompt, samples in zip(problems, prompts, generations, strict=True):
         if len(samples) != n:
             raise RuntimeError(f"backend returned {len(samples)} samples for one prompt, expected {n}")
         correct = 0
         for sample_index, gen in enumerate(samples):
-            truncated = gen.finish_reason != "stop"
             score = score_response(gen.text, problem.answer)  # graded whatever the finish reason, as the authors
             correct += int(score.reward == 1.0)
-            num_truncated += int(truncated)
-            num_no_box += int(score.extracted is None)
-            num_tokens += gen.num_tokens
-            records.append(
-                {
-                    "benchmark": name,
-                    "index": problem.index,
-                    "sample": sample_index,
-                    "problem": problem.problem,
-                    "answer": problem.answer,
-                    "prompt": prompt,
-                    "response": gen.text,
-                    "finish_reason": gen.finish_reason,
-                    "num_tokens": gen.num_tokens,
-                    "extracted": score.extracted,
-                    "reward": score.reward,
-                }
-            )
-        num_correct += correct
-        num_solved += int(correct > 0)
+            counts["truncated"] += int(gen.finish_reason != "stop")
+            counts["no_box"] += int(score.extracted is None)
+            counts["tokens"] += gen.num_tokens
+            records.append(_record(name, problem, prompt, sample_index, gen, score))
+        counts["correct"] += correct
+        counts["solved"] += int(correct > 0)
         per_problem_pass.append(pass_at_k(n, correct, k))
     num_samples = len(problems) * n
     metrics = {
@@ -151,12 +148,12 @@ def evaluate_benchmark(
         "score": 100.0 * sum(per_problem_pass) / len(problems),
         "num_problems": len(problems),
         "num_samples": num_samples,
-        "num_correct": num_correct,
-        "num_solved": num_solved,
-        "count": f"{num_correct}/{num_samples}" if k == 1 else f"{num_solved}/{len(problems)}",
-        "num_truncated": num_truncated,
-        "num_no_box": num_no_box,
-        "mean_response_tokens": num_tokens / num_samples,
+        "num_correct": counts["correct"],
+        "num_solved": counts["solved"],
+        "count": f"{counts['correct']}/{num_samples}" if k == 1 else f"{counts['solved']}/{len(problems)}",
+        "num_truncated": counts["truncated"],
+        "num_no_box": counts["no_box"],
+        "mean_response_tokens": counts["tokens"] / num_samples,
         "generation_seconds": elapsed,
     }
     return metrics, records

@@ -18,14 +18,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from holder_nemo.core import CLIP_MODES, PSchedule
+from holder_nemo.core import CLIP_MODES, KL_KINDS, PSchedule
+from holder_nemo.core.estimators import IS_LEVELS, TRUNCATIONS
 
-IMPORTANCE_RATIOS = ("train_vs_old", "train_vs_generation")
-IS_CORRECTION_LEVELS = ("sequence_mean", "sequence_sum")
-TRUNCATION_TYPES = ("tis", "icepop", "seq-mask-tis")
-KL_TYPES = ("k1", "k2", "k3")
+# Validation context key (``model_validate(..., context={MEAN_REWARD_KNOWN: True})``) of a caller that passes each
+# step's mean reward to the loss (``HolderPOLossFn.set_mean_reward``): only then is the reward-driven schedule valid.
+MEAN_REWARD_KNOWN = "mean_reward_known"
 
 # ClippedPGLossFn switches that would change the objective; HölderPO requires these values.
 _NEUTRAL_CLIPPED_PG_KEYS: dict[str, tuple[Any, str]] = {
@@ -38,42 +47,29 @@ _NEUTRAL_CLIPPED_PG_KEYS: dict[str, tuple[Any, str]] = {
 }
 
 
-class ScheduleConfig(BaseModel):
-    """``loss_fn.holder.schedule``: the fields of ``holder_nemo.core.PSchedule``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: str = "linear_dec"
-    p_max: float = 2.0
-    p_min: float = -2.0
-    steps: int = Field(500, strict=True)
-    power: float = 2.0
-    gamma: float = 1.0
-
-    @model_validator(mode="after")
-    def _valid_schedule(self) -> ScheduleConfig:
-        if self.kind == "reward":
-            raise ValueError(
-                "kind 'reward' needs the step's mean reward, which NeMo RL v0.7.0 does not pass to policy.train; "
-                "use a step schedule (linear_dec, cos, ...)"
-            )
-        self.to_schedule()  # PSchedule validates ranges and names the field
-        return self
-
-    def to_schedule(self) -> PSchedule:
-        return PSchedule.from_dict(self.model_dump())
-
-
 class HolderBlock(BaseModel):
     """``loss_fn.holder``: HölderPO-only settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schedule: ScheduleConfig = ScheduleConfig()
-    clip_mode: Literal["sequence", "token", "token_log", "none"] = "sequence"
+    schedule: PSchedule = PSchedule()
+    clip_mode: Literal[CLIP_MODES] = "sequence"
     check_finite: StrictBool = True
     importance_ratio: Literal["train_vs_old", "train_vs_generation"] = "train_vs_old"
-    is_correction_level: Literal["sequence_mean", "sequence_sum"] = "sequence_mean"
+    is_correction_level: Literal[IS_LEVELS] = "sequence_mean"
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any, info: ValidationInfo) -> Any:
+        """``PSchedule`` is the schema (fields, defaults, ranges); built by its own constructor, not coerced."""
+        schedule = PSchedule.from_dict(value) if isinstance(value, Mapping) else value
+        mean_reward_known = bool((info.context or {}).get(MEAN_REWARD_KNOWN))
+        if isinstance(schedule, PSchedule) and schedule.kind == "reward" and not mean_reward_known:
+            raise ValueError(
+                "kind 'reward' needs the step's mean reward, which NeMo RL v0.7.0 does not pass to policy.train; "
+                "use a step schedule (linear_dec, cos, ...)"
+            )
+        return schedule
 
 
 class HolderPOLossConfig(BaseModel):
@@ -87,14 +83,14 @@ class HolderPOLossConfig(BaseModel):
     ratio_clip_c: float | None = Field(None, gt=1.0)
     # KL(pi_theta || pi_ref) penalty, normalised per sequence like ClippedPG with token_level_loss: false
     reference_policy_kl_penalty: float = Field(0.01, ge=0.0)
-    reference_policy_kl_type: Literal["k1", "k2", "k3"] = "k3"
+    reference_policy_kl_type: Literal[KL_KINDS] = "k3"
     kl_input_clamp_value: float | None = Field(20.0, gt=0.0)
     kl_output_clamp_value: float | None = Field(10.0, gt=0.0)
     use_kl_in_reward: StrictBool = False
     use_on_policy_kl_approximation: StrictBool = False
     # train/inference importance-sampling correction (one weight per sequence, see holder.is_correction_level)
     use_importance_sampling_correction: StrictBool = False
-    truncated_importance_sampling_type: Literal["tis", "icepop", "seq-mask-tis"] | None = None
+    truncated_importance_sampling_type: Literal[TRUNCATIONS] | None = None
     truncated_importance_sampling_ratio: float | None = Field(None, gt=0.0)
     truncated_importance_sampling_ratio_min: float | None = Field(None, ge=0.0)
     # ClippedPG switches that must keep their neutral value (checked below)
@@ -161,20 +157,26 @@ class LossConfigError(ValueError):
     """Invalid ``loss_fn`` section; the message lists every problem as ``loss_fn.<dotted key>: <what is allowed>``."""
 
 
-def _describe(error: Mapping[str, Any], prefix: str) -> str:
+def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
+    """One pydantic error of this schema as ``<dotted key>: <what is allowed>`` (``prefix`` goes before the key)."""
     loc = [str(part) for part in error.get("loc", ())]
     ctx_error = (error.get("ctx") or {}).get("error")
     if isinstance(ctx_error, _KeyError):
-        return f"{prefix}.{ctx_error.key}: {ctx_error.message}"
-    key = ".".join([prefix, *loc]) if loc else prefix
+        return ".".join([p for p in (prefix, *loc, ctx_error.key) if p]) + f": {ctx_error.message}"
+    key = ".".join([p for p in (prefix, *loc) if p]) or "loss_fn"
     if error.get("type") == "extra_forbidden":
         return f"{key}: unknown key"
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     return f"{key}: {message} (got {error.get('input')!r})"
 
 
-def parse_loss_config(loss_fn_config: Mapping[str, Any] | BaseModel, prefix: str = "loss_fn") -> HolderPOLossConfig:
+def parse_loss_config(
+    loss_fn_config: Mapping[str, Any] | BaseModel, prefix: str = "loss_fn", *, mean_reward_known: bool = False
+) -> HolderPOLossConfig:
     """Validate a ``loss_fn`` mapping (a plain dict, an OmegaConf container, or NeMo RL's ``ClippedPGLossConfig``).
+
+    ``mean_reward_known``: the caller passes each step's mean reward to the loss, so ``holder.schedule.kind:
+    reward`` is allowed (the reference run); NeMo RL does not.
 
     Raises ``LossConfigError`` naming every offending key, e.g. ``loss_fn.holder.clip_mode: Input should be
     'sequence', 'token', 'token_log' or 'none' (got 'seq')``.
@@ -186,21 +188,17 @@ def parse_loss_config(loss_fn_config: Mapping[str, Any] | BaseModel, prefix: str
     if not isinstance(loss_fn_config, Mapping):
         raise LossConfigError(f"{prefix}: expected a mapping, got {type(loss_fn_config).__name__}")
     try:
-        return HolderPOLossConfig.model_validate(dict(loss_fn_config))
+        return HolderPOLossConfig.model_validate(dict(loss_fn_config), context={MEAN_REWARD_KNOWN: mean_reward_known})
     except ValidationError as exc:
-        lines = [_describe(err, prefix) for err in exc.errors()]
+        lines = [describe_error(err, prefix) for err in exc.errors()]
         raise LossConfigError("invalid HölderPO loss config:\n  " + "\n  ".join(lines)) from None
 
 
 __all__ = [
-    "CLIP_MODES",
-    "IMPORTANCE_RATIOS",
-    "IS_CORRECTION_LEVELS",
-    "KL_TYPES",
-    "TRUNCATION_TYPES",
+    "MEAN_REWARD_KNOWN",
     "HolderBlock",
     "HolderPOLossConfig",
     "LossConfigError",
-    "ScheduleConfig",
+    "describe_error",
     "parse_loss_config",
 ]

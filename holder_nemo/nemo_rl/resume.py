@@ -33,6 +33,7 @@ OPERATIONAL_KEYS = (
     "checkpointing.higher_is_better",
     "data.num_workers",
     "env.*.num_workers",
+    "env.*._component_",  # names the code of an environment, as the installed holder_nemo does (not tracked either)
     "policy.generation.vllm_cfg.gpu_memory_utilization",
     "policy.generation.vllm_cfg.use_tqdm",
     "policy.generation.vllm_cfg.enable_vllm_metrics_logger",

@@ -2,8 +2,8 @@
 
 Section and key names follow NeMo RL's GRPO recipes where a concept exists there (``grpo.num_prompts_per_step``,
 ``policy.train_global_batch_size``, ``policy.generation.temperature``, ``loss_fn.ratio_clip_min`` ...), so a knob
-means the same thing in ``holderpo train`` and in the NeMo RL entry point. ``loss_fn`` is validated by the NeMo RL
-plugin itself (it owns that schema); here it only has to be a mapping.
+means the same thing in ``holderpo train`` and in the NeMo RL entry point. ``loss_fn`` is the NeMo RL plugin's own
+schema (``holder_nemo.nemo_rl.config.HolderPOLossConfig``), declared once for both.
 
 Entry point for other tools (e.g. ``holderpo recipe check``): ``validate_reference_config(cfg) -> ReferenceConfig``.
 """
@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from holder_nemo.config import ConfigError
+from holder_nemo.nemo_rl.config import MEAN_REWARD_KNOWN, HolderPOLossConfig, describe_error
 
 
 class _Section(BaseModel):
@@ -116,7 +117,7 @@ class ReferenceConfig(_Section):
     """A whole reference-run recipe."""
 
     grpo: GRPOSection = GRPOSection()
-    loss_fn: dict[str, Any]
+    loss_fn: HolderPOLossConfig  # the NeMo RL plugin's schema of the section, the same as in NeMo RL recipes
     policy: PolicySection = PolicySection()
     checkpointing: CheckpointingSection = CheckpointingSection()
     logger: LoggerSection = LoggerSection()
@@ -137,10 +138,10 @@ class ReferenceConfig(_Section):
                 f"policy.train_micro_batch_size ({self.policy.train_micro_batch_size}) must divide "
                 f"policy.train_global_batch_size ({gbs})"
             )
-        if self.loss_fn.get("reference_policy_kl_penalty", 0.0) not in (0, 0.0):
+        if self.loss_fn.reference_policy_kl_penalty != 0:
             raise ValueError(
                 "loss_fn.reference_policy_kl_penalty must be 0 in the reference run (it keeps no reference model; "
-                "the paper's maths runs use no KL term)"
+                "the paper's maths runs use no KL term); the loss_fn schema's default is NeMo RL's 0.01, so set it"
             )
         if self.data.task == "math_jsonl" and not self.data.train_path:
             raise ValueError("data.train_path is required when data.task is 'math_jsonl'")
@@ -167,12 +168,15 @@ def validate_reference_config(cfg: Any) -> ReferenceConfig:
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"recipe must be a mapping, got {type(cfg).__name__}")
     try:
-        return ReferenceConfig.model_validate(cfg)
+        # The reference run passes each step's mean reward to the loss: the reward-driven p schedule is valid here.
+        return ReferenceConfig.model_validate(cfg, context={MEAN_REWARD_KNOWN: True})
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             key = _location(err["loc"])
-            if err["type"] == "extra_forbidden":
+            if key.startswith("loss_fn"):  # the plugin's schema words its own errors (cross-field ones name the key)
+                problems.append(describe_error(err))
+            elif err["type"] == "extra_forbidden":
                 problems.append(f"{key}: unknown key (misspelt? see recipes/smoke_cpu.yaml for the allowed keys)")
             else:
                 problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")

@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 
 SMOKE_CPU_YAML = """\
-# The reference run's default recipe: a tiny Qwen2 learns a digit-copy task from random init with annealed-p
-# HölderPO, on CPU, in a couple of minutes. No download: the model is built from config, the tokenizer locally.
-#
 # Run:      holderpo train                      (no argument = this file)
 #           holderpo train recipes/smoke_cpu.yaml grpo.max_num_steps=6 checkpointing.checkpoint_dir=/tmp/run
+#
+# The reference run's default recipe: a tiny Qwen2 learns a digit-copy task from random init with annealed-p
+# HölderPO, on CPU, in a couple of minutes. No download: the model is built from config, the tokenizer locally.
 # Schedule: holderpo schedule recipes/smoke_cpu.yaml
 # Compare:  holderpo compare recipes/smoke_cpu.yaml      (GRPO vs GSPO vs annealed HölderPO, same seed)
 # Outputs:  RUN_DIR = checkpointing.checkpoint_dir: metrics.jsonl, step_N/, tb/, training.png, COMPLETED

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from holder_nemo.core import Reduce
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -58,3 +63,25 @@ class MetricsLog:
         self._fh.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def combine_metrics(acc: dict[str, float], metrics: Mapping[str, float], reductions: Mapping[str, Reduce]) -> None:
+    """Fold one micro-batch's (or update's) metrics into ``acc`` as each declares (NeMo RL's reductions: the
+    metrics are normalised by the global counts, so shares add; extremes take min / max; undeclared keys add)."""
+    for key, value in metrics.items():
+        how = reductions.get(key, Reduce.SUM)
+        acc[key] = how.combine(acc[key], float(value)) if key in acc else float(value)
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reward over the first and last 10% of steps (at least one step each), steps, peak RSS."""
+    rewards = [r["reward_mean"] for r in records]
+    n = max(1, len(rewards) // 10)
+    first, last = float(np.mean(rewards[:n])), float(np.mean(rewards[-n:]))
+    return {
+        "steps": len(records),
+        "reward_first_10pct": first,
+        "reward_last_10pct": last,
+        "reward_gain": last - first,
+        "peak_rss_mib": max((r.get("perf/peak_rss_mib", 0.0) for r in records), default=0.0),
+    }

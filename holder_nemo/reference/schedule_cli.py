@@ -21,7 +21,7 @@ def schedule_table(recipe: str | Path, overrides: list[str]) -> tuple[list[int],
 
     cfg = load_recipe(recipe, overrides)
     loss_cfg = parse_loss_config(OmegaConf.to_container(cfg.loss_fn, resolve=True))
-    schedule = loss_cfg.holder.schedule.to_schedule()
+    schedule = loss_cfg.holder.schedule
     max_steps = int(OmegaConf.select(cfg, "grpo.max_num_steps", default=schedule.steps))
     steps = list(range(1, max_steps + 1))
     desc = f"{schedule.kind}: p_max={schedule.p_max:g}, p_min={schedule.p_min:g}, over {schedule.steps} steps"

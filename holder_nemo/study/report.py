@@ -158,57 +158,66 @@ def markdown(study: dict[str, Any]) -> str:
         "",
     ]
     for task, arms in study["results"].items():
-        t = study["tasks"][task]
-        lines += [f"## Task `{task}`: {t['summary']}", "", f"Threshold {t['threshold']}.", ""]
-        lines += [
-            "| arm | final reward | AUC | steps to threshold | Δ final vs GRPO | Δ AUC vs GRPO | Δ steps vs GRPO |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for arm, r in arms.items():
-            vs = r.get("vs_grpo")
-            deltas = (
-                [
-                    _marked(vs[m]) if m != "steps_to_threshold" else _marked(vs[m], 0)
-                    for m in ("final_reward", "auc", "steps_to_threshold")
-                ]
-                if vs
-                else ["(baseline)"] * 3
-            )
-            n = len(r["seeds"])
-            lines.append(
-                f"| {ARMS[arm].label if arm in ARMS else arm} | {_fmt(r['final_reward'])} | {_fmt(r['auc'])} | "
-                f"{_fmt(r['steps_to_threshold'], 0)} ({r['n_reached_threshold']}/{n}) | " + " | ".join(deltas) + " |"
-            )
-        lines += [
-            "",
-            "Diagnostics (means over steps, then over seeds): p; Jensen gap log ρ_p − log ρ_0 per sequence (0 when "
-            "every token ratio is equal; how far the arm's aggregate is from the geometric mean); effective tokens "
-            "exp(entropy of the token weights) against the response length; sequence- and token-clip fractions; "
-            "KL(old ‖ new) per token.",
-            "",
-            "| arm | p | Jensen gap | effective tokens | response tokens | seq clip low | seq clip high | token clip "
-            "| KL(old‖new) |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for arm, r in arms.items():
-            cells = [
-                _fmt(r["p"], 2),
-                _fmt(r["jensen_gap"], 5),
-                _fmt(r["effective_tokens"], 2),
-                _fmt(r["response_tokens"], 2),
-                _fmt(r["seq_clip_low"], 4),
-                _fmt(r["seq_clip_high"], 4),
-                _fmt(r["token_clip"], 4),
-                _fmt(r["kl_to_old"], 5),
+        lines += _task_tables(task, study["tasks"][task], arms)
+    return "\n".join(lines + _arms_settings_and_time(study))
+
+
+def _label(arm: str) -> str:
+    return ARMS[arm].label if arm in ARMS else arm
+
+
+def _task_tables(task: str, t: dict[str, Any], arms: dict[str, Any]) -> list[str]:
+    """The results table and the diagnostics table of one task."""
+    lines = [f"## Task `{task}`: {t['summary']}", "", f"Threshold {t['threshold']}.", ""]
+    lines += [
+        "| arm | final reward | AUC | steps to threshold | Δ final vs GRPO | Δ AUC vs GRPO | Δ steps vs GRPO |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, r in arms.items():
+        vs = r.get("vs_grpo")
+        deltas = (
+            [
+                _marked(vs[m]) if m != "steps_to_threshold" else _marked(vs[m], 0)
+                for m in ("final_reward", "auc", "steps_to_threshold")
             ]
-            lines.append(f"| {ARMS[arm].label if arm in ARMS else arm} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["## Arms", "", "| arm | what | overrides |", "|---|---|---|"]
+            if vs
+            else ["(baseline)"] * 3
+        )
+        n = len(r["seeds"])
+        lines.append(
+            f"| {_label(arm)} | {_fmt(r['final_reward'])} | {_fmt(r['auc'])} | "
+            f"{_fmt(r['steps_to_threshold'], 0)} ({r['n_reached_threshold']}/{n}) | " + " | ".join(deltas) + " |"
+        )
+    lines += [
+        "",
+        "Diagnostics (means over steps, then over seeds): p; Jensen gap log ρ_p − log ρ_0 per sequence (0 when "
+        "every token ratio is equal; how far the arm's aggregate is from the geometric mean); effective tokens "
+        "exp(entropy of the token weights) against the response length; sequence- and token-clip fractions; "
+        "KL(old ‖ new) per token.",
+        "",
+        "| arm | p | Jensen gap | effective tokens | response tokens | seq clip low | seq clip high | token clip "
+        "| KL(old‖new) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    digits = {"p": 2, "jensen_gap": 5, "effective_tokens": 2, "response_tokens": 2, "seq_clip_low": 4,
+              "seq_clip_high": 4, "token_clip": 4, "kl_to_old": 5}  # fmt: skip
+    for arm, r in arms.items():
+        lines.append(f"| {_label(arm)} | " + " | ".join(_fmt(r[k], d) for k, d in digits.items()) + " |")
+    return [*lines, ""]
+
+
+def _arms_settings_and_time(study: dict[str, Any]) -> list[str]:
+    s, timing = study["settings"], study["timing"]
+    lines = ["## Arms", "", "| arm | what | overrides |", "|---|---|---|"]
     for arm, a in study["arms"].items():
         lines.append(f"| {a['label']} (`{arm}`) | {a['summary']} | `{' '.join(a['overrides'])}` |")
-    lines += ["", "## Shared settings", "", f"Recipe `{s['recipe']}` with `{' '.join(s['overrides'])}`.", ""]
-    timing = study["timing"]
-    lines += [
+    return [
+        *lines,
+        "",
+        "## Shared settings",
+        "",
+        f"Recipe `{s['recipe']}` with `{' '.join(s['overrides'])}`.",
+        "",
         "## Time",
         "",
         f"{timing['runs']} runs, {timing['cpu_s']:.0f} CPU-seconds in the runs "
@@ -219,7 +228,6 @@ def markdown(study: dict[str, Any]) -> str:
         f"![study]({FIGURE_FILE})",
         "",
     ]
-    return "\n".join(lines)
 
 
 def plot(study_curves: dict[str, dict[str, Any]], labels: dict[str, str], out: Path, title: str) -> Path:

@@ -16,23 +16,22 @@ from typing import Any, ClassVar
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from holder_nemo.core import PSchedule, holder_po_loss
-from holder_nemo.core.loss import validate_clip_options
+from holder_nemo.core import ClipSpec, PSchedule, holder_po_loss
 
 # Model inputs TRL passes through to the forward pass for vision-language models.
 _MODEL_INPUT_KEYS = (
     "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
     "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
 )  # fmt: skip
-# (per-sequence metric of holder_po_loss, logged name); means over the sequences of all processes.
+# (HolderStats field, logged name); means over the sequences of all processes.
 _SEQ_METRICS = (
-    ("seq/p", "holder/p"),
-    ("seq/log_rho", "holder/log_rho_mean"),
-    ("seq/jensen_gap", "holder/jensen_gap_mean"),
-    ("seq/effective_tokens", "holder/effective_tokens_mean"),
-    ("seq/clipped_low", "clip_ratio/low_mean"),
-    ("seq/clipped_high", "clip_ratio/high_mean"),
-    ("seq/dual_clipped", "holder/dual_clip_frac"),
+    ("p", "holder/p"),
+    ("log_rho", "holder/log_rho_mean"),
+    ("jensen_gap", "holder/jensen_gap_mean"),
+    ("effective_tokens", "holder/effective_tokens_mean"),
+    ("clipped_low", "clip_ratio/low_mean"),
+    ("clipped_high", "clip_ratio/high_mean"),
+    ("dual_clipped", "holder/dual_clip_frac"),
 )
 
 
@@ -58,7 +57,7 @@ class HolderPOConfig(GRPOConfig):
             raise ValueError("HolderPOConfig.holder_p_schedule: 'reward' is not supported by the TRL trainer")
         self.p_schedule(steps=1)  # validates kind and bounds now, not at the first step
         eps_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
-        validate_clip_options(self.holder_clip_mode, self.epsilon, eps_high, self.holder_dual_clip)
+        ClipSpec(self.holder_clip_mode, self.epsilon, eps_high, self.holder_dual_clip)  # raises naming the field
         unsupported = {
             "top_entropy_quantile": self.top_entropy_quantile < 1.0,
             "off_policy_mask_threshold": self.off_policy_mask_threshold is not None,
@@ -111,7 +110,7 @@ class HolderPOTrainer(GRPOTrainer):
         # TRL leaves old_per_token_logps out when the batch is exactly on-policy (ratio 1, gradient of the ratio).
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
-        seq_loss, metrics = holder_po_loss(
+        seq_loss, stats = holder_po_loss(
             logps,
             old_logps,
             inputs["advantages"],
@@ -125,6 +124,7 @@ class HolderPOTrainer(GRPOTrainer):
         lengths = mask.sum(-1).clamp(min=1)
         if self.beta != 0.0:  # TRL's KL term under loss_type="grpo": beta * per-sequence token mean of k3
             ref = inputs["ref_per_token_logps"]
+            # TRL's own k3 arithmetic (not core.kl_estimate's expm1 form), so the run is TRL's to the last bit
             kl = torch.exp(ref - logps) - (ref - logps) - 1
             seq_loss = seq_loss + self.beta * (kl * mask).sum(-1) / lengths
             self._log_mean("kl", (kl * mask).sum(-1), mask.sum(-1))
@@ -133,12 +133,12 @@ class HolderPOTrainer(GRPOTrainer):
         if mode == "train":
             loss = loss / self.current_gradient_accumulation_steps
         self._log_mean("entropy", (entropies * mask).sum(-1), mask.sum(-1))
-        valid = metrics["seq/valid"]
-        for key, name in _SEQ_METRICS:
-            self._log_mean(name, metrics[key] * valid, valid)
-        clipped = metrics["seq/clipped_low"] + metrics["seq/clipped_high"]
+        valid = stats.valid
+        for field_name, name in _SEQ_METRICS:
+            self._log_mean(name, getattr(stats, field_name) * valid, valid)
+        clipped = stats.clipped_low + stats.clipped_high
         self._log_mean("clip_ratio/region_mean", clipped * valid, valid)
-        self._log_mean("holder/token_clip_frac", metrics["seq/token_clipped"], metrics["seq/num_tokens"])
+        self._log_mean("holder/token_clip_frac", stats.token_clipped, stats.num_tokens)
         return loss
 
     def _log_mean(self, name: str, numerator: torch.Tensor, denominator: torch.Tensor) -> None:

@@ -72,55 +72,53 @@ def _holder_loss(clip_mode: str, old_log_prob, log_prob, advantages, response_ma
     p = holder_p(config)
     eps_low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
     eps_high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
-    seq_loss, m = holder_po_loss(
+    seq_loss, stats = holder_po_loss(
         log_prob, old_log_prob, advantages, response_mask, p, clip_mode=clip_mode, eps_low=eps_low, eps_high=eps_high
     )
     loss_mat = seq_loss[:, None].expand_as(log_prob)  # every token carries its sequence's loss
     if weights is not None:  # rollout-correction weights, per token as in verl's gspo
         loss_mat = loss_mat * weights
     pg_loss = agg_loss(loss_mat, response_mask, loss_agg_mode, **config.global_batch_info)
-    clipped = (m["seq/clipped_low"] + m["seq/clipped_high"])[:, None].expand_as(log_prob)
+    clipped = (stats.clipped_low + stats.clipped_high)[:, None].expand_as(log_prob)
+    m = stats.summary()
     metrics: dict[str, Any] = {
         # verl's keys, with gspo's meanings: token-weighted fraction of clipped sequences; no dual clip
         "actor/pg_clipfrac": verl_F.masked_mean(clipped, response_mask).item(),
         "actor/ppo_kl": verl_F.masked_mean(old_log_prob - log_prob.detach(), response_mask).item(),
         "actor/pg_clipfrac_lower": 0.0,
         "actor/holder_p": p,
-        "actor/holder_log_rho_mean": m["log_rho_mean"].item(),
-        "actor/holder_jensen_gap": m["jensen_gap_mean"].item(),
-        "actor/holder_effective_tokens": m["effective_tokens_mean"].item(),
-        "actor/holder_seq_clipfrac": (m["seq_clip_frac_low"] + m["seq_clip_frac_high"]).item(),
-        "actor/holder_token_clipfrac": m["token_clip_frac"].item(),
+        "actor/holder_log_rho_mean": m["log_rho"].item(),
+        "actor/holder_jensen_gap": m["jensen_gap"].item(),
+        "actor/holder_effective_tokens": m["effective_tokens"].item(),
+        "actor/holder_seq_clipfrac": (m["clipped_low"] + m["clipped_high"]).item(),
+        "actor/holder_token_clipfrac": m["token_clipped"].item(),
     }
     return pg_loss, metrics
 
 
-def compute_policy_loss_holder(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "seq-mean-token-mean",
-    config: ActorConfig | None = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """HölderPO with the sequence clip (paper Eq. 2). Tensors [batch, response_length]; loss is a scalar."""
-    args = (old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights)
-    return _holder_loss("sequence", *args)
+def _policy_loss(clip_mode: str, doc: str):
+    """verl's ``PolicyLossFn`` signature (verl calls it with these keywords) around ``_holder_loss(clip_mode, ...)``."""
+
+    def policy_loss(
+        old_log_prob: torch.Tensor,
+        log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        loss_agg_mode: str = "seq-mean-token-mean",
+        config: ActorConfig | None = None,
+        rollout_is_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        args = (old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights)
+        return _holder_loss(clip_mode, *args)
+
+    policy_loss.__doc__ = doc + " Tensors [batch, response_length]; the loss is a scalar."
+    return policy_loss
 
 
-def compute_policy_loss_holder_token(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "seq-mean-token-mean",
-    config: ActorConfig | None = None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """HölderPO with each token ratio clipped before the Hölder mean (paper Eq. 11; p = 1 is GRPO)."""
-    args = (old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights)
-    return _holder_loss("token", *args)
+compute_policy_loss_holder = _policy_loss("sequence", "HölderPO with the sequence clip (paper Eq. 2).")
+compute_policy_loss_holder_token = _policy_loss(
+    "token", "HölderPO with each token ratio clipped before the Hölder mean (paper Eq. 11; p = 1 is GRPO)."
+)
 
 
 def register() -> None:

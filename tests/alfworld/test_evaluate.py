@@ -9,7 +9,7 @@ import math
 import pytest
 
 from holder_nemo.alfworld.evaluate import COLUMNS, format_table, summarize
-from holder_nemo.alfworld.layout import Episode
+from holder_nemo.alfworld.step_samples import Episode
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("alfworld") is None, reason="needs the optional extra holder_nemo[alfworld]"
@@ -112,15 +112,14 @@ def _save_tiny_checkpoint(step_dir):
     import string
 
     from alfworld_doubles import CHAT_TEMPLATE
+    from tiny_qwen2 import tiny_qwen2
     from transformers import GenerationConfig
 
-    from holder_nemo.reference.model import build_char_tokenizer, build_tiny_qwen2
+    from holder_nemo.reference.model import build_char_tokenizer
 
     tokenizer = build_char_tokenizer(string.printable)
     tokenizer.chat_template = CHAT_TEMPLATE
-    model = build_tiny_qwen2(len(tokenizer), hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
-                             intermediate_size=32, max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)  # fmt: skip
+    model = tiny_qwen2(tokenizer, max_position_embeddings=4096)
     model.generation_config = GenerationConfig(repetition_penalty=1.3, top_k=20, top_p=0.8, temperature=0.7,
                                                do_sample=True, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
     weights = step_dir / "policy" / "weights" / "model" / "consolidated"
@@ -172,7 +171,7 @@ def test_model_errors_exit_2(offline_root, tmp_path, capsys):
 
 def test_prompt_over_the_budget_stops_the_evaluation(offline_root, tmp_path):
     from holder_nemo.alfworld.cli import main
-    from holder_nemo.alfworld.layout import PromptTooLong
+    from holder_nemo.alfworld.step_samples import PromptTooLong
 
     step_dir = _save_tiny_checkpoint(tmp_path / "ckpt" / "step_1")
     args = ["eval", "--data-root", str(offline_root), "--model", str(step_dir), "--episodes", "1", "--device", "cpu",

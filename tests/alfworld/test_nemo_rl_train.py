@@ -69,9 +69,9 @@ def _config(checkpoint_dir):
 
 def _checkpointer(config):
     if importlib.util.find_spec("nemo_rl") is not None:
-        from holder_nemo.nemo_rl.run_grpo import _typed_dict_for_old_python
+        from holder_nemo.nemo_rl.master_config import typed_dict_for_old_python
 
-        _typed_dict_for_old_python()  # before any nemo_rl TypedDict exists (pydantic on Python < 3.12)
+        typed_dict_for_old_python()  # before any nemo_rl TypedDict exists (pydantic on Python < 3.12)
         from nemo_rl.utils.checkpoint import CheckpointManager
 
         return CheckpointManager(config["checkpointing"])
@@ -87,25 +87,13 @@ def _tokenizer():
 
 
 def _model(tokenizer, weights=None):
+    from tiny_qwen2 import tiny_qwen2
     from transformers import AutoModelForCausalLM
-
-    from holder_nemo.reference.model import build_tiny_qwen2
 
     if weights is not None:
         return AutoModelForCausalLM.from_pretrained(weights)
     torch.manual_seed(0)
-    return build_tiny_qwen2(
-        len(tokenizer),
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=32,
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    return tiny_qwen2(tokenizer)
 
 
 class Run:
@@ -141,7 +129,7 @@ class Run:
         self.refits += 1
 
     def train(self, stop=None):
-        from holder_nemo.alfworld.nemo_rl_train import alfworld_per_step_train
+        from holder_nemo.alfworld.per_step_loop import alfworld_per_step_train
 
         return alfworld_per_step_train(
             self.policy,
@@ -267,13 +255,9 @@ def test_stop_request_checkpoints_and_restart_resumes_with_exact_p(tmp_path, gam
 
 def test_game_file_dataset_lists_the_split_and_collates_like_nemo_rl_rows(offline_root):
     from holder_nemo.alfworld.games import SPECS
-    from holder_nemo.alfworld.nemo_rl_train import (
-        GameFileDataset,
-        game_file_dataset,
-        pad_columns,
-        pad_rows,
-        sample_layout,
-    )
+    from holder_nemo.alfworld.nemo_rl_component import GameFileDataset, game_file_dataset
+    from holder_nemo.alfworld.per_step_loop import pad_columns, pad_rows
+    from holder_nemo.alfworld.per_step_settings import sample_layout
 
     dataset = game_file_dataset(offline_root / "train")
     assert len(dataset) == len(SPECS)
@@ -330,20 +314,18 @@ def test_run_grpo_per_step_dispatch_with_nemo_rl_config_dataloader_and_checkpoin
         )
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
         return
-    from holder_nemo.nemo_rl.run_grpo import (
-        _typed_dict_for_old_python,
-        alfworld_game_datasets,
-        alfworld_layout,
-        load_master_config,
-    )
+    from holder_nemo.alfworld.nemo_rl_component import alfworld_game_datasets
+    from holder_nemo.alfworld.per_step_settings import sample_layout as alfworld_layout
+    from holder_nemo.nemo_rl.master_config import load_master_config, typed_dict_for_old_python
 
-    _typed_dict_for_old_python()
+    typed_dict_for_old_python()
     from nemo_rl.algorithms import grpo as grpo_module
     from nemo_rl.data.collate_fn import rl_collate_fn
     from nemo_rl.utils.checkpoint import CheckpointManager
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from holder_nemo.alfworld.nemo_rl_train import PerStepSettings, save_checkpoint
+    from holder_nemo.alfworld.per_step_loop import save_checkpoint
+    from holder_nemo.alfworld.per_step_settings import PerStepSettings
 
     overrides = [
         f"data.train.data_path={offline_root}/train",

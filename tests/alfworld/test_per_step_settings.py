@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from holder_nemo.alfworld.nemo_rl_train import PerStepSettings, sample_layout
+from holder_nemo.alfworld.per_step_settings import PerStepSettings, sample_layout
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "holderpo_alfworld_qwen2.5-1.5b.yaml"
 
@@ -74,7 +74,7 @@ def test_no_bonus_and_no_separate_validation_temperature() -> None:
 
 
 def test_recipe_check_reports_the_same_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    from holder_nemo.recipe.cli import main
+    from holder_nemo.recipe_check.cli import main
 
     assert main(["check", str(RECIPE), "grpo.normalize_rewards=false", "--no-config"]) == 1
     out = capsys.readouterr()

@@ -13,7 +13,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "holderpo_alfworld_qw
 
 
 def test_recipe_passes_recipe_check(capsys):
-    from holder_nemo.recipe.cli import main
+    from holder_nemo.recipe_check.cli import main
 
     assert main(["check", str(RECIPE), "--no-config"]) == 0, capsys.readouterr().out
 
@@ -33,6 +33,7 @@ def test_recipe_holds_the_paper_settings():
     assert cfg.alfworld.entropy_coeff == pytest.approx(0.001)
     assert cfg.alfworld.sample_layout == "per_step"
     assert cfg.policy.max_total_sequence_length == 2048 + 512 and cfg.policy.generation.max_new_tokens == 512
-    protocol = ProtocolConfig.from_dict(dict(cfg.env.alfworld))  # the Ray environment's config is valid
+    actor_config = {k: v for k, v in cfg.env.alfworld.items() if k != "_component_"}  # what run_grpo hands the actor
+    protocol = ProtocolConfig.from_dict(actor_config)  # the Ray environment's config is valid
     assert (protocol.history_length, protocol.max_steps, protocol.invalid_action_penalty) == (2, 50, 0.1)
     assert protocol.success_reward == 10.0

@@ -25,29 +25,18 @@ CHAT_TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def tiny_policy():
-    from holder_nemo.reference.model import build_char_tokenizer, build_tiny_qwen2
+def tiny_policy(tiny_qwen2):
+    from holder_nemo.reference.model import build_char_tokenizer
 
     tokenizer = build_char_tokenizer(string.printable)
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
-    model = build_tiny_qwen2(
-        len(tokenizer),
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    model = tiny_qwen2(tokenizer, hidden_size=32, num_layers=2, intermediate_size=64, max_position_embeddings=4096)
     return model, tokenizer
 
 
 def _positive_row_logprob(model, tokenizer, episodes):
-    from holder_nemo.alfworld.layout import build_step_samples, tokenize_step_samples
+    from holder_nemo.alfworld.step_samples import build_step_samples, tokenize_step_samples
     from holder_nemo.alfworld.train_step import frozen_logprobs
 
     samples = build_step_samples(episodes)
@@ -113,14 +102,14 @@ def test_reference_steps_rollout_reward_advantages_update(tiny_policy, game_by_t
 def test_step_rows_through_the_nemo_rl_loss_plugin_match_the_reference_loss(tiny_policy, game_by_task):
     """Per-step rows in NeMo RL's train_data contract give HolderPOLossFn the same HölderPO loss as train_step."""
     from holder_nemo.alfworld.evaluate import play_expert
-    from holder_nemo.alfworld.layout import (
+    from holder_nemo.alfworld.protocol import ProtocolConfig
+    from holder_nemo.alfworld.step_samples import (
         Episode,
         StepRecord,
         build_step_samples,
         to_nemo_rl_train_data,
         tokenize_step_samples,
     )
-    from holder_nemo.alfworld.protocol import ProtocolConfig
     from holder_nemo.alfworld.train_step import token_logprobs_and_entropy
     from holder_nemo.core import holder_po_loss
     from holder_nemo.nemo_rl.loss import HolderPOLossFn

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_per_step_rows_from_nemo_rl_generation(game_by_task):
-    from holder_nemo.alfworld.layout import build_step_samples, to_nemo_rl_train_data, tokenize_step_samples
     from holder_nemo.alfworld.protocol import ProtocolConfig
     from holder_nemo.alfworld.rollout import nemo_rl_policy, run_episodes
+    from holder_nemo.alfworld.step_samples import build_step_samples, to_nemo_rl_train_data, tokenize_step_samples
     from holder_nemo.reference.model import build_char_tokenizer
 
     tokenizer = build_char_tokenizer(string.printable)

@@ -34,7 +34,7 @@ def test_cuda_loss_and_gradient_match_cpu_float64(clip_mode, p):
             lp, old.to(device, dtype=lp.dtype), adv.to(device), mask.to(device), p, clip_mode=clip_mode
         )
         loss.sum().backward()
-        return loss.detach().double().cpu(), leaf.grad.double().cpu(), metrics["log_rho_mean"].double().cpu()
+        return loss.detach().double().cpu(), leaf.grad.double().cpu(), metrics.summary()["log_rho"].double().cpu()
 
     loss_gpu, grad_gpu, rho_gpu = run("cuda", torch.bfloat16)
     loss_ref, grad_ref, rho_ref = run("cpu", torch.float64)

@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from holder_nemo.core import effective_tokens, holder_token_weights, log_holder_mean
+from holder_nemo.core import (
+    as_order,
+    holder_mean,
+    holder_partials,
+    holder_statistics,
+    holder_token_weights,
+    log_holder_mean,
+    merge_partials,
+)
 
 INF = float("inf")
 
@@ -182,7 +190,7 @@ def test_token_weights_definition_and_limits():
         torch.testing.assert_close(w, expected, rtol=1e-12, atol=1e-15)
         assert torch.equal(w[~mask], torch.zeros(int((~mask).sum()), dtype=w.dtype))
     n = mask.sum(-1).double()
-    torch.testing.assert_close(effective_tokens(holder_token_weights(x, mask, 0.0)), n, rtol=1e-12, atol=0)
+    torch.testing.assert_close(holder_statistics(x, mask, 0.0).effective_tokens, n, rtol=1e-12, atol=0)
     ties = torch.tensor([[1.0, 3.0, 3.0, 0.0]])
     assert holder_token_weights(ties, torch.ones_like(ties), INF).tolist() == [[0.0, 0.5, 0.5, 0.0]]
     assert holder_token_weights(ties, torch.ones_like(ties), -INF).tolist() == [[0.0, 0.0, 0.0, 1.0]]
@@ -191,7 +199,7 @@ def test_token_weights_definition_and_limits():
 def test_theorem1_entropy_of_weights_peaks_at_zero():
     x, mask = ragged_batch(scale=1.0)
     rows = mask.sum(-1) >= 2
-    ent = {p: effective_tokens(holder_token_weights(x, mask, p))[rows] for p in (-4.0, -1.0, 0.0, 1.0, 4.0)}
+    ent = {p: holder_statistics(x, mask, p).effective_tokens[rows] for p in (-4.0, -1.0, 0.0, 1.0, 4.0)}
     assert bool((ent[0.0] > ent[1.0]).all() and (ent[1.0] > ent[4.0]).all())
     assert bool((ent[0.0] > ent[-1.0]).all() and (ent[-1.0] > ent[-4.0]).all())
 
@@ -220,3 +228,67 @@ def test_finite_check_ignores_padding_and_can_be_switched_off():
     assert log_holder_mean(x, mask, 2.0).item() == pytest.approx(0.1)
     bad = torch.tensor([[0.1, float("nan")]])
     assert torch.isnan(log_holder_mean(bad, torch.ones(1, 2), 2.0, check_finite=False)).all()
+
+
+# ---- mergeable partial statistics: shards merged in one process (what a context-parallel group does) -----------
+MERGE_P = [0.0, 1e-7, 1e-4, 1e-2, -0.5, 1.0, -2.0, 2.0, 25.0, -25.0, INF, -INF, 1e-9, -3e-6, 300.0, -300.0]
+
+
+def merge_batch(seed: int = 0, b: int = 7, t: int = 40):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, generator=gen, dtype=torch.float64) * 0.3
+    x[2, 5] = 40.0  # one dominating token at large |p|
+    x[3, 7] = -40.0
+    mask = torch.rand(b, t, generator=gen) < 0.8
+    mask[0] = False
+    mask[1] = False
+    mask[1, 9] = True
+    return x, mask
+
+
+def merged_shards(x: torch.Tensor, mask: torch.Tensor, p: float, shards: int, dtype: torch.dtype):
+    """Reduce each shard (every ``shards``-th token) on its own, stack the blocks (the all-gather), merge."""
+    order = as_order(p, x.shape[0], dtype, x.device)
+    columns = torch.arange(x.shape[1]) % shards
+    blocks = [holder_partials(x.to(dtype), mask & (columns == owner)[None, :], order) for owner in range(shards)]
+    return merge_partials(torch.stack(blocks), order)
+
+
+@pytest.mark.parametrize("p", MERGE_P)
+@pytest.mark.parametrize("shards", [3, 8])
+def test_merged_shards_are_exact_and_float32_accurate(p, shards):
+    """float64 merge to 1e-10 of the one-process mean; float32 to 1e-5 of the float64 reference, also for tiny |p|
+    (the centred form) and |p * x| up to 12000 (no overflow); gradients of the shards equal the whole's."""
+    x, mask = merge_batch()
+    ref = log_holder_mean(x, mask, p)
+    scale = float(x[mask].abs().max())
+    leaf = x.clone().requires_grad_(True)
+    merged = merged_shards(leaf, mask, p, shards, torch.float64)
+    torch.testing.assert_close(merged.log_rho, ref, rtol=1e-10, atol=1e-10 * scale)
+    up = torch.linspace(-1, 1, x.shape[0], dtype=x.dtype)
+    (grad,) = torch.autograd.grad((merged.log_rho * up).sum(), leaf)
+    (grad_ref,) = torch.autograd.grad((log_holder_mean(leaf, mask, p) * up).sum(), leaf)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-9, atol=1e-12)
+    whole = holder_statistics(x, mask, p)
+    torch.testing.assert_close(merged.effective_tokens, whole.effective_tokens, rtol=1e-9, atol=1e-12)
+    out32 = merged_shards(x, mask, p, shards, torch.float32).log_rho
+    assert out32.dtype == torch.float32 and bool(torch.isfinite(out32).all())
+    torch.testing.assert_close(out32.double(), ref, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_one_shard_merge_is_the_centred_formula_to_the_last_bit():
+    """A single process merges one block: d = 0 exactly, so log rho is the plain centred log-mean-exp."""
+    x, mask = merge_batch(seed=3)
+    for p in (0.37, -1.5, 4.0):
+        order = as_order(p, x.shape[0], x.dtype, x.device)
+        x0 = torch.where(mask, x, 0.0)
+        n = mask.sum(-1).clamp(min=1).double()
+        mu = x0.sum(-1) / n
+        a = torch.where(mask, p * (x0 - mu[:, None]), -INF)
+        shift = a.amax(-1).where(mask.any(-1), 0.0)
+        u = a - shift[:, None]
+        mean_expm1 = torch.where(mask, torch.expm1(u), 0.0).sum(-1) / n
+        log_sum = torch.log(torch.where(mask, torch.exp(u), 0.0).sum(-1).clamp(min=1)) - torch.log(n)
+        log_mean = torch.where(mean_expm1 > -0.5, torch.log1p(mean_expm1.clamp(min=-0.5)), log_sum)
+        expected = (mu + (shift + log_mean) / p).where(mask.any(-1), 0.0)
+        assert torch.equal(holder_mean(x, mask, order).log_rho, expected)

@@ -60,7 +60,7 @@ def test_token_clip_at_p1_is_grpo_sequence_mean():
     r = torch.exp(new - old)
     expected = masked_mean(ppo(r, adv[:, None], 1 - EPS, 1 + EPS), mask)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-15)
-    assert metrics["token_clip_frac"] > 0
+    assert metrics.summary()["token_clipped"] > 0  # the fraction of valid tokens clipped
 
 
 @pytest.mark.parametrize("p", [0.0, 1e-6, -1e-6])
@@ -129,10 +129,10 @@ def test_sequence_gradient_is_paper_eq16(p):
     loss, metrics = holder_po_loss(leaf, old, adv, mask, p)
     (grad,) = torch.autograd.grad(loss.sum(), leaf)
     r = torch.exp(new - old)
-    rho = torch.exp(metrics["seq/log_rho"])
+    rho = torch.exp(metrics.log_rho)
     n = mask.sum(-1, keepdim=True).clamp(min=1)
-    kept = 1 - metrics["seq/clipped_low"] - metrics["seq/clipped_high"]
-    kept_valid = (kept * metrics["seq/valid"] * (adv != 0)).sum()
+    kept = 1 - metrics.clipped_low - metrics.clipped_high
+    kept_valid = (kept * metrics.valid * (adv != 0)).sum()
     assert 0 < kept_valid < (mask.any(-1) & (adv != 0)).sum()  # both clipped and unclipped rows are exercised
     closed = -(kept * adv * rho ** (1 - p))[:, None] * r**p / n * mask
     torch.testing.assert_close(grad, closed, rtol=1e-6, atol=1e-12)
@@ -170,7 +170,8 @@ def test_empty_rows_zero_adv_and_padding_give_zero_gradient_and_no_nan():
             assert loss[1] == 0 and loss[2] == 0
             assert torch.equal(grad[~mask], torch.zeros_like(grad[~mask]))
             assert torch.equal(grad[2], torch.zeros_like(grad[2]))
-            assert all(torch.isfinite(v).all() for k, v in metrics.items() if k not in {"p", "seq/p"})
+            values = {**vars(metrics), **metrics.summary()}
+            assert all(torch.isfinite(v).all() for k, v in values.items() if k not in {"p"})
 
 
 # ---- clipping details, dtypes, metrics --------------------------------------------------------------------------
@@ -182,15 +183,17 @@ def test_clip_fractions_and_jensen_gap_metrics():
     adv = torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
     mask = torch.ones(4, 3, dtype=torch.bool)
     loss, m = holder_po_loss(new, old, adv, mask, 2.0)
-    assert m["seq/clipped_high"].tolist() == [1.0, 0.0, 0.0, 1.0]  # row 3: rho_2 = sqrt(5.25/3) = 1.32 > 1.2
-    assert m["seq/clipped_low"].tolist() == [0.0, 1.0, 0.0, 0.0]
-    assert m["seq_clip_frac_high"].item() == pytest.approx(0.5) and m["seq_clip_frac_low"].item() == pytest.approx(0.25)
+    assert m.clipped_high.tolist() == [1.0, 0.0, 0.0, 1.0]  # row 3: rho_2 = sqrt(5.25/3) = 1.32 > 1.2
+    assert m.clipped_low.tolist() == [0.0, 1.0, 0.0, 0.0]
+    summary = m.summary()
+    assert summary["clipped_high"].item() == pytest.approx(0.5) and summary["clipped_low"].item() == pytest.approx(0.25)
     torch.testing.assert_close(loss[:3], torch.tensor([-1.2, 0.8, -1.0], dtype=torch.float64))
-    gap = m["seq/jensen_gap"]
+    gap = m.jensen_gap
     assert gap[:3].abs().max() < 1e-15 and gap[3] > 0  # equal ratios -> no gap; p > 0 -> M_p >= M_0
-    assert m["seq/effective_tokens"][:3].tolist() == pytest.approx([3.0, 3.0, 3.0])
-    assert m["ratio_max"].item() == pytest.approx(2.0) and m["ratio_min"].item() == pytest.approx(0.5)
-    assert m["num_valid_seqs"].item() == 4 and m["p"].item() == 2.0
+    assert m.effective_tokens[:3].tolist() == pytest.approx([3.0, 3.0, 3.0])
+    token_ratio_max, token_ratio_min = summary["log_ratio_max"].exp(), summary["log_ratio_min"].exp()
+    assert token_ratio_max.item() == pytest.approx(2.0) and token_ratio_min.item() == pytest.approx(0.5)
+    assert summary["valid"].item() == 4 and summary["p"].item() == 2.0
 
 
 def test_dual_clip_bounds_negative_advantage_loss():
@@ -202,7 +205,7 @@ def test_dual_clip_bounds_negative_advantage_loss():
     assert loss.tolist() == pytest.approx([20.0, 2.2])
     loss, m = holder_po_loss(new, old, adv, mask, 1.0, dual_clip=3.0)
     assert loss.tolist() == pytest.approx([6.0, 2.2])
-    assert m["seq/dual_clipped"].tolist() == [1.0, 0.0]
+    assert m.dual_clipped.tolist() == [1.0, 0.0]
 
 
 def test_token_advantages_are_reduced_by_masked_mean():

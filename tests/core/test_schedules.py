@@ -1,4 +1,4 @@
-"""PSchedule: closed forms of every kind (paper.md §3.2), endpoints, purity and validation."""
+"""PSchedule: closed forms of every kind (the authors' code), endpoints, purity and validation."""
 
 from __future__ import annotations
 

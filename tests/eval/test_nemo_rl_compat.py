@@ -101,11 +101,11 @@ def test_holder_math_environment_scores_like_holderpo_eval(ray_cluster) -> None:
     from nemo_rl.environments.math_environment import HFVerifyWorker
     from nemo_rl.environments.utils import create_env
 
-    from holder_nemo.eval.nemo_rl_env import ENV_NAME, register
+    from holder_nemo.eval.nemo_rl_component import register
 
-    register()
-    register()  # idempotent
-    env = create_env(ENV_NAME, {"num_workers": 2, "max_new_tokens": 8, "max_model_len": 12})
+    assert register("holder_math", {}) == ["env holder_math"]
+    register("holder_math", {})  # idempotent (the recipe's env.holder_math._component_ does this in run_grpo)
+    env = create_env("holder_math", {"num_workers": 2, "max_new_tokens": 8, "max_model_len": 12})
     extra = [("\\boxed{20\\%}", "20"), ("\\boxed{6630}", ["6630.65\n", "6630\n"]), ("\\boxed{142}", 142.0)]
     cases = DISAGREE + AGREE + extra
     # (prompt tokens, reply tokens): 3 + 5 is a whole reply; the last three are cut (8 = max_new_tokens, 7 + 5 = 12 =

@@ -16,9 +16,9 @@ import os
 import sys
 import traceback
 
-from holder_nemo.nemo_rl import run_grpo
+from holder_nemo.nemo_rl import master_config, run_grpo
 
-run_grpo._typed_dict_for_old_python()  # before NeMo RL's config TypedDicts are imported (Python < 3.12)
+master_config.typed_dict_for_old_python()  # before NeMo RL's config TypedDicts are imported (Python < 3.12)
 import fake_actors  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def main() -> int:
     fake_actors.install()
     if os.environ.get("HOLDERPO_TEST_SKIP_RECIPE_CHECK") == "1":
         # To show that NeMo RL's own code enforces a rule our pre-flight mirrors: run without the mirror.
-        from holder_nemo.recipe import checks
+        from holder_nemo.nemo_rl import recipe_checks as checks
 
         checks.check_nemo_rl_recipe = lambda cfg: (checks.Report(), None)
     code = 1

@@ -15,7 +15,7 @@ def test_defaults_are_clipped_pg_and_paper_values():
     cfg = parse_loss_config({})
     assert (cfg.ratio_clip_min, cfg.ratio_clip_max, cfg.ratio_clip_c) == (0.2, 0.2, None)
     assert cfg.reference_policy_kl_penalty == 0.01 and cfg.reference_policy_kl_type == "k3"
-    sched = cfg.holder.schedule.to_schedule()
+    sched = cfg.holder.schedule
     assert (sched.kind, sched.p_max, sched.p_min, sched.steps) == ("linear_dec", 2.0, -2.0, 500)
     assert cfg.holder.clip_mode == "sequence" and cfg.holder.check_finite is True
     assert cfg.holder.is_correction_level == "sequence_mean" and cfg.holder.importance_ratio == "train_vs_old"

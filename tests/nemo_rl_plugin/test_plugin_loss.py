@@ -269,3 +269,78 @@ def test_check_finite_raises_on_nan_at_valid_position():
         call(HolderPOLossFn({}), curr, data)
     loss, _ = call(HolderPOLossFn({"holder": {"check_finite": False}}), curr, data)
     assert torch.isnan(loss)
+
+
+# Calls that read a tensor on the host: each is a device -> host transfer (and a stream sync) on a GPU.
+HOST_READS = {"__bool__", "__float__", "__int__", "__index__", "item", "tolist", "numpy", "cpu", "nonzero"}
+HOST_READS |= {"masked_select", "unique", "unique_consecutive", "equal", "__repr__", "__format__"}
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts host reads of tensors, including boolean-mask indexing (its output size lives on the device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        index = args[1] if name == "__getitem__" and len(args) > 1 else None
+        indices = index if isinstance(index, tuple) else (index,)
+        if name in HOST_READS or any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices):
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},  # paper defaults: linear_dec p, sequence clip, k3 KL penalty, finite checks
+        {"reference_policy_kl_penalty": 0.0, "holder": {"schedule": {"kind": "constant", "p_max": 0.0}}},
+        {"ratio_clip_c": 3.0, "holder": {"clip_mode": "token", "check_finite": False}},
+        {
+            "use_importance_sampling_correction": True,
+            "truncated_importance_sampling_type": "icepop",
+            "truncated_importance_sampling_ratio": 1.5,
+            "truncated_importance_sampling_ratio_min": 0.5,
+            "holder": {"clip_mode": "token_log"},
+        },
+    ],
+)
+def test_one_device_to_host_transfer_per_call(cfg):
+    """Everything the call reports travels in one ``tolist`` of one stacked tensor (the loss value, the
+    non-finite count, every metric); nothing else reads the device, forward or backward."""
+    curr, data = make_batch(seed=15)
+    curr = curr.float().requires_grad_()
+    data = {k: v.float() if v.is_floating_point() else v for k, v in data.items()}
+    loss_fn = HolderPOLossFn(cfg)
+    seqs, toks = global_counts(data)
+    with _HostReads() as counter:
+        loss, metrics = loss_fn(next_token_logprobs=curr, data=data, global_valid_seqs=seqs, global_valid_toks=toks)
+        loss.backward()
+    assert counter.reads == ["tolist"], counter.reads
+    assert len(metrics) > 20 and curr.grad is not None
+
+
+@pytest.mark.gpu
+def test_one_stream_sync_per_call_on_cuda():
+    """The same on a GPU, counted by CUDA itself: ``set_sync_debug_mode`` warns at every synchronising call."""
+    import warnings
+
+    curr, data = make_batch(seed=16)
+    curr = curr.float().cuda().requires_grad_()
+    data = {k: (v.float() if v.is_floating_point() else v).cuda() for k, v in data.items()}
+    seqs, toks = global_counts(data)
+    loss_fn = HolderPOLossFn({})
+    loss_fn(next_token_logprobs=curr, data=data, global_valid_seqs=seqs, global_valid_toks=toks)  # warm-up
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            loss, _ = loss_fn(next_token_logprobs=curr, data=data, global_valid_seqs=seqs, global_valid_toks=toks)
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]

@@ -1,4 +1,5 @@
-"""Which environments / data processors a recipe needs, and their registration with the real NeMo RL registries."""
+"""Which environments / data processors a recipe needs, the components that register them (``env.<name>._component_``),
+and their registration with the real NeMo RL registries."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from holder_nemo.alfworld.nemo_rl_component import ACTOR_FQN as ALFWORLD_ENV_FQN
 from holder_nemo.config import load_recipe
-from holder_nemo.nemo_rl.registration import ALFWORLD_ENV_FQN, dataset_configs, required_names
+from holder_nemo.nemo_rl.components import component_paths, dataset_configs, required_names
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 MATH_RECIPES = sorted(p for p in RECIPES.glob("holderpo_*.yaml") if "alfworld" not in p.name)
@@ -29,6 +31,26 @@ def test_math_recipes_train_and_validate_with_the_paper_grader(recipe):
 
 def test_alfworld_recipe_needs_the_alfworld_environment_and_processor():
     assert required_names(data_section(RECIPES / "holderpo_alfworld_qwen2.5-1.5b.yaml")) == ({"alfworld"}, {"alfworld"})
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("holderpo_*.yaml")), ids=lambda p: p.stem)
+def test_every_environment_of_ours_is_named_by_its_component(recipe):
+    """The recipe names the code behind each of our environments; NeMo RL's own (math) need none."""
+    from holder_nemo.nemo_rl.components import components
+
+    cfg = OmegaConf.to_container(load_recipe(recipe), resolve=True)
+    paths = component_paths(cfg["env"])
+    assert paths["holder_math"] == "holder_nemo.eval.nemo_rl_component" and "math" not in paths
+    if "alfworld" in cfg["env"]:
+        assert paths["alfworld"] == "holder_nemo.alfworld.nemo_rl_component"
+    assert all(callable(c.register) for c in components(cfg).values())  # importable without NeMo RL
+
+
+def test_an_unimportable_component_names_its_key():
+    from holder_nemo.nemo_rl.components import components
+
+    with pytest.raises(ValueError, match=r"env.x._component_: cannot import 'holder_nemo.nope'"):
+        components({"env": {"x": {"_component_": "holder_nemo.nope"}}})
 
 
 def test_dataset_configs_fill_missing_keys_from_default_like_nemo_rl():
@@ -54,9 +76,9 @@ def test_dataset_configs_fill_missing_keys_from_default_like_nemo_rl():
 def test_registration_with_the_real_nemo_rl_registries():
     """register_components fills NeMo RL v0.7.0's ENV_REGISTRY, ACTOR_ENVIRONMENT_REGISTRY and PROCESSOR_REGISTRY so
     that its own lookups (create_env's registry and python-env checks, RawDataset.set_processor) resolve."""
-    from holder_nemo.nemo_rl.run_grpo import _typed_dict_for_old_python
+    from holder_nemo.nemo_rl.master_config import typed_dict_for_old_python
 
-    _typed_dict_for_old_python()
+    typed_dict_for_old_python()
     from nemo_rl.data.datasets.raw_dataset import RawDataset
     from nemo_rl.data.processors import PROCESSOR_REGISTRY
     from nemo_rl.distributed.ray_actor_environment_registry import (
@@ -66,7 +88,10 @@ def test_registration_with_the_real_nemo_rl_registries():
     from nemo_rl.environments.utils import ENV_REGISTRY
 
     from holder_nemo.alfworld.nemo_rl_adapter import alfworld_data_processor
-    from holder_nemo.nemo_rl.registration import register_components, registration_problems
+    from holder_nemo.nemo_rl.components import components, registration_problems
+
+    def register_components(cfg: dict) -> list[str]:  # what run_grpo.prepare does with the recipe's components
+        return [done for name, c in components(cfg).items() for done in c.register(name, cfg)]
 
     saved = (dict(ENV_REGISTRY), dict(PROCESSOR_REGISTRY), dict(ACTOR_ENVIRONMENT_REGISTRY))
     try:
@@ -76,7 +101,7 @@ def test_registration_with_the_real_nemo_rl_registries():
         ACTOR_ENVIRONMENT_REGISTRY.pop(ALFWORLD_ENV_FQN, None)
 
         math_cfg = OmegaConf.to_container(load_recipe(RECIPES / "holderpo_base.yaml"), resolve=True)
-        assert register_components(math_cfg["data"]) == ["env holder_math"]
+        assert register_components(math_cfg) == ["env holder_math"]
         assert "alfworld" not in ENV_REGISTRY and "alfworld" not in PROCESSOR_REGISTRY  # lazily, only when used
         assert ENV_REGISTRY["holder_math"]["actor_class_fqn"] == "holder_nemo.eval.nemo_rl_env.PaperMathEnvironment"
         get_actor_python_env(ENV_REGISTRY["holder_math"]["actor_class_fqn"])  # raises if create_env would
@@ -84,8 +109,8 @@ def test_registration_with_the_real_nemo_rl_registries():
 
         alf_cfg = OmegaConf.to_container(load_recipe(RECIPES / "holderpo_alfworld_qwen2.5-1.5b.yaml"), resolve=True)
         expected = ["env holder_math", "env alfworld", "processor alfworld"]
-        assert register_components(alf_cfg["data"]) == expected
-        assert register_components(alf_cfg["data"]) == expected  # idempotent (NeMo RL's register_* raise twice)
+        assert register_components(alf_cfg) == expected
+        assert register_components(alf_cfg) == expected  # idempotent (NeMo RL's register_* raise twice)
         assert ENV_REGISTRY["alfworld"]["actor_class_fqn"] == ALFWORLD_ENV_FQN
         get_actor_python_env(ALFWORLD_ENV_FQN)
         assert PROCESSOR_REGISTRY["alfworld"] is alfworld_data_processor

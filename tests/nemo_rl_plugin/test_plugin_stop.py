@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from holder_nemo.nemo_rl import run_grpo
+from holder_nemo.nemo_rl import master_config, run_grpo
 from holder_nemo.nemo_rl.slurm_time import (
     checkpoint_must_save_by,
     format_duration,
@@ -146,7 +146,7 @@ def test_version_gate_accepts_every_0_7_build(monkeypatch, version):
     fake = types.ModuleType("nemo_rl")
     fake.__version__ = version
     monkeypatch.setitem(sys.modules, "nemo_rl", fake)
-    assert run_grpo.check_nemo_rl(env={}) == version
+    assert master_config.check_nemo_rl(env={}) == version
 
 
 @pytest.mark.parametrize("version", ["0.5.0", "0.6.0+abc", "0.70.0", "1.7.0", "0.8.0rc1", "unknown", "7"])
@@ -154,12 +154,12 @@ def test_version_gate_refuses_others_with_the_reason_and_the_override(monkeypatc
     fake = types.ModuleType("nemo_rl")
     fake.__version__ = version
     monkeypatch.setitem(sys.modules, "nemo_rl", fake)
-    with pytest.raises(run_grpo.NemoRLUnavailable) as info:
-        run_grpo.check_nemo_rl(env={})
+    with pytest.raises(master_config.NemoRLUnavailable) as info:
+        master_config.check_nemo_rl(env={})
     message = str(info.value)
-    assert repr(version) in message and "0.7.x" in message and run_grpo.ALLOW_ANY_VERSION_ENV in message
+    assert repr(version) in message and "0.7.x" in message and master_config.ALLOW_ANY_VERSION_ENV in message
     assert "loss-function contract" in message
-    assert run_grpo.check_nemo_rl(env={run_grpo.ALLOW_ANY_VERSION_ENV: "1"}) == version
+    assert master_config.check_nemo_rl(env={master_config.ALLOW_ANY_VERSION_ENV: "1"}) == version
 
 
 def test_entry_point_refuses_without_nemo_rl(tmp_path):

@@ -237,7 +237,7 @@ def _in_repo(token: str) -> str:
 
 
 def assert_recipe_check_passes(cmd: Command, recipe: str, overrides: list[str], capsys) -> None:
-    from holder_nemo.recipe.cli import main as recipe_main
+    from holder_nemo.recipe_check.cli import main as recipe_main
 
     code = recipe_main(["check", _in_repo(recipe), *overrides, "--no-config"])
     err = capsys.readouterr().err

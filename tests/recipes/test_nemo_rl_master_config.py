@@ -3,7 +3,7 @@
 Runs where ``nemo_rl`` is importable: by the test interpreter, or by the interpreter named in
 ``HOLDERPO_NEMO_RL_PYTHON`` (e.g. a venv with NeMo RL's dependencies and ``PYTHONPATH`` holding a v0.7.0 source
 tree, see docs/recipes.md). The validation runs in a subprocess because on Python < 3.12 it has to repoint
-``typing.TypedDict`` before importing nemo_rl (holder_nemo/recipe/nemo_rl_validation.py explains why).
+``typing.TypedDict`` before importing nemo_rl (holder_nemo/nemo_rl/master_config.py explains why).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from holder_nemo.config import load_recipe
-from holder_nemo.recipe.cli import is_reference_recipe
+from holder_nemo.recipe_check.cli import is_reference_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if not is_reference_recipe(load_recipe(p)))
@@ -50,7 +50,7 @@ def nemo_rl_results(tmp_path_factory):
     )
     paths = [str(p) for p in RECIPES] + [str(broken)]
     proc = subprocess.run(
-        [PYTHON, "-m", "holder_nemo.recipe.nemo_rl_validation", *paths],
+        [PYTHON, "-m", "holder_nemo.nemo_rl.master_config", *paths],
         env=_env(),
         capture_output=True,
         text=True,

@@ -16,7 +16,7 @@ def test_smoke_recipe_validates_with_expected_defaults():
     assert cfg.policy.model_name is None
     assert cfg.data.task == "digits"
     # schedule length follows grpo.max_num_steps through interpolation
-    assert cfg.loss_fn["holder"]["schedule"]["steps"] == cfg.grpo.max_num_steps
+    assert cfg.loss_fn.holder.schedule.steps == cfg.grpo.max_num_steps
     rows = cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt
     assert rows // cfg.policy.train_global_batch_size >= 2  # several updates per step, so ratios leave 1
 

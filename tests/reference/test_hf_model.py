@@ -12,25 +12,15 @@ import pytest
 from reference_helpers import SMOKE, tiny
 
 from holder_nemo.reference.metrics_log import read_metrics
-from holder_nemo.reference.model import build_char_tokenizer, build_tiny_qwen2
+from holder_nemo.reference.model import build_char_tokenizer
 from holder_nemo.reference.train import main
 
 
-def test_local_hf_model_on_math_jsonl(tmp_path):
+def test_local_hf_model_on_math_jsonl(tmp_path, tiny_qwen2):
     pytest.importorskip("holder_nemo.eval.scoring", reason="holder_nemo.eval.scoring (eval helper) not importable")
     tok = build_char_tokenizer("0123456789+=\\{}boxed ")
-    model = build_tiny_qwen2(
-        len(tok),
-        hidden_size=32,
-        num_layers=1,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
+    sizes = {"hidden_size": 32, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64}
+    model = tiny_qwen2(tok, **sizes, max_position_embeddings=256)
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)

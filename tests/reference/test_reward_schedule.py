@@ -9,13 +9,18 @@ import pytest
 from reference_helpers import SMOKE, tiny
 
 from holder_nemo.nemo_rl import HolderPOLossFn, LossConfigError
-from holder_nemo.reference.loss import make_loss_fn
+from holder_nemo.nemo_rl.config import parse_loss_config
 from holder_nemo.reference.metrics_log import read_metrics
 from holder_nemo.reference.train import EXIT_COMPLETED, EXIT_STOPPED, main
 
 REWARD_SCHEDULE = {"kind": "reward", "p_max": 2.0, "p_min": -2.0, "gamma": 2.0, "steps": 10}
 REWARD_OVERRIDES = ["loss_fn.holder.schedule.kind=reward", "++loss_fn.holder.schedule.gamma=2.0"]
 STEPS = 4
+
+
+def make_loss_fn(loss_fn_config: dict) -> HolderPOLossFn:
+    """The loss as the reference run builds it: its schema allows the reward schedule (it knows each reward)."""
+    return HolderPOLossFn(parse_loss_config(loss_fn_config, mean_reward_known=True))
 
 
 def _loss_config(schedule: dict) -> dict:
@@ -76,7 +81,7 @@ def test_reward_schedule_run_logs_p_of_its_reward_and_resumes_exactly(tmp_path, 
 
 
 def test_recipe_check_accepts_the_reward_schedule_for_reference_recipes_only_when_valid(capsys):
-    from holder_nemo.recipe.cli import main as recipe_main
+    from holder_nemo.recipe_check.cli import main as recipe_main
 
     assert recipe_main(["check", str(SMOKE), *REWARD_OVERRIDES, "--no-config"]) == 0
     capsys.readouterr()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from holder_nemo.reference.model import build_char_tokenizer, build_tiny_qwen2
+from holder_nemo.reference.model import build_char_tokenizer
 from holder_nemo.reference.rollout import (
     build_batch,
     decode_responses,
@@ -40,23 +40,13 @@ def test_build_batch_layout_by_hand():
     assert lengths.tolist() == [2, 3]
 
 
-def test_sampler_logprobs_equal_learner_logprobs_at_the_shifted_positions():
+def test_sampler_logprobs_equal_learner_logprobs_at_the_shifted_positions(tiny_qwen2):
     """generation_logprobs (from generate's scores) and full_logprobs (teacher-forced) agree token by token,
     which pins down the [B, S] / next_token [B, S-1] shift and the temperature scaling."""
     torch.manual_seed(0)
     tok = build_char_tokenizer(DigitsTask.alphabet)
-    model = build_tiny_qwen2(
-        len(tok),
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    ).eval()
+    sizes = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64}
+    model = tiny_qwen2(tok, **sizes, max_position_embeddings=32).eval()
     task = DigitsTask("add", 1, 2, "exact", seed=0)  # prompts of different lengths -> left padding in generate
     examples = task.prompts(0, 6)
     temperature = 0.7

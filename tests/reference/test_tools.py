@@ -60,11 +60,14 @@ def test_compare_runs_three_special_cases_with_the_same_seed(tmp_path, capsys):
 
 
 def test_metric_reduction_follows_nemo_rl():
-    from holder_nemo.reference.loss import reduce_metric
+    from holder_nemo.nemo_rl import HolderPOLossFn
+    from holder_nemo.reference.metrics_log import combine_metrics
 
-    acc = None
+    how = HolderPOLossFn.metric_reductions
+    acc: dict[str, float] = {}
     for value in (0.25, 0.5):
-        acc = reduce_metric("holder/seq_clip_frac_high", acc, value)
-    assert acc == 0.75  # pre-normalised by global counts: micro-batches add up
-    assert reduce_metric("probs_ratio_min", 0.9, 0.8) == 0.8
-    assert reduce_metric("probs_ratio_max", 1.1, 1.3) == 1.3
+        combine_metrics(acc, {"holder/seq_clip_frac_high": value}, how)
+    assert acc["holder/seq_clip_frac_high"] == 0.75  # pre-normalised by global counts: micro-batches add up
+    combine_metrics(acc, {"probs_ratio_min": 0.9, "probs_ratio_max": 1.1}, how)
+    combine_metrics(acc, {"probs_ratio_min": 0.8, "probs_ratio_max": 1.3}, how)
+    assert acc["probs_ratio_min"] == 0.8 and acc["probs_ratio_max"] == 1.3

@@ -460,6 +460,6 @@ def test_documented_sbatch_commands_fit_and_their_overrides_are_valid(
         load_config(REPO / "recipes" / "smoke_cpu.yaml", list(overrides))  # raises ConfigError naming the key
         return
     recipe = re.search(r"hp_run_nemo_rl (\S+)", (SLURM_DIR / script).read_text()).group(1)
-    from holder_nemo.recipe.cli import main as recipe_cli
+    from holder_nemo.recipe_check.cli import main as recipe_cli
 
     assert recipe_cli(["check", str(REPO / "recipes" / recipe), *overrides, "--no-config"]) == 0

@@ -19,23 +19,13 @@ EVEN = "02468"
 def build_tiny_model(dst: Path, alphabet: str) -> Path:
     """Save to ``dst`` a random Qwen2 (hidden 32, 2 layers) with a character tokenizer over ``alphabet``."""
     import torch
+    from tiny_qwen2 import tiny_qwen2
 
-    from holder_nemo.reference.model import build_char_tokenizer, build_tiny_qwen2
+    from holder_nemo.reference.model import build_char_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer(alphabet)
-    model = build_tiny_qwen2(
-        len(tokenizer),
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    model = tiny_qwen2(tokenizer, hidden_size=32, num_layers=2, intermediate_size=64, max_position_embeddings=1024)
     model.save_pretrained(dst)
     tokenizer.save_pretrained(dst)
     return dst

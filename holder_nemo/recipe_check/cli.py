@@ -10,14 +10,14 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from holder_nemo.recipe.checks import (
-    Layout,
-    Report,
+from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
+from holder_nemo.nemo_rl.recipe_checks import (
     check_checkpointing,
     check_holder_block,
     check_nemo_rl_recipe,
     check_schedule_length,
 )
+from holder_nemo.nemo_rl.recipe_keys import Report
 
 
 def is_reference_recipe(cfg: Mapping[str, Any]) -> bool:
@@ -43,23 +43,14 @@ def check_reference_recipe(cfg: Mapping[str, Any]) -> tuple[Report, dict[str, An
         for line in str(exc).splitlines()[1:] or [str(exc)]:
             key, _, message = line.strip().partition(": ")
             report.error(key or "<recipe>", message or line.strip())
-    from holder_nemo.core import PSchedule
-    from holder_nemo.reference.loss import split_reward_schedule
-
-    # the reference run also accepts the reward-driven p schedule, which the NeMo RL plugin refuses
-    plugin_loss_fn, reward_schedule = split_reward_schedule(effective.get("loss_fn"))
-    if reward_schedule is not None:
-        try:
-            PSchedule.from_dict(reward_schedule)
-        except (TypeError, ValueError) as exc:
-            report.error("loss_fn.holder.schedule", str(exc))
-    check_holder_block({**effective, "loss_fn": plugin_loss_fn}, report)
+    if not any(f.key.startswith("loss_fn") for f in report.errors):  # else the schema above reported them
+        check_holder_block(effective, report, mean_reward_known=True)  # the reference run knows each step's reward
     check_schedule_length(effective, report)
     check_checkpointing(effective, report)
     return report, effective
 
 
-def check(cfg: Mapping[str, Any], kind: str = "auto") -> tuple[Report, Layout | None, str, dict[str, Any]]:
+def check(cfg: Mapping[str, Any], kind: str = "auto") -> tuple[Report, ParallelLayout | None, str, dict[str, Any]]:
     """Validate a resolved recipe (plain dict).
 
     Returns the report, the parallel layout (NeMo RL recipes), the kind, and the effective config (the reference
@@ -76,7 +67,7 @@ def check(cfg: Mapping[str, Any], kind: str = "auto") -> tuple[Report, Layout | 
 
 def _nemo_rl_validation(args: argparse.Namespace, kind: str, report: Report) -> str:
     """Run NeMo RL's own loader + MasterConfig on a NeMo RL recipe; errors are added to ``report``."""
-    from holder_nemo.recipe.nemo_rl_validation import nemo_rl_available, validate_with_nemo_rl
+    from holder_nemo.nemo_rl.master_config import nemo_rl_available, validate_with_nemo_rl
 
     if kind != "nemo_rl" or args.nemo_rl == "off":
         return ""
@@ -118,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
     from holder_nemo.config import ConfigError, load_recipe
-    from holder_nemo.recipe.summary import summarize
+    from holder_nemo.recipe_check.summary import summarize
 
     try:
         cfg_node = load_recipe(args.recipe, args.overrides)

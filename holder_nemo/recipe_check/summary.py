@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from holder_nemo.recipe.checks import Layout
-from holder_nemo.recipe.schema import lookup, type_matches
+from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
+from holder_nemo.nemo_rl.recipe_keys import lookup, type_matches
 
 
 def _get(cfg: Mapping, path: str, default: Any = "?") -> Any:
@@ -38,32 +38,30 @@ def _p_range(cfg: Mapping, steps: int | None) -> str:
     )
 
 
-def summarize(cfg: Mapping, layout: Layout | None) -> str:
-    """Lines of ``key: value`` describing what one step costs and what the run does."""
+def _layout_lines(cfg: Mapping, layout: ParallelLayout) -> list[tuple[str, Any]]:
+    sp = ", sequence parallel" if layout.sequence_parallel else ""
+    packing = "on" if _get(cfg, "policy.sequence_packing.enabled", False) is True else "off"
+    engines = layout.gen_gpus // (layout.gen_tp * layout.gen_pp)
+    return [
+        ("GPUs", f"{layout.nodes} node(s) x {layout.gpus_per_node} = {layout.nodes * layout.gpus_per_node}"),
+        (
+            "training",
+            f"{layout.backend}: TP {layout.tp} x PP {layout.pp} x CP {layout.cp} x DP {layout.dp}{sp}; "
+            f"packing {packing}",
+        ),
+        (
+            "generation",
+            f"{_get(cfg, 'policy.generation.backend')}: TP {layout.gen_tp} x PP {layout.gen_pp}, {engines} engine(s), "
+            f"{'colocated' if layout.colocated else 'dedicated GPUs'}",
+        ),
+    ]
+
+
+def _batch_lines(cfg: Mapping) -> list[tuple[str, Any]]:
     prompts, gens = _int(_get(cfg, "grpo.num_prompts_per_step")), _int(_get(cfg, "grpo.num_generations_per_prompt"))
     gbs, seq = _int(_get(cfg, "policy.train_global_batch_size")), _int(_get(cfg, "policy.max_total_sequence_length"))
-    new_tokens, steps = _int(_get(cfg, "policy.generation.max_new_tokens")), _int(_get(cfg, "grpo.max_num_steps"))
+    new_tokens = _int(_get(cfg, "policy.generation.max_new_tokens"))
     rows = prompts * gens if prompts and gens else None
-    model = _get(cfg, "policy.model_name")
-    if model is None and isinstance(_get(cfg, "policy.tiny_model", None), dict):
-        model = "built-in tiny Qwen2 (policy.tiny_model)"
-    lines = [("model", model)]
-    if layout is not None:
-        sp = ", sequence parallel" if layout.sequence_parallel else ""
-        lines += [
-            ("GPUs", f"{layout.nodes} node(s) x {layout.gpus_per_node} = {layout.nodes * layout.gpus_per_node}"),
-            (
-                "training",
-                f"{layout.backend}: TP {layout.tp} x PP {layout.pp} x CP {layout.cp} x DP {layout.dp}{sp}; "
-                f"packing {'on' if _get(cfg, 'policy.sequence_packing.enabled', False) is True else 'off'}",
-            ),
-            (
-                "generation",
-                f"{_get(cfg, 'policy.generation.backend')}: TP {layout.gen_tp} x PP {layout.gen_pp}, "
-                f"{layout.gen_gpus // (layout.gen_tp * layout.gen_pp)} engine(s), "
-                f"{'colocated' if layout.colocated else 'dedicated GPUs'}",
-            ),
-        ]
     mbs = _get(cfg, "policy.train_micro_batch_size")
     batch = f"{prompts} prompts x {gens} = {rows} trajectories; global batch {gbs}, micro-batch {mbs}"
     if _get(cfg, "alfworld.sample_layout") == "per_step":  # ALFWorld: one row per environment step
@@ -73,22 +71,23 @@ def summarize(cfg: Mapping, layout: Layout | None) -> str:
         )
     elif rows and gbs:
         batch += f"; {rows / gbs:g} optimizer updates per step"
-    lines.append(("batch", batch))
+    lines = [("batch", batch)]
     if rows and seq:
         cap = f"<= {rows * new_tokens:,} generated" if new_tokens else "?"
         lines.append(("tokens/step", f"<= {rows * seq:,} total ({rows} x {seq}), {cap} ({rows} x {new_tokens})"))
+    return lines
+
+
+def _training_lines(cfg: Mapping) -> list[tuple[str, Any]]:
+    steps = _int(_get(cfg, "grpo.max_num_steps"))
     epochs = _get(cfg, "grpo.max_num_epochs", None)
-    lines.append(("steps", f"{steps}" + (f" (max_num_epochs {epochs})" if epochs is not None else "")))
+    lines = [("steps", f"{steps}" + (f" (max_num_epochs {epochs})" if epochs is not None else ""))]
     lines.append(("p", _p_range(cfg, steps)))
     holder = _get(cfg, "loss_fn.holder", {})
     if isinstance(holder, dict):
-        lines.append(
-            (
-                "loss",
-                f"clip_mode {holder.get('clip_mode')}, eps [{_get(cfg, 'loss_fn.ratio_clip_min')}, "
-                f"{_get(cfg, 'loss_fn.ratio_clip_max')}], KL {_get(cfg, 'loss_fn.reference_policy_kl_penalty', 0)}",
-            )
-        )
+        eps = f"[{_get(cfg, 'loss_fn.ratio_clip_min')}, {_get(cfg, 'loss_fn.ratio_clip_max')}]"
+        kl = _get(cfg, "loss_fn.reference_policy_kl_penalty", 0)
+        lines.append(("loss", f"clip_mode {holder.get('clip_mode')}, eps {eps}, KL {kl}"))
     lr = _get(cfg, "policy.megatron_cfg.optimizer.lr", None)
     if lr is None or _get(cfg, "policy.megatron_cfg.enabled", False) is not True:
         lr = _get(cfg, "policy.optimizer.kwargs.lr")
@@ -98,5 +97,16 @@ def summarize(cfg: Mapping, layout: Layout | None) -> str:
     train_data = _get(cfg, "data.train.data_path", None) or _get(cfg, "data.train_path", None)
     if train_data:
         lines.append(("train data", train_data))
+    return lines
+
+
+def summarize(cfg: Mapping, layout: ParallelLayout | None) -> str:
+    """Lines of ``key: value`` describing what one step costs and what the run does."""
+    model = _get(cfg, "policy.model_name")
+    if model is None and isinstance(_get(cfg, "policy.tiny_model", None), dict):
+        model = "built-in tiny Qwen2 (policy.tiny_model)"
+    lines: list[tuple[str, Any]] = [("model", model)]
+    lines += _layout_lines(cfg, layout) if layout is not None else []
+    lines += _batch_lines(cfg) + _training_lines(cfg)
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in lines)

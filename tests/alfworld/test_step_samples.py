@@ -8,7 +8,7 @@ import statistics
 import pytest
 import torch
 
-from holder_nemo.alfworld.layout import (
+from holder_nemo.alfworld.step_samples import (
     Episode,
     StepRecord,
     build_step_samples,
@@ -119,7 +119,7 @@ def test_tokenize_rows_masks_exactly_the_response_tokens():
 def test_a_prompt_over_the_budget_is_an_error_not_cut():
     """verl-agent runs with data.truncation='error': the paper's run stops on a long prompt rather than training on
     a prompt vLLM never saw."""
-    from holder_nemo.alfworld.layout import PromptTooLong
+    from holder_nemo.alfworld.step_samples import PromptTooLong
 
     episodes = [_episode(0, 0, True, [True])]
     episodes[0].steps[0].prompt = "a b c"

@@ -1,4 +1,5 @@
-"""Required keys and their types for a NeMo RL v0.7.0 GRPO recipe, checked offline (no nemo_rl import).
+"""Required keys and their types for a NeMo RL v0.7.0 GRPO recipe, checked offline (no nemo_rl import), and the
+report every recipe rule writes to.
 
 The table mirrors the required (non-``NotRequired``) fields of NeMo RL v0.7.0's ``MasterConfig`` TypedDicts
 (``nemo_rl/algorithms/grpo.py``, ``nemo_rl/models/policy/__init__.py``, ``nemo_rl/utils/checkpoint.py`` ...) plus the
@@ -10,7 +11,9 @@ importable, which keeps this table honest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 # Type names used in the table: "int" (not bool), "float" (int accepted), "bool", "str", "mapping", "list",
 # and "X|None" for nullable keys.
@@ -225,3 +228,71 @@ def type_matches(value: object, type_name: str) -> bool:
         if name == "list" and isinstance(value, list):
             return True
     return False
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: ``level`` is "error" or "warning"; ``key`` is the dotted key it concerns."""
+
+    level: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.key}: {self.message}"
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+
+    def error(self, key: str, message: str) -> None:
+        self.findings.append(Finding("error", key, message))
+
+    def warn(self, key: str, message: str) -> None:
+        self.findings.append(Finding("warning", key, message))
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def get(cfg: Mapping, path: str, default: Any = None) -> Any:
+    return lookup(cfg, path, default)  # type: ignore[arg-type]
+
+
+def enabled(cfg: Mapping, path: str) -> bool:
+    return get(cfg, path, False) is True
+
+
+def _check_spec(cfg: Mapping, spec: KeySpec, report: Report) -> None:
+    try:
+        value = lookup(cfg, spec.path)  # type: ignore[arg-type]
+    except KeyError:
+        report.error(spec.path, f"required key is missing (expected {spec.type})")
+        return
+    if not type_matches(value, spec.type):
+        report.error(spec.path, f"expected {spec.type}, got {type(value).__name__} {value!r}")
+        return
+    if spec.minimum is not None and value is not None and value < spec.minimum:
+        report.error(spec.path, f"must be >= {spec.minimum:g}, got {value!r}")
+
+
+def check_required_keys(cfg: Mapping, report: Report) -> None:
+    for spec in ALWAYS:
+        _check_spec(cfg, spec, report)
+    for switch, specs in WHEN_ENABLED.items():
+        if enabled(cfg, switch):
+            for spec in specs:
+                _check_spec(cfg, spec, report)
+    if get(cfg, "policy.generation.backend") == "vllm":
+        for spec in VLLM_KEYS:
+            _check_spec(cfg, spec, report)
