@@ -94,13 +94,9 @@ def reward_auc(rewards: Sequence[float]) -> float:
 
 def trailing_mean(values: Sequence[float], window: int) -> np.ndarray:
     """Mean of the last ``window`` values at each step (fewer at the start); same length as ``values``."""
-    x = np.asarray(values, dtype=float)
-    if window <= 1 or len(x) == 0:
-        return x
-    csum = np.cumsum(np.insert(x, 0, 0.0))
-    idx = np.arange(1, len(x) + 1)
-    lo = np.maximum(0, idx - window)
-    return (csum[idx] - csum[lo]) / (idx - lo)
+    from holder_nemo.reference.plotting import smooth  # the training figure's curve, so both plots agree
+
+    return smooth(np.asarray(values, dtype=float), window)
 
 
 def steps_to_threshold(rewards: Sequence[float], threshold: float, window: int) -> tuple[int, bool]:
