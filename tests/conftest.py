@@ -21,6 +21,20 @@ def tiny_qwen2():
     return build
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray cluster of the test module's own (``address="local"``, never one another process started), on loopback;
+    yields the ``ray`` module and shuts the cluster down after the module (one this process already joined is used
+    and left running). Skips where Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)

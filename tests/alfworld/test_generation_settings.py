@@ -17,16 +17,8 @@ import pytest
 from holder_nemo.alfworld.generation_settings import vllm_temperature_setter
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    yield ray
-    ray.shutdown()
-
-
-def test_setter_changes_every_worker_and_returns_the_previous_temperature(ray_local) -> None:
-    @ray_local.remote
+def test_setter_changes_every_worker_and_returns_the_previous_temperature(local_ray) -> None:
+    @local_ray.remote
     class FakeVllmWorker:
         def __init__(self) -> None:
             self.cfg = {"temperature": 1.0, "top_p": 1.0}
@@ -38,10 +30,10 @@ def test_setter_changes_every_worker_and_returns_the_previous_temperature(ray_lo
     generation = SimpleNamespace(worker_group=SimpleNamespace(workers=workers), cfg={"temperature": 1.0})
     set_temperature = vllm_temperature_setter(generation)
     assert set_temperature(0.4) == 1.0
-    assert ray_local.get([w.sampling_temperature.remote() for w in workers]) == [0.4, 0.4]
+    assert local_ray.get([w.sampling_temperature.remote() for w in workers]) == [0.4, 0.4]
     assert generation.cfg["temperature"] == 0.4
     assert set_temperature(1.0) == 0.4
-    assert ray_local.get([w.sampling_temperature.remote() for w in workers]) == [1.0, 1.0]
+    assert local_ray.get([w.sampling_temperature.remote() for w in workers]) == [1.0, 1.0]
 
 
 def test_generation_without_vllm_workers_is_refused() -> None:

@@ -82,6 +82,7 @@ def _nemo_rl_available() -> bool:
 
 @pytest.mark.nemo_rl
 @pytest.mark.skipif(not _nemo_rl_available(), reason="needs ray and nemo_rl importable (NGC NeMo RL image)")
+@pytest.mark.usefixtures("local_ray")  # a Ray cluster of this module's own (tests/conftest.py)
 def test_ray_actor_implements_nemo_rl_environment_interface(game_by_task):
     import ray
     import torch
@@ -91,25 +92,18 @@ def test_ray_actor_implements_nemo_rl_environment_interface(game_by_task):
     from holder_nemo.alfworld.nemo_rl_adapter import first_prompt, initial_metadata
     from holder_nemo.alfworld.nemo_rl_env import AlfworldEnvironment
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")  # its own cluster
-    try:
-        env = AlfworldEnvironment.remote({"max_steps": 50, "history_length": 2})
-        game = str(game_by_task["look_at_obj_in_light"])
-        log = [{"role": "user", "content": first_prompt(game)}]
-        meta = initial_metadata(game)
-        for command in SPECS["look_at_obj_in_light"].expert_plan:
-            log.append(_assistant(command))
-            ret = ray.get(env.step.remote([log], [meta]))
-            assert isinstance(ret, EnvironmentReturn)
-            log.append(ret.observations[0])
-            meta = ret.metadata[0]
-        assert ret.terminateds.tolist() == [True] and ret.rewards.tolist() == [10.0]
-        batch = BatchedDataDict({"total_reward": torch.tensor([10.0]), "extra_env_info": [initial_metadata(game)]})
-        _, metrics = ray.get(env.global_post_process_and_metrics.remote(batch))
-        assert metrics["alfworld/success_rate"] == 1.0
-        ray.get(env.shutdown.remote())
-    finally:
-        if started:
-            ray.shutdown()
+    env = AlfworldEnvironment.remote({"max_steps": 50, "history_length": 2})
+    game = str(game_by_task["look_at_obj_in_light"])
+    log = [{"role": "user", "content": first_prompt(game)}]
+    meta = initial_metadata(game)
+    for command in SPECS["look_at_obj_in_light"].expert_plan:
+        log.append(_assistant(command))
+        ret = ray.get(env.step.remote([log], [meta]))
+        assert isinstance(ret, EnvironmentReturn)
+        log.append(ret.observations[0])
+        meta = ret.metadata[0]
+    assert ret.terminateds.tolist() == [True] and ret.rewards.tolist() == [10.0]
+    batch = BatchedDataDict({"total_reward": torch.tensor([10.0]), "extra_env_info": [initial_metadata(game)]})
+    _, metrics = ray.get(env.global_post_process_and_metrics.remote(batch))
+    assert metrics["alfworld/success_rate"] == 1.0
+    ray.get(env.shutdown.remote())

@@ -25,6 +25,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.usefixtures("local_ray")  # a Ray cluster of this module's own (tests/conftest.py)
 def test_nemo_rl_multi_turn_rollout_with_alfworld_environment(game_by_task):
     import ray
     from nemo_rl.distributed.batched_data_dict import BatchedDataDict
@@ -45,29 +46,20 @@ def test_nemo_rl_multi_turn_rollout_with_alfworld_environment(game_by_task):
     batch["loss_multiplier"] = torch.tensor(batch["loss_multiplier"])
     batch = batch.repeat_interleave(2)  # group size 2, identical (deep-copied) metadata within a group
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")  # its own cluster
-    try:
-        # the observation closes the assistant turn and opens the next user turn in this tokenizer's chat format
-        env = AlfworldEnvironment.remote(
-            {"max_steps": 6, "turn_template": "</assistant><user>{prompt}</user><assistant>"}
-        )
-        generation = ScriptedGeneration(tokenizer, {task_description(SPECS[win]) + ".": SPECS[win].expert_plan})
-        final, metrics = run_multi_turn_rollout(
-            generation, batch, tokenizer, {"alfworld": env}, max_seq_len=200_000, max_rollout_turns=6
-        )
-        assert final["total_reward"].tolist() == [10.0, 10.0, 0.0, 0.0]
-        turns = [sum(m["role"] == "assistant" for m in log) for log in final["message_log"]]
-        assert turns == [4, 4, 6, 6]  # won at step 4; step limit 6
-        assert metrics["natural_termination_rate"] == 1.0
-        log = final["message_log"][0]
-        assert log[2]["role"] == "environment" and "You are now at step 2" in log[2]["content"]
-        assert "[Observation 1: '-= Welcome to TextWorld, ALFRED! =-" in log[2]["content"]
-        _, env_metrics = ray.get(env.global_post_process_and_metrics.remote(final))
-        assert env_metrics["alfworld/success_rate"] == 0.5
-        assert env_metrics["alfworld/success_rate/look"] == 1.0 and env_metrics["alfworld/success_rate/pick"] == 0.0
-        ray.get(env.shutdown.remote())
-    finally:
-        if started:
-            ray.shutdown()
+    # the observation closes the assistant turn and opens the next user turn in this tokenizer's chat format
+    env = AlfworldEnvironment.remote({"max_steps": 6, "turn_template": "</assistant><user>{prompt}</user><assistant>"})
+    generation = ScriptedGeneration(tokenizer, {task_description(SPECS[win]) + ".": SPECS[win].expert_plan})
+    final, metrics = run_multi_turn_rollout(
+        generation, batch, tokenizer, {"alfworld": env}, max_seq_len=200_000, max_rollout_turns=6
+    )
+    assert final["total_reward"].tolist() == [10.0, 10.0, 0.0, 0.0]
+    turns = [sum(m["role"] == "assistant" for m in log) for log in final["message_log"]]
+    assert turns == [4, 4, 6, 6]  # won at step 4; step limit 6
+    assert metrics["natural_termination_rate"] == 1.0
+    log = final["message_log"][0]
+    assert log[2]["role"] == "environment" and "You are now at step 2" in log[2]["content"]
+    assert "[Observation 1: '-= Welcome to TextWorld, ALFRED! =-" in log[2]["content"]
+    _, env_metrics = ray.get(env.global_post_process_and_metrics.remote(final))
+    assert env_metrics["alfworld/success_rate"] == 0.5
+    assert env_metrics["alfworld/success_rate/look"] == 1.0 and env_metrics["alfworld/success_rate/pick"] == 0.0
+    ray.get(env.shutdown.remote())

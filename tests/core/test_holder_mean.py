@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from log_ratio_batches import masked_log_ratios
 
 from holder_nemo.core import (
     as_order,
@@ -234,18 +235,6 @@ def test_finite_check_ignores_padding_and_can_be_switched_off():
 MERGE_P = [0.0, 1e-7, 1e-4, 1e-2, -0.5, 1.0, -2.0, 2.0, 25.0, -25.0, INF, -INF, 1e-9, -3e-6, 300.0, -300.0]
 
 
-def merge_batch(seed: int = 0, b: int = 7, t: int = 40):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, t, generator=gen, dtype=torch.float64) * 0.3
-    x[2, 5] = 40.0  # one dominating token at large |p|
-    x[3, 7] = -40.0
-    mask = torch.rand(b, t, generator=gen) < 0.8
-    mask[0] = False
-    mask[1] = False
-    mask[1, 9] = True
-    return x, mask
-
-
 def merged_shards(x: torch.Tensor, mask: torch.Tensor, p: float, shards: int, dtype: torch.dtype):
     """Reduce each shard (every ``shards``-th token) on its own, stack the blocks (the all-gather), merge."""
     order = as_order(p, x.shape[0], dtype, x.device)
@@ -259,7 +248,7 @@ def merged_shards(x: torch.Tensor, mask: torch.Tensor, p: float, shards: int, dt
 def test_merged_shards_are_exact_and_float32_accurate(p, shards):
     """float64 merge to 1e-10 of the one-process mean; float32 to 1e-5 of the float64 reference, also for tiny |p|
     (the centred form) and |p * x| up to 12000 (no overflow); gradients of the shards equal the whole's."""
-    x, mask = merge_batch()
+    x, mask = masked_log_ratios()
     ref = log_holder_mean(x, mask, p)
     scale = float(x[mask].abs().max())
     leaf = x.clone().requires_grad_(True)
@@ -278,7 +267,7 @@ def test_merged_shards_are_exact_and_float32_accurate(p, shards):
 
 def test_one_shard_merge_is_the_centred_formula_to_the_last_bit():
     """A single process merges one block: d = 0 exactly, so log rho is the plain centred log-mean-exp."""
-    x, mask = merge_batch(seed=3)
+    x, mask = masked_log_ratios(seed=3)
     for p in (0.37, -1.5, 4.0):
         order = as_order(p, x.shape[0], x.dtype, x.device)
         x0 = torch.where(mask, x, 0.0)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from log_ratio_batches import masked_log_ratios
 
 from holder_nemo.core import log_holder_mean
 from holder_nemo.distributed import cp_log_holder_mean, group_size
@@ -14,21 +15,9 @@ from holder_nemo.distributed import cp_log_holder_mean, group_size
 P_VALUES = [0.0, 1e-7, 1e-4, 1e-2, -0.5, 1.0, -2.0, 2.0, 25.0, -25.0, math.inf, -math.inf]
 
 
-def batch(dtype=torch.float64, seed=0, b=7, t=40):
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(b, t, generator=gen, dtype=torch.float64) * 0.3).to(dtype)
-    x[2, 5] = 40.0  # one dominating token at large |p|
-    x[3, 7] = -40.0
-    mask = torch.rand(b, t, generator=gen) < 0.8
-    mask[0] = False
-    mask[1] = False
-    mask[1, 9] = True
-    return x, mask
-
-
 @pytest.mark.parametrize("p", P_VALUES)
 def test_group_none_equals_core(p):
-    x, mask = batch()
+    x, mask = masked_log_ratios()
     x1 = x.clone().requires_grad_(True)
     x2 = x.clone().requires_grad_(True)
     ref = log_holder_mean(x1, mask, p)
@@ -42,7 +31,7 @@ def test_group_none_equals_core(p):
 
 
 def test_bf16_input_is_computed_in_float32():
-    x, mask = batch(torch.float64)
+    x, mask = masked_log_ratios()
     xb = x.to(torch.bfloat16).requires_grad_(True)
     out_b = cp_log_holder_mean(xb, mask, 0.7, None)
     assert out_b.dtype == torch.float32
@@ -52,7 +41,7 @@ def test_bf16_input_is_computed_in_float32():
 
 
 def test_reduction_errors_name_the_field():
-    x, mask = batch()
+    x, mask = masked_log_ratios()
     with pytest.raises(ValueError, match="non-finite"):
         bad = x.clone()
         bad[2, 0] = float("nan")

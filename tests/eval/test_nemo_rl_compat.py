@@ -87,16 +87,7 @@ def test_dcp_checkpoint_is_converted_with_nemo_rl_and_evaluated(tiny_model_dir: 
     assert results["benchmarks"]["aime24"]["num_correct"] == 1  # the converted weights answer like the original
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    # a cluster of its own (address="local"), never one another process on this machine started
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    yield ray
-    ray.shutdown()
-
-
-def test_holder_math_environment_scores_like_holderpo_eval(ray_cluster) -> None:
+def test_holder_math_environment_scores_like_holderpo_eval(local_ray) -> None:
     import torch
     from nemo_rl.environments.math_environment import HFVerifyWorker
     from nemo_rl.environments.utils import create_env
@@ -120,7 +111,7 @@ def test_holder_math_environment_scores_like_holderpo_eval(ray_cluster) -> None:
         for (r, _), (p, n) in zip(cases, lengths, strict=True)
     ]
     metadata = [{"ground_truth": a, "extracted_answer": None} for _, a in cases]
-    result = ray_cluster.get(env.step.remote(message_logs, metadata, True))
+    result = local_ray.get(env.step.remote(message_logs, metadata, True))
     expected = [
         math_reward(r, a, truncated=n >= 8 or p + n >= 12) for (r, a), (p, n) in zip(cases, lengths, strict=True)
     ]
@@ -131,16 +122,16 @@ def test_holder_math_environment_scores_like_holderpo_eval(ray_cluster) -> None:
     # NeMo RL's own hf_math_verify disagrees on exactly the DISAGREE cases (why holder_math exists).
     nemo_worker = HFVerifyWorker.options(num_cpus=0).remote()
     first = DISAGREE + AGREE
-    nemo = ray_cluster.get(
+    nemo = local_ray.get(
         nemo_worker.verify.remote([r for r, _ in first], [a for _, a in first], math_verify_impl="hf_math_verify")
     )
     mine = expected[: len(first)]
     assert [n != o for n, o in zip(nemo, mine, strict=True)] == [True] * len(DISAGREE) + [False] * len(AGREE)
 
 
-def test_holder_math_environment_config_errors(ray_cluster) -> None:
+def test_holder_math_environment_config_errors(local_ray) -> None:
     from holder_nemo.eval.nemo_rl_env import PaperMathEnvironment
 
     env = PaperMathEnvironment.remote({"num_workers": 1, "max_new_tokens": 0})
     with pytest.raises(Exception, match="max_new_tokens must be an integer >= 1"):
-        ray_cluster.get(env.shutdown.remote())
+        local_ray.get(env.shutdown.remote())
