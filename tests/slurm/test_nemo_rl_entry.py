@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 from local_slurm import NODE_IPS, LocalSlurm, ensure_node_names_resolve, job_pids, job_sockets, off_loopback
-from runs import (
+from slurm_runs import (
     CPU_DRIVER,
     REPO,
     SLURM_DIR,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from local_slurm import LocalSlurm, wait_until
-from runs import (
+from slurm_runs import (
     CPU_DRIVER,
     REPO,
     SLURM_DIR,
