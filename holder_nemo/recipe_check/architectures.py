@@ -1,10 +1,11 @@
 """Shapes of the models the shipped recipes train, for sizing: hidden size, layers, heads, FFN, vocabulary.
 
-Each entry of ``KNOWN`` holds the keys of the model's Hugging Face ``config.json`` that sizing reads, copied from the
-file named in its ``source`` (nothing is downloaded here). A recipe whose ``policy.model_name`` is a local directory
-with a ``config.json`` is sized from that file instead; the CPU reference run's built-in tiny Qwen2 from its
-``policy.tiny_model`` keys. Parameter counts follow the Hugging Face modules (checked against them in
-``tests/recipes/test_sizing.py``): Qwen2 has q/k/v biases, Qwen3 per-head RMSNorm on q and k, Llama neither.
+Each entry of ``KNOWN`` holds the keys of the model's Hugging Face ``config.json`` that sizing reads, as in the file
+at ``https://huggingface.co/<name>/blob/main/config.json`` (nothing is downloaded here). A recipe whose
+``policy.model_name`` is a local directory with a ``config.json`` is sized from that file instead; the CPU reference
+run's built-in tiny Qwen2 from its ``policy.tiny_model`` keys. Parameter counts follow the Hugging Face modules
+(``tests/recipes/test_sizing_maths.py`` builds each entry with transformers and compares): Qwen2 has q/k/v biases,
+Qwen3 per-head RMSNorm on q and k, Llama neither.
 """
 
 from __future__ import annotations
