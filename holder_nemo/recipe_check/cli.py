@@ -18,6 +18,7 @@ from holder_nemo.nemo_rl.recipe_checks import (
     check_schedule_length,
 )
 from holder_nemo.nemo_rl.recipe_keys import Report
+from holder_nemo.recipe_check.sizing_inputs import add_arguments as add_sizing_arguments
 
 
 def is_reference_recipe(cfg: Mapping[str, Any]) -> bool:
@@ -82,6 +83,19 @@ def _nemo_rl_validation(args: argparse.Namespace, kind: str, report: Report) -> 
     return "NeMo RL MasterConfig validation: " + ("passed" if not errors else f"{len(errors)} error(s)")
 
 
+def _sizing(args: argparse.Namespace, cfg: Mapping[str, Any], layout: ParallelLayout | None, report: Report) -> str:
+    """The sizing block; what cannot fit is a warning (an error with ``--strict``)."""
+    from holder_nemo.recipe_check.sizing_inputs import options_from_args
+    from holder_nemo.recipe_check.sizing_report import size_recipe
+
+    if not report.ok:
+        return "sizing: skipped (the recipe has errors)"
+    sizing = size_recipe(cfg, layout, options_from_args(args), args.recipe)
+    for key, message in sizing.warnings:
+        (report.error if args.strict else report.warn)(key, f"sizing: {message}")
+    return sizing.text()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="holderpo recipe", description="Resolve and validate a recipe offline.")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -96,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="also build NeMo RL's own GRPO MasterConfig (auto: when nemo_rl is importable, e.g. in the container)",
     )
+    add_sizing_arguments(chk)
     return parser
 
 
@@ -125,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(OmegaConf.to_yaml(cfg_node))
     print(f"summary ({kind} recipe {args.recipe}):")
     print(summarize(effective, layout))
+    print(_sizing(args, effective, layout, report))
     if nemo_rl_note:
         print(nemo_rl_note)
     for finding in report.findings:

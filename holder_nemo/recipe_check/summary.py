@@ -72,9 +72,11 @@ def _batch_lines(cfg: Mapping) -> list[tuple[str, Any]]:
     elif rows and gbs:
         batch += f"; {rows / gbs:g} optimizer updates per step"
     lines = [("batch", batch)]
-    if rows and seq:
-        cap = f"<= {rows * new_tokens:,} generated" if new_tokens else "?"
-        lines.append(("tokens/step", f"<= {rows * seq:,} total ({rows} x {seq}), {cap} ({rows} x {new_tokens})"))
+    if rows and seq:  # ALFWorld's per-step layout trains up to max_rollout_turns rows per episode
+        turns = _int(_get(cfg, "grpo.max_rollout_turns")) if _get(cfg, "alfworld.sample_layout") == "per_step" else None
+        shape, n = (f"{rows} x {turns}", rows * turns) if turns else (f"{rows}", rows)
+        cap = f"<= {n * new_tokens:,} generated" if new_tokens else "?"
+        lines.append(("tokens/step", f"<= {n * seq:,} total ({shape} x {seq}), {cap} ({shape} x {new_tokens})"))
     return lines
 
 
