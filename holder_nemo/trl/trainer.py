@@ -37,8 +37,8 @@ _SEQ_METRICS = (
 
 @dataclass
 class HolderPOConfig(GRPOConfig):
-    """``GRPOConfig`` plus HölderPO's settings. ε is TRL's ``epsilon`` / ``epsilon_high`` (paper: 3e-4 / 4e-4 with
-    sequence clip)."""
+    """``GRPOConfig`` plus HölderPO's settings. ε is TRL's ``epsilon`` / ``epsilon_high`` (paper: 0.2 / 0.2 with the
+    sequence clip, TRL's default; docs/trl.md "Clip ε")."""
 
     holder_clip_mode: str = field(default="sequence", metadata={"help": "sequence | token | token_log | none"})
     holder_p_schedule: str = field(default="linear_dec", metadata={"help": "a PSchedule kind except 'reward'"})

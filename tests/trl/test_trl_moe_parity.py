@@ -82,4 +82,3 @@ def test_moe_holder_p0_trains_exactly_as_trl_gspo(tiny_moe_dir: Path, tmp_path: 
     assert clipped > 0, "the off-policy steps should clip some sequences at eps 3e-4 / 4e-4"
     assert {"aux_loss", "clip_ratio/low_min", "clip_ratio/high_max"} <= logs_holder[1].keys()
     assert ("kl" in logs_holder[1]) == (beta != 0.0)
-
