@@ -26,21 +26,22 @@ import math
 import torch
 from torch import Tensor
 
-from holder_nemo.core.holder_mean import holder_mean, token_shares
+from holder_nemo.core.holder_mean import HolderMean, holder_mean, token_shares
 from holder_nemo.core.objective import ClipSpec, check_loss_inputs, holder_stats, safe_exp, sign_aware_clip
 from holder_nemo.core.stats import HolderStats
 from holder_nemo.core.validation import Order, as_order, compute_dtype
 
 
-def token_view(x: Tensor, mask: Tensor, order: Order) -> Tensor:
-    """log rho~_t [B, T] (module docstring): log rho_p of each row in value, token t's share of its gradient.
+def token_view(x: Tensor, mask: Tensor, order: Order) -> tuple[Tensor, HolderMean]:
+    """(log rho~_t [B, T], the rows' ``HolderMean``): log rho_p of each row in value, token t's share of its gradient
+    (module docstring).
 
     x: [B, T] log-ratios with grad (any value at masked positions); mask: [B, T] bool; order: the Hölder order.
     """
     x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))  # padding may hold NaN
     mean = holder_mean(x, mask, order)
     shares = token_shares(x, mask, mean, order)
-    return mean.log_rho.detach()[:, None] + shares * (x - x.detach())
+    return mean.log_rho.detach()[:, None] + shares * (x - x.detach()), mean
 
 
 def holder_po_token_objective(
@@ -62,17 +63,18 @@ def holder_po_token_objective(
     lo, hi = clip.log_bounds
     token_clipped = torch.zeros(log_ratio.shape[0], dtype=log_ratio.dtype, device=log_ratio.device)
     if clip.mode == "sequence":
-        view = token_view(log_ratio, mask, order)
+        view, mean = token_view(log_ratio, mask, order)
         objective = sign_aware_clip(view, pos, neg, lo, hi)
         with torch.no_grad():
             high, low = pos & (view > hi), neg & (view < lo)
     elif clip.mode in ("token", "token_log"):
-        objective = token_view(sign_aware_clip(log_ratio, pos, neg, lo, hi), mask, order)
+        objective, _ = token_view(sign_aware_clip(log_ratio, pos, neg, lo, hi), mask, order)
+        mean = holder_mean(log_ratio.detach(), mask, order)  # the statistics are of the unclipped ratios
         with torch.no_grad():
             high, low = pos & (log_ratio > hi), neg & (log_ratio < lo)
             token_clipped = (high | low).sum(-1).to(log_ratio.dtype)
     else:
-        objective = token_view(log_ratio, mask, order)
+        objective, mean = token_view(log_ratio, mask, order)
         high = low = torch.zeros_like(mask)
     dual = torch.zeros_like(mask)
     if clip.dual_clip is not None:
@@ -81,7 +83,6 @@ def holder_po_token_objective(
         objective = torch.where(neg, objective.clamp(max=log_c), objective)
     loss = torch.where(mask, -advantages * safe_exp(objective), zero)
     flags = {"clipped_low": low.any(-1), "clipped_high": high.any(-1), "dual_clipped": dual.any(-1)}
-    mean = holder_mean(log_ratio.detach(), mask, order)
     stats = holder_stats(log_ratio, mask, mean, order, clip, token_clipped=token_clipped, **flags)
     return loss, high | low | dual, stats
 
