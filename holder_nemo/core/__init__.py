@@ -14,6 +14,7 @@ from holder_nemo.core.holder_mean import (
 from holder_nemo.core.objective import CLIP_MODES, ClipSpec, holder_po_loss, holder_po_objective
 from holder_nemo.core.schedules import SCHEDULE_KINDS, PSchedule
 from holder_nemo.core.stats import HolderStats, Normalisers, Reduce, reduce_table, reduce_values
+from holder_nemo.core.token_advantages import holder_po_token_loss, holder_po_token_objective
 from holder_nemo.core.validation import Order, as_order
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "holder_partials",
     "holder_po_loss",
     "holder_po_objective",
+    "holder_po_token_loss",
+    "holder_po_token_objective",
     "holder_statistics",
     "holder_token_weights",
     "js_divergence",

@@ -232,6 +232,31 @@ def holder_statistics(log_ratio: Tensor, mask: Tensor, p: float | Tensor, *, che
 
 
 @torch.no_grad()
+def token_shares(x: Tensor, mask: Tensor, mean: HolderMean, order: Order) -> Tensor:
+    """n W_t(p) [B, T], detached: each valid token's share of the gradient of log rho_p, so that
+    grad log rho_p = (1/n) sum_t share_t grad x_t.
+
+    exp(p (x_t - log rho_p)) = (r_t / rho_p)^p for finite p (at most n, since rho_p^p is the mean of r^p), exactly 1
+    at p = 0, n / ties on the tied argmax (argmin) tokens at p = +inf (-inf), 0 at masked positions. ``x`` and
+    ``mask`` as ``holder_partials``; ``mean`` is ``holder_mean(x, mask, order)``.
+    """
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    valid = mask.to(x.dtype)
+    if order.zero:
+        return valid
+    p = order.p[:, None]
+    finite, p_safe = _finite_order(p)
+    exponent = torch.where(mask & finite, p_safe * (x.detach() - mean.log_rho.detach()[:, None]), zero)
+    shares = torch.where(finite, torch.exp(exponent), valid)
+    if order.may_be_infinite:
+        for infinite, extreme in ((torch.isposinf(p), mean.x_max), (torch.isneginf(p), mean.x_min)):
+            tied = mask & (x.detach() == extreme[:, None])
+            ties = tied.sum(-1, keepdim=True).clamp(min=1)
+            shares = torch.where(infinite, tied * mean.n[:, None] / ties, shares)
+    return torch.where(mask, shares, zero)
+
+
+@torch.no_grad()
 def holder_token_weights(log_ratio: Tensor, mask: Tensor, p: float | Tensor, *, check_finite: bool = True) -> Tensor:
     """The paper's token weights W_{i,t}(p) = r_t^p / sum_k r_k^p over valid tokens (Eq. 3).
 
@@ -243,15 +268,5 @@ def holder_token_weights(log_ratio: Tensor, mask: Tensor, p: float | Tensor, *, 
         tokens at p = +/-inf), 0 at masked positions and on fully masked rows.
     """
     x, mask_b, order = prepare_log_ratio(log_ratio, mask, p, check_finite=check_finite)
-    stats = holder_mean(x, mask_b, order)
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    x0 = torch.where(mask_b, x, zero)
-    finite, p_safe = _finite_order(order.p)
-    ext = torch.where(p_safe >= 0, stats.x_max, stats.x_min)
-    _, u = _centred_exponents(x0, mask_b, p_safe, stats.mu, ext)
-    weights = torch.exp(u) / stats.sum_exp.clamp(min=1)[:, None]
-    weights = torch.where(finite[:, None], weights, 1 / stats.n.clamp(min=1)[:, None])
-    for infinite, extreme in ((torch.isposinf(order.p), stats.x_max), (torch.isneginf(order.p), stats.x_min)):
-        tied = (x0 == extreme[:, None]) & mask_b
-        weights = torch.where(infinite[:, None], tied / tied.sum(-1, keepdim=True).clamp(min=1), weights)
-    return torch.where(mask_b, weights, zero)
+    mean = holder_mean(x, mask_b, order)
+    return token_shares(x, mask_b, mean, order) / mean.n.clamp(min=1)[:, None]

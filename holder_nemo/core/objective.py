@@ -140,29 +140,50 @@ def holder_po_objective(
         log_c = math.log(clip.dual_clip)
         dual_clipped = neg & (objective > log_c)
         objective = torch.where(neg, objective.clamp(max=log_c), objective)
-    # Only A < 0 can push an unclipped log rho up; the cap keeps exp finite (the gradient there is 0 anyway).
-    ratio = torch.exp(objective.clamp(max=math.log(torch.finfo(objective.dtype).max)))
-    loss = torch.where(has_tokens, -advantages * ratio, torch.zeros_like(ratio))
-    with torch.no_grad():
-        dtype, zero = log_rho.dtype, torch.zeros_like(stats.n)
-        log_rho = log_rho.detach()
-        ratios = _clip_stats(log_ratio.detach(), mask, stats, clip)
-        holder = HolderStats(
-            p=order.p,
-            log_rho=log_rho,
-            jensen_gap=log_rho - stats.mu,
-            effective_tokens=stats.effective_tokens,
-            clipped_low=clipped_low.to(dtype),
-            clipped_high=clipped_high.to(dtype),
-            dual_clipped=dual_clipped.to(dtype),
-            token_clipped=token_clipped,
-            num_tokens=stats.n,
-            valid=has_tokens.to(dtype),
-            log_ratio_min=stats.x_min,
-            log_ratio_max=stats.x_max,
-            **{k: torch.where(has_tokens, v, zero) for k, v in ratios.items()},
-        )
-    return loss, holder
+    loss = torch.where(has_tokens, -advantages * safe_exp(objective), torch.zeros_like(log_rho))
+    flags = {"clipped_low": clipped_low, "clipped_high": clipped_high, "dual_clipped": dual_clipped}
+    return loss, holder_stats(log_ratio, mask, stats, order, clip, token_clipped=token_clipped, **flags)
+
+
+def safe_exp(objective: Tensor) -> Tensor:
+    """exp of a clipped log-objective. Only A < 0 can push an unclipped one up; the cap keeps exp finite (the
+    gradient there is 0 anyway)."""
+    return torch.exp(objective.clamp(max=math.log(torch.finfo(objective.dtype).max)))
+
+
+@torch.no_grad()
+def holder_stats(
+    log_ratio: Tensor,
+    mask: Tensor,
+    mean: HolderMean,
+    order: Order,
+    clip: ClipSpec,
+    *,
+    clipped_low: Tensor,
+    clipped_high: Tensor,
+    dual_clipped: Tensor,
+    token_clipped: Tensor,
+) -> HolderStats:
+    """``HolderStats`` of one call from the Hölder mean of the log-ratios and the clip decisions ([B] each)."""
+    has_tokens = mean.n > 0
+    dtype, zero = mean.log_rho.dtype, torch.zeros_like(mean.n)
+    log_rho = mean.log_rho.detach()
+    ratios = _clip_stats(log_ratio.detach(), mask, mean, clip)
+    return HolderStats(
+        p=order.p,
+        log_rho=log_rho,
+        jensen_gap=log_rho - mean.mu,
+        effective_tokens=mean.effective_tokens,
+        clipped_low=clipped_low.to(dtype),
+        clipped_high=clipped_high.to(dtype),
+        dual_clipped=dual_clipped.to(dtype),
+        token_clipped=token_clipped,
+        num_tokens=mean.n,
+        valid=has_tokens.to(dtype),
+        log_ratio_min=mean.x_min,
+        log_ratio_max=mean.x_max,
+        **{k: torch.where(has_tokens, v, zero) for k, v in ratios.items()},
+    )
 
 
 def _sequence_advantages(advantages: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -174,7 +195,10 @@ def _sequence_advantages(advantages: Tensor, mask: Tensor, dtype: torch.dtype) -
     return torch.where(mask, adv, zero).sum(-1) / mask.sum(-1).clamp(min=1).to(dtype)
 
 
-def _validate(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, check_finite: bool) -> Tensor:
+def check_loss_inputs(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, check_finite: bool
+) -> Tensor:
+    """Check the loss functions' inputs (shapes, dtypes, finiteness; ValueError naming the argument); the bool mask."""
     for name, t in (("logprobs", logprobs), ("old_logprobs", old_logprobs)):
         check_2d(name, t)
         check_float(name, t)
@@ -229,7 +253,7 @@ def holder_po_loss(
         stats: ``HolderStats`` per sequence; ``stats.summary()`` reduces every field as it declares.
     """
     clip = ClipSpec(clip_mode, eps_low, eps_high, dual_clip)
-    mask_b = _validate(logprobs, old_logprobs, advantages, mask, check_finite)
+    mask_b = check_loss_inputs(logprobs, old_logprobs, advantages, mask, check_finite)
     dtype = compute_dtype(logprobs, old_logprobs, advantages)
     order = as_order(p, logprobs.shape[0], dtype, logprobs.device)
     log_ratio = logprobs.to(dtype) - old_logprobs.to(dtype)

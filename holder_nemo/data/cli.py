@@ -24,8 +24,14 @@ from holder_nemo.data.suite import SUITE, SUITE_COMMIT, SUITE_REPO, SUITE_URL
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="holderpo data", description="Prepare training and evaluation data.")
     sub = parser.add_subparsers(dest="action", required=True)
-    prep = sub.add_parser("prepare", help="write OUT_DIR/<name>.jsonl ({problem, answer} per line)")
-    prep.add_argument("name", choices=[*ALL_NAMES, "all"], help="dataset to prepare, or all of them")
+    prep = sub.add_parser(
+        "prepare",
+        help="write OUT_DIR/<name>.jsonl ({problem, answer} per line); alfworld: the ALFWorld games",
+        epilog="alfworld: the ALFWorld text games (paper Table 3) under OUT_DIR, for the ALFWorld recipe; its own "
+        "options: holderpo data prepare alfworld --help",
+    )
+    # main() hands `alfworld` to its own preparer before this parser runs; it is listed so --help shows it
+    prep.add_argument("name", choices=[*ALL_NAMES, "alfworld", "all"], help="dataset to prepare, or all of them")
     prep.add_argument("out_dir", help="output directory (the recipes read $HOLDERPO_DATA_DIR, default ./data)")
     prep.add_argument(
         "--source",
@@ -40,6 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_sources() -> None:
+    """``holderpo data list``: every dataset, where it comes from and its expected row count."""
+    for split in SUITE.values():
+        where = f"{SUITE_REPO}@{SUITE_COMMIT[:8]} datasets/evaluation_suite/{split.split}"
+        print(f"{split.name:<14} eval  {split.rows:>5} rows  {where} (default source)")
+    for spec in SPECS.values():
+        where = spec.repo_id + (f" [{', '.join(c for c in spec.configs if c)}]" if spec.configs != (None,) else "")
+        where += f" {spec.data_files}" if spec.data_files else ""
+        source = "--source hub" if spec.name in SUITE else "only source"
+        print(f"{spec.name:<14} {spec.role:<5} {spec.expected_rows:>5} rows  {where} split={spec.split} ({source})")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["prepare", "alfworld"]:  # the ALFWorld games have their own preparer (holder_nemo.alfworld)
@@ -48,17 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(prepare_alfworld(argv[2:]) or 0)
     args = _parser().parse_args(argv)
     if args.action == "list":
-        for split in SUITE.values():
-            where = f"{SUITE_REPO}@{SUITE_COMMIT[:8]} datasets/evaluation_suite/{split.split}"
-            print(f"{split.name:<14} eval  {split.rows:>5} rows  {where} (default source)")
-        for spec in SPECS.values():
-            where = spec.repo_id + (f" [{', '.join(c for c in spec.configs if c)}]" if spec.configs != (None,) else "")
-            where += f" {spec.data_files}" if spec.data_files else ""
-            source = "--source hub" if spec.name in SUITE else "only source"
-            print(f"{spec.name:<14} {spec.role:<5} {spec.expected_rows:>5} rows  {where} split={spec.split} ({source})")
+        _print_sources()
         return 0
 
     from holder_nemo.data.prepare import prepare, prepare_suite, read_local_rows
+
+    if args.name == "alfworld":  # reached only with options before the name, which the ALFWorld preparer lacks
+        print("error: alfworld takes OUT_DIR and --force only: holderpo data prepare alfworld OUT_DIR", file=sys.stderr)
+        return 2
 
     if args.from_file and args.name == "all":
         print("error: --from-file needs one dataset NAME, not 'all'", file=sys.stderr)

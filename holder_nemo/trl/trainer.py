@@ -37,8 +37,8 @@ _SEQ_METRICS = (
 
 @dataclass
 class HolderPOConfig(GRPOConfig):
-    """``GRPOConfig`` plus HölderPO's settings. ε is TRL's ``epsilon`` / ``epsilon_high`` (paper: 3e-4 / 4e-4 with
-    sequence clip)."""
+    """``GRPOConfig`` plus HölderPO's settings. ε is TRL's ``epsilon`` / ``epsilon_high`` (paper: 0.2 / 0.2 with the
+    sequence clip, TRL's default; docs/trl.md "Clip ε")."""
 
     holder_clip_mode: str = field(default="sequence", metadata={"help": "sequence | token | token_log | none"})
     holder_p_schedule: str = field(default="linear_dec", metadata={"help": "a PSchedule kind except 'reward'"})
@@ -99,12 +99,13 @@ class HolderPOTrainer(GRPOTrainer):
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
         completion_mask = inputs["completion_mask"]
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
             torch.cat([prompt_ids, completion_ids], dim=1),
             torch.cat([inputs["prompt_mask"], completion_mask], dim=1),
             completion_ids.size(1),
             compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,  # MoE: the forward also returns the router load-balancing loss
             **{key: inputs.get(key) for key in _MODEL_INPUT_KEYS},
         )
         # TRL leaves old_per_token_logps out when the batch is exactly on-policy (ratio 1, gradient of the ratio).
@@ -129,9 +130,11 @@ class HolderPOTrainer(GRPOTrainer):
             seq_loss = seq_loss + self.beta * (kl * mask).sum(-1) / lengths
             self._log_mean("kl", (kl * mask).sum(-1), mask.sum(-1))
         mode = "train" if self.model.training else "eval"
-        loss = seq_loss.mean()
-        if mode == "train":
-            loss = loss / self.current_gradient_accumulation_steps
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        loss = seq_loss.mean() / normalizer
+        if self.aux_loss_enabled:  # TRL's MoE term: router_aux_loss_coef x the model's aux_loss, same normaliser
+            loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         self._log_mean("entropy", (entropies * mask).sum(-1), mask.sum(-1))
         valid = stats.valid
         for field_name, name in _SEQ_METRICS:
@@ -139,6 +142,9 @@ class HolderPOTrainer(GRPOTrainer):
         clipped = stats.clipped_low + stats.clipped_high
         self._log_mean("clip_ratio/region_mean", clipped * valid, valid)
         self._log_mean("holder/token_clip_frac", stats.token_clipped, stats.num_tokens)
+        # TRL's extremes over every sequence of all processes: 1 if no (some) sequence escaped the low (high) clip
+        self._metrics[mode]["clip_ratio/low_min"].append(self.accelerator.gather(stats.clipped_low).min().item())
+        self._metrics[mode]["clip_ratio/high_max"].append(self.accelerator.gather(stats.clipped_high).max().item())
         return loss
 
     def _log_mean(self, name: str, numerator: torch.Tensor, denominator: torch.Tensor) -> None:

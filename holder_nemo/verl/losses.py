@@ -1,9 +1,12 @@
 """verl 0.9.1 policy losses ``holder`` (sequence clip, paper default) and ``holder_token`` (token clip).
 
 Both have verl's policy-loss signature ``(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
-rollout_is_weights) -> (loss, metrics)`` and compute the per-sequence loss with ``holder_nemo.core.holder_po_loss``.
-Each token of a sequence then carries that sequence's loss, and verl's own ``agg_loss`` reduces the matrix with the
-actor's ``loss_agg_mode`` and ``global_batch_info``, as verl's ``gspo`` does (so the two agree at p = 0 in every mode):
+rollout_is_weights) -> (loss, metrics)`` and compute the loss of every token with
+``holder_nemo.core.holder_po_token_loss``: each token carries its sequence's clipped Hölder ratio times its own
+advantage, with its share of the ratio's gradient (the token view, ``core/token_advantages.py``), so advantages that
+vary inside a sequence (GAE from a critic) act token by token exactly as in verl's ``gspo`` (GSPO-token), which the
+sequence clip equals at p = 0; with one advantage per sequence the token mean of a row is the sequence's loss. verl's
+own ``agg_loss`` reduces the matrix with the actor's ``loss_agg_mode`` and ``global_batch_info``, as ``gspo`` does:
 ``seq-mean-token-mean`` is the paper's mean over sequences; the token modes weight a sequence by its length.
 
 p is ``schedule(config.policy_loss.global_step)``; verl does not pass the trainer's step to policy losses, so the
@@ -20,7 +23,7 @@ import verl.utils.torch_functional as verl_F
 from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, agg_loss
 from verl.workers.config import ActorConfig, PolicyLossConfig
 
-from holder_nemo.core import PSchedule, holder_po_loss
+from holder_nemo.core import PSchedule, holder_po_token_loss
 
 
 @dataclass
@@ -72,25 +75,24 @@ def _holder_loss(clip_mode: str, old_log_prob, log_prob, advantages, response_ma
     p = holder_p(config)
     eps_low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
     eps_high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
-    seq_loss, stats = holder_po_loss(
+    loss_mat, clipped, stats = holder_po_token_loss(
         log_prob, old_log_prob, advantages, response_mask, p, clip_mode=clip_mode, eps_low=eps_low, eps_high=eps_high
     )
-    loss_mat = seq_loss[:, None].expand_as(log_prob)  # every token carries its sequence's loss
     if weights is not None:  # rollout-correction weights, per token as in verl's gspo
         loss_mat = loss_mat * weights
     pg_loss = agg_loss(loss_mat, response_mask, loss_agg_mode, **config.global_batch_info)
-    clipped = (stats.clipped_low + stats.clipped_high)[:, None].expand_as(log_prob)
     m = stats.summary()
+    either = ((stats.clipped_low + stats.clipped_high) > 0).to(stats.valid.dtype) * stats.valid  # mixed-sign rows
     metrics: dict[str, Any] = {
-        # verl's keys, with gspo's meanings: token-weighted fraction of clipped sequences; no dual clip
-        "actor/pg_clipfrac": verl_F.masked_mean(clipped, response_mask).item(),
+        # verl's keys with its meanings: fraction of tokens whose term the clip held (as gspo / vanilla); no dual clip
+        "actor/pg_clipfrac": verl_F.masked_mean(clipped.float(), response_mask).item(),
         "actor/ppo_kl": verl_F.masked_mean(old_log_prob - log_prob.detach(), response_mask).item(),
         "actor/pg_clipfrac_lower": 0.0,
         "actor/holder_p": p,
         "actor/holder_log_rho_mean": m["log_rho"].item(),
         "actor/holder_jensen_gap": m["jensen_gap"].item(),
         "actor/holder_effective_tokens": m["effective_tokens"].item(),
-        "actor/holder_seq_clipfrac": (m["clipped_low"] + m["clipped_high"]).item(),
+        "actor/holder_seq_clipfrac": (either.sum() / stats.valid.sum().clamp(min=1)).item(),
         "actor/holder_token_clipfrac": m["token_clipped"].item(),
     }
     return pg_loss, metrics

@@ -279,3 +279,18 @@ def test_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert main(["prepare", "minerva", str(tmp_path), "--source", "hub"]) == 1
     err = capsys.readouterr().err
     assert "minerva: could not load math-ai/minervamath split=test" in err and "--from-file" in err
+
+
+def test_prepare_help_lists_alfworld(capsys):
+    """`holderpo data prepare --help` names every dataset it prepares, the ALFWorld games included."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "alfworld" in out.split("positional arguments")[0]  # in the usage line's choices
+    assert "holderpo data prepare alfworld --help" in out
+
+
+def test_alfworld_after_options_is_a_usage_error(tmp_path, capsys):
+    assert main(["prepare", "--source", "hub", "alfworld", str(tmp_path)]) == 2
+    assert "holderpo data prepare alfworld OUT_DIR" in capsys.readouterr().err

@@ -427,3 +427,56 @@ def test_documented_command(cmd, monkeypatch, capsys):
     else:
         assert program in ENVIRONMENT, f"{cmd}: no checker for program {program!r}; add one to this test"
         check_nested(cmd, cmd.argv, monkeypatch, capsys)
+
+
+LINK = re.compile(r"\]\(([^)\s]*?\.md)?(#[^)\s]+)?\)")
+
+
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.S | re.M)
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_links_between_documents_resolve():
+    """Every relative link of README.md and docs/*.md names a file that exists and, with ``#anchor``, a heading in it
+    (docs/eval.md once pointed to training times docs/recipes.md did not have)."""
+    checked = 0
+    for doc in DOCS:
+        for target, anchor in LINK.findall(_without_blocks(doc.read_text())):
+            if not target and not anchor:
+                continue
+            path = (doc.parent / target).resolve() if target else doc
+            assert path.is_file(), f"{doc.relative_to(REPO)}: link to {target} which does not exist"
+            if anchor:
+                assert anchor[1:] in _anchors(path), f"{doc.relative_to(REPO)}: no heading {anchor} in {path.name}"
+            checked += 1
+    assert checked >= 10
+
+
+PAPER_CLIP = 0.2  # CLIPRANGE=0.2 in the authors' scripts/qwen2.5-math-7b-holder.sh (docs/recipes.md, "Clip epsilon")
+
+
+def test_the_paper_clip_is_one_value_everywhere():
+    """One ε for HölderPO: every shipped recipe, the TRL example and the verl overrides use the paper's 0.2, and no
+    document calls GSPO's 3e-4 / 4e-4 the paper's (docs/trl.md once did)."""
+    from holder_nemo.config import load_recipe
+
+    for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+        loss = load_recipe(recipe).loss_fn
+        assert (loss.ratio_clip_min, loss.ratio_clip_max) == (PAPER_CLIP, PAPER_CLIP), recipe.name
+    trl_example = re.search(r"```python\n(.*?)```", (REPO / "docs" / "trl.md").read_text(), re.S).group(1)
+    assert "epsilon=0.2, epsilon_high=0.2" in trl_example
+    verl = (REPO / "docs" / "verl.md").read_text()
+    assert "clip_ratio_low=0.2" in verl and "clip_ratio_high=0.2" in verl
+    for doc in DOCS:
+        for line in doc.read_text().splitlines():
+            assert not re.search(r"paper.{0,40}(3e-4|4e-4)|(3e-4|4e-4).{0,40}the paper", line), f"{doc.name}: {line}"
+
+
+def test_eval_points_to_the_training_times():
+    """docs/eval.md's training-time pointer is a link to a section of docs/recipes.md (checked to exist above)."""
+    text = (REPO / "docs" / "eval.md").read_text()
+    pointer = re.search(r"Training time per recipe.{0,80}?\]\(recipes\.md#[\w-]+\)", text, re.S)
+    assert pointer, "docs/eval.md: the training-time pointer is not a link to a section of recipes.md"

@@ -22,6 +22,8 @@ from holder_nemo.recipe_check.cli import is_reference_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if not is_reference_recipe(load_recipe(p)))
+MEGATRON_RECIPES = [p for p in RECIPES if load_recipe(p).policy.megatron_cfg.enabled]
+DTENSOR_SWITCH = "policy:\n  dtensor_cfg:\n    enabled: true\n  megatron_cfg:\n    enabled: false\n"
 PYTHON = os.environ.get("HOLDERPO_NEMO_RL_PYTHON", sys.executable)
 
 pytestmark = pytest.mark.nemo_rl
@@ -48,7 +50,13 @@ def nemo_rl_results(tmp_path_factory):
     broken.write_text(
         f"defaults: {REPO / 'recipes/holderpo_base.yaml'}\ngrpo:\n  _override_: true\n  max_num_steps: 500\n"
     )
-    paths = [str(p) for p in RECIPES] + [str(broken)]
+    # docs/recipes.md's switch to DTensor, as a recipe inheriting each Megatron recipe
+    switched = {}
+    for recipe in MEGATRON_RECIPES:
+        path = tmp_path_factory.mktemp("dtensor") / recipe.name
+        path.write_text(f"defaults: {recipe}\n{DTENSOR_SWITCH}")
+        switched[recipe.name] = str(path)
+    paths = [str(p) for p in RECIPES] + [str(broken), *switched.values()]
     proc = subprocess.run(
         [PYTHON, "-m", "holder_nemo.nemo_rl.master_config", *paths],
         env=_env(),
@@ -58,25 +66,38 @@ def nemo_rl_results(tmp_path_factory):
         cwd=REPO,
     )
     assert proc.stdout, proc.stderr[-3000:]
-    return json.loads(proc.stdout), str(broken)
+    return json.loads(proc.stdout), str(broken), switched
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipe_builds_nemo_rl_master_config(recipe, nemo_rl_results):
-    results, _ = nemo_rl_results
+    results, _, _ = nemo_rl_results
     assert results[str(recipe)]["errors"] == []
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_our_loader_resolves_like_nemo_rl(recipe, nemo_rl_results, monkeypatch):
-    results, _ = nemo_rl_results
+    results, _, _ = nemo_rl_results
     monkeypatch.setenv("HOLDERPO_DATA_DIR", _env()["HOLDERPO_DATA_DIR"])
     ours = OmegaConf.to_container(load_recipe(recipe), resolve=True)
     assert ours == results[str(recipe)]["config"]
 
 
 def test_nemo_rl_rejects_a_recipe_missing_required_keys(nemo_rl_results):
-    results, broken = nemo_rl_results
+    results, broken, _ = nemo_rl_results
     errors = results[broken]["errors"]
     assert any(e.startswith("grpo.num_prompts_per_step:") for e in errors), errors
     assert any(e.startswith("grpo.val_period:") for e in errors), errors
+
+
+@pytest.mark.parametrize("recipe", MEGATRON_RECIPES, ids=lambda p: p.name)
+def test_dtensor_switch_builds_nemo_rl_master_config(recipe, nemo_rl_results):
+    """docs/recipes.md's ``policy.dtensor_cfg.enabled=true policy.megatron_cfg.enabled=false``: NeMo RL's own
+    MasterConfig accepts it (its DTensorConfig requires five keys the base once lacked), with the optimizer and the
+    schedule the DTensor workers read."""
+    results, _, switched = nemo_rl_results
+    result = results[switched[recipe.name]]
+    assert result["errors"] == []
+    policy = result["config"]["policy"]
+    assert policy["dtensor_cfg"]["enabled"] and not policy["megatron_cfg"]["enabled"]
+    assert policy["optimizer"]["name"] == "torch.optim.AdamW" and policy["optimizer"]["kwargs"]["lr"] == 1e-6

@@ -175,6 +175,30 @@ def test_broken_recipe_fails_naming_the_key(recipe, overrides, key, capsys):
     assert any(line.startswith(f"error: {key}") for line in error_lines), err
 
 
+DTENSOR_SWITCH = ["policy.dtensor_cfg.enabled=true", "policy.megatron_cfg.enabled=false"]
+MEGATRON_RECIPES = [p for p in SHIPPED if load_recipe(p).get("policy", {}).get("megatron_cfg", {}).get("enabled")]
+
+
+@pytest.mark.parametrize("recipe", MEGATRON_RECIPES, ids=lambda p: p.name)
+def test_documented_dtensor_switch_passes(recipe, capsys):
+    """docs/recipes.md's switch to DTensor works on every Megatron recipe: the base ships NeMo RL's required DTensor
+    keys (five were missing), and the DTensor workers' optimizer and schedule are Megatron's AdamW at a constant lr
+    (the workers index policy.optimizer.name and iterate policy.scheduler, so neither may be null)."""
+    code, out, err = _run(capsys, str(recipe), *DTENSOR_SWITCH)
+    assert code == 0, err
+    assert "training     dtensor:" in out
+    policy = load_recipe(recipe, DTENSOR_SWITCH).policy
+    adam = policy.megatron_cfg.optimizer
+    assert policy.optimizer.name == "torch.optim.AdamW"
+    assert dict(policy.optimizer.kwargs) == {
+        "lr": adam.lr, "weight_decay": adam.weight_decay, "betas": [adam.adam_beta1, adam.adam_beta2],
+        "eps": adam.adam_eps, "foreach": False, "fused": False,
+    }  # fmt: skip
+    assert [s.get("name") for s in policy.scheduler] == ["torch.optim.lr_scheduler.ConstantLR", None]
+    assert policy.scheduler[0].kwargs.factor == 1.0 and list(policy.scheduler[1].milestones) == []
+    assert policy.dtensor_cfg.activation_checkpointing and policy.dtensor_cfg._v2
+
+
 def test_tp4_logprob_batch_rule_can_be_bypassed_as_nemo_rl_allows(capsys, monkeypatch):
     monkeypatch.setenv("NRL_IGNORE_TP_ACCURACY_CHECK", "1")
     code, _, err = _run(capsys, SCALE_OUT, "policy.logprob_batch_size=2")

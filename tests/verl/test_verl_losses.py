@@ -10,7 +10,7 @@ pytest.importorskip(VERL_MODULE, reason=NEEDS_VERL)
 
 import torch
 from hydra.errors import InstantiationException
-from verl.trainer.ppo.core_algos import get_policy_loss_fn
+from verl.trainer.ppo.core_algos import compute_gae_advantage_return, get_policy_loss_fn
 
 from holder_nemo.core import PSchedule, holder_po_loss
 from holder_nemo.verl.losses import HolderPolicyLossConfig
@@ -54,7 +54,7 @@ def run(name: str, config, batch, mode: str, weights: str | None = None):
 
 
 @pytest.mark.parametrize("global_info", [False, True], ids=["local", "dp2"])
-@pytest.mark.parametrize("weights", [None, "sequence"], ids=["no_is", "sequence_is"])
+@pytest.mark.parametrize("weights", [None, "sequence", "token"], ids=["no_is", "sequence_is", "token_is"])
 @pytest.mark.parametrize("mode", AGG_MODES)
 def test_holder_p0_equals_verl_gspo(mode: str, weights: str | None, global_info: bool) -> None:
     clip = {"clip_ratio_low": "3e-4", "clip_ratio_high": "4e-4", "loss_agg_mode": mode}
@@ -82,21 +82,61 @@ def test_holder_p0_equals_verl_gspo(mode: str, weights: str | None, global_info:
     assert metrics["actor/holder_p"] == 0.0
 
 
-def test_token_level_rollout_weights_act_through_the_sequence_mean() -> None:
-    """With per-token rollout-correction weights, verl's gspo (GSPO-token) gives each token's gradient its own weight;
-    the Hölder loss is one term per sequence, so a token weight acts through its sequence's mean weight: under
-    seq-mean-token-mean, holder with token weights equals gspo with each row's mean weight, in loss and gradient."""
-    clip = {"clip_ratio_low": "3e-4", "clip_ratio_high": "4e-4", "loss_agg_mode": "seq-mean-token-mean"}
+def gae_batch(shift: list[float], noise: float):
+    """``make_batch`` with advantages from verl's own GAE (``compute_gae_advantage_return``: a critic's values, a
+    reward at each row's last token plus small per-token rewards, gamma 0.99, lambda 0.95, whitened): they vary
+    inside every sequence and change sign inside most."""
+    old, log_prob, _, mask, weights = make_batch(shift, noise)
+    g = torch.Generator().manual_seed(7)
+    last = torch.nn.functional.one_hot(mask.sum(-1) - 1, mask.shape[1]).to(torch.float64)
+    rewards = (torch.tensor(ADV, dtype=torch.float64)[:, None] * last + 0.1 * torch.randn(6, 10, generator=g)) * mask
+    values = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    adv, _ = compute_gae_advantage_return(rewards, values, mask.to(torch.float64), gamma=0.99, lam=0.95)
+    return old, log_prob, adv, mask, weights
+
+
+@pytest.mark.parametrize("weights", [None, "token"], ids=["no_is", "token_is"])
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_holder_p0_equals_verl_gspo_with_token_advantages(mode: str, weights: str | None) -> None:
+    """GAE advantages: verl's gspo (GSPO-token) weights each token's gradient by its own advantage and clips each
+    token by its advantage's sign; so does ``holder`` (the token view of rho_p), in every aggregation mode, with
+    per-token rollout-correction weights too. (Before, each row's advantages were replaced by their mean: gradient
+    off by 3.4e-2 against a largest gradient of 6.9e-2 in seq-mean-token-mean, 1.4 against 1.9 in token-sum.)"""
+    clip = {"clip_ratio_low": "3e-4", "clip_ratio_high": "4e-4", "loss_agg_mode": mode}
     gspo = actor_config(
         "actor_rollout_ref.actor.policy_loss.loss_mode=gspo",
         *[f"actor_rollout_ref.actor.{k}={v}" for k, v in clip.items()],
     )
     holder = actor_config(*holder_overrides("holder", "constant", 0.0, **clip))
-    batch = make_batch([1e-4, -1e-4, 2e-4, -5e-3, 5e-3, 5e-3], noise=0.05)
-    ref_loss, ref_grad, _ = run("gspo", gspo, batch, "seq-mean-token-mean", "sequence")
-    loss, grad, _ = run("holder", holder, batch, "seq-mean-token-mean", "token")
+    batch = gae_batch([1e-4, -1e-4, 2e-4, -5e-3, 5e-3, 5e-3], noise=0.05)
+    adv, mask = batch[2], batch[3]
+    mixed = [bool((adv[i][mask[i]] > 0).any() and (adv[i][mask[i]] < 0).any()) for i in range(6)]
+    assert sum(mixed) >= 3, "the GAE batch should change sign inside several sequences"
+    ref_loss, ref_grad, ref_metrics = run("gspo", gspo, batch, mode, weights)
+    loss, grad, metrics = run("holder", holder, batch, mode, weights)
+    print(f"GAE {mode} is={weights}: |dloss|={abs(loss - ref_loss).item():.1e} "
+          f"|dgrad|={(grad - ref_grad).abs().max().item():.1e} (|grad| {ref_grad.abs().max().item():.1e})")  # fmt: skip
     assert torch.allclose(loss, ref_loss, rtol=0, atol=1e-15)
     assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-15)
+    assert ref_grad.abs().max() > 1e-3
+    for key in ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower"):
+        assert metrics[key] == pytest.approx(ref_metrics[key], abs=1e-7), key
+    assert 0 < metrics["actor/pg_clipfrac"] < metrics["actor/holder_seq_clipfrac"] < 1  # part of a clipped row
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_holder_token_p1_has_verl_vanilla_gradient_with_token_advantages(mode: str) -> None:
+    """Token clip at p = 1 with GAE advantages: each token's gradient is GRPO's, -A_t grad clip(r_t), as verl's
+    ``vanilla``. The loss value differs: a token's term is its advantage times the sequence's clipped mean ratio."""
+    clip = {"clip_ratio_low": "0.2", "clip_ratio_high": "0.28", "loss_agg_mode": mode}
+    vanilla = actor_config(*[f"actor_rollout_ref.actor.{k}={v}" for k, v in clip.items()])
+    holder = actor_config(*holder_overrides("holder_token", "constant", 1.0, **clip))
+    batch = gae_batch([0.0, 0.1, -0.1, 0.05, 0.0, -0.05], noise=0.3)
+    _, ref_grad, ref_metrics = run("vanilla", vanilla, batch, mode)
+    _, grad, metrics = run("holder_token", holder, batch, mode)
+    assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-14)
+    assert metrics["actor/pg_clipfrac"] == pytest.approx(ref_metrics["actor/pg_clipfrac"], abs=1e-7)
+    assert 0 < metrics["actor/holder_token_clipfrac"] < 1
 
 
 @pytest.mark.parametrize("mode", AGG_MODES)
@@ -123,12 +163,12 @@ def test_p_follows_the_schedule_at_the_global_step(loss_mode: str, clip_mode: st
     config = actor_config(*overrides)
     assert isinstance(config.policy_loss, HolderPolicyLossConfig) and config.loss_agg_mode == "seq-mean-token-mean"
     config.policy_loss.global_step = step
-    batch = make_batch([1e-4, -1e-4, 2e-4, -5e-3, 5e-3, 5e-3], noise=0.05)
+    batch = make_batch([0.05, -0.05, 0.1, -0.3, 0.3, 0.3], noise=0.05)  # rows 3 and 4 outside the 0.2 band
     loss, _grad, metrics = run(loss_mode, config, batch, "seq-mean-token-mean")
     p = PSchedule(kind="linear_dec", p_max=2.0, p_min=-2.0, steps=500)(step)
     assert metrics["actor/holder_p"] == p
     old, log_prob, adv, mask, _ = batch
-    ref, _ = holder_po_loss(log_prob, old, adv, mask, p, clip_mode=clip_mode, eps_low=3e-4, eps_high=4e-4)
+    ref, _ = holder_po_loss(log_prob, old, adv, mask, p, clip_mode=clip_mode, eps_low=0.2, eps_high=0.2)
     assert loss.item() == pytest.approx(ref.mean().item(), rel=1e-12)
 
 

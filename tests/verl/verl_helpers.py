@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from pathlib import Path
 
@@ -25,7 +27,14 @@ def documented_overrides() -> list[str]:
 
 
 def actor_config(*overrides: str):
-    """verl's ActorConfig for ``ppo_trainer.yaml`` with ``overrides``, as ``ActorRolloutRefWorker`` builds it."""
+    """verl's ActorConfig for ``ppo_trainer.yaml`` with ``overrides``, as ``ActorRolloutRefWorker`` builds it (a fresh
+    copy: tests change ``global_batch_info`` and ``policy_loss.global_step``)."""
+    return copy.deepcopy(_composed_actor_config(overrides))
+
+
+@functools.cache
+def _composed_actor_config(overrides: tuple[str, ...]):
+    """Hydra's compose of verl's config takes seconds; each distinct override list is composed once per session."""
     import verl
     from hydra import compose, initialize_config_dir
     from verl.utils.config import omega_conf_to_dataclass
