@@ -74,7 +74,6 @@ def test_the_plugin_and_the_maths_import_no_environment():
     environments = {"holder_nemo.alfworld", "holder_nemo.eval"}
     assert not graph["holder_nemo.nemo_rl"] & environments, graph["holder_nemo.nemo_rl"]
     assert graph["holder_nemo.core"] == set()
-    assert graph["holder_nemo.distributed"] == {"holder_nemo.core"}
 
 
 def test_core_imports_only_torch_and_the_standard_library():
