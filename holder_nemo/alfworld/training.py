@@ -94,7 +94,7 @@ def lookup(config: Any, dotted: str) -> Any:
 
 
 def _check_alfworld_section(alfworld: Mapping[str, Any]) -> None:
-    if "sample_layout" in alfworld:  # the key of the removed per-episode layout (holder_nemo before issue 24)
+    if "sample_layout" in alfworld:  # the key that chose the per-episode layout, removed
         raise ValueError(
             "alfworld.sample_layout: no longer a setting: ALFWorld always trains one row per environment step "
             "(the paper's layout); NeMo RL v0.7's per-episode multi-turn rollout cannot train it "

@@ -10,6 +10,7 @@ a counter) and, without ``nemo_rl``, the checkpoint manager and the logger.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import os
@@ -169,6 +170,7 @@ def test_per_step_loop_trains_rows_with_holderpo_and_checkpoints_the_last_step(t
 
     run.generation.generate = generate
     before = [p.detach().clone() for p in run.policy.model.parameters()]
+    initial = copy.deepcopy(run.policy.model)
     assert run.train() is None
 
     assert [c["p"] for c in run.policy.train_calls] == pytest.approx([p_at(k) for k in (1, 2, 3)])
@@ -219,6 +221,12 @@ def test_per_step_loop_trains_rows_with_holderpo_and_checkpoints_the_last_step(t
     success = [m for _, m in run.logger.series("train", "success_rate")]
     assert success == [0.25] * 3  # one of four episodes wins
     assert any(not torch.equal(b, p) for b, p in zip(before, run.policy.model.parameters(), strict=True))
+    # the updates moved the policy towards the winning episodes' replies (positive advantage) and away from the rest
+    data = run.policy.train_calls[0]["data"]
+    tokens = data["token_mask"] > 0
+    winning, losing = tokens & (data["advantages"] > 0), tokens & (data["advantages"] < 0)
+    drift = run.policy._full_width(run.policy.model, data) - run.policy._full_width(initial, data)
+    assert drift[winning].mean() > 0 > drift[losing].mean(), (drift[winning].mean(), drift[losing].mean())
 
     latest = run.checkpointer.get_latest_checkpoint_path()
     assert latest is not None and latest.endswith("step_3")  # last step saved (save_period 10)
