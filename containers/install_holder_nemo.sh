@@ -6,7 +6,7 @@
 #
 # install: holder_nemo itself editable and --no-deps (package metadata, the `holderpo` command); then the requirements
 #   of each extra in HOLDER_NEMO_EXTRAS (space-separated names from pyproject.toml, e.g. "alfworld": the ALFWorld
-#   environment actor runs in the driver's Python), constrained to the version of every package already installed,
+#   training loop plays its games in the driver's Python), constrained to the version of every package already installed,
 #   and refused if any installed package still changed or disappeared (a new package is the only allowed change).
 # check: the driver imports the loss, the NeMo RL entry point and each extra's module; every prebuilt Ray worker venv
 #   imports the loss (policy workers call it; they see holder_nemo through PYTHONPATH, which NeMo RL forwards).
@@ -19,8 +19,8 @@ py=${NEMO_RL_DRIVER_PYTHON:-/opt/nemo_rl_venv/bin/python}
 venvs=${NEMO_RL_VENV_DIR:-/opt/ray_venvs}
 uv=${UV:-uv}
 read -r -a extras <<<"${HOLDER_NEMO_EXTRAS:-}"
-# What each extra must make importable in the driver (the ALFWorld actor's module and the game engine it loads).
-declare -A extra_modules=([alfworld]="holder_nemo.alfworld.nemo_rl_env textworld")
+# What each extra must make importable in the driver (the ALFWorld training loop and the game engine it plays).
+declare -A extra_modules=([alfworld]="holder_nemo.alfworld.training textworld.envs")
 
 fail() {
   echo "install_holder_nemo.sh: $*" >&2

@@ -2,12 +2,12 @@
 
 Modules (``alfworld``/``textworld`` come from the optional extra ``holder_nemo[alfworld]`` and are imported lazily):
 
-- ``protocol``: prompt, history, action parsing, rewards (pure Python).
-- ``games``: small offline games, one per task type, in the real dataset's folder layout.
-- ``env``: one episode on one game file (reset / step on response text / admissible commands / step limit).
-- ``rollout``: lock-step episodes for any text policy; ``step_samples``: per-step training rows + group advantages.
-- ``train_step``: one HölderPO + KL + entropy update on per-step rows (CPU reference path).
-- ``nemo_rl_adapter`` (pure) and ``nemo_rl_env`` (Ray actor, needs NeMo RL): NeMo RL ``EnvironmentInterface``.
-- ``evaluate``: success overall / per task in the paper's table layout; ``data``: fetch the real games.
+- ``protocol``: prompt, history, action parsing (pure Python); ``env``: one episode on one game file.
+- ``games``: small offline games, one per task type, in the real dataset's folder layout; ``data``: the real games.
+- ``rollout``: lock-step episodes for any text policy (Hugging Face or NeMo RL generation), the validation draw.
+- ``step_samples``: per-step training rows with verl-agent's group advantage, in NeMo RL's ``train_data`` contract.
+- ``training``: the NeMo RL training loop on those rows (the recipe's ``env.alfworld._component_``);
+  ``entropy``: verl-agent's entropy bonus through NeMo RL's loss interface.
+- ``evaluate``: ``holderpo eval-alfworld``, success overall / per task in the paper's table layout.
 - ``cli``: ``python -m holder_nemo.alfworld {eval,make-games,prepare} ...``.
 """

@@ -14,8 +14,8 @@ they add up over micro-batches and data-parallel ranks as NeMo RL's other terms 
 verl's exact entropy (one sample per position); its expectation and its gradient's are the same
 (``tests/alfworld/test_entropy.py`` checks both in closed form).
 
-It needs whole rows: context parallelism and sequence packing hand the loss a shard, so ``PerStepSettings`` refuses
-the bonus with them.
+It needs whole rows: context parallelism and sequence packing hand the loss a shard, so
+``training.PerStepSettings`` refuses the bonus with them.
 """
 
 from __future__ import annotations

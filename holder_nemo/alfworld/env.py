@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from holder_nemo.alfworld.protocol import ProtocolConfig, build_prompt, extract_task, parse_action, step_reward
+from holder_nemo.alfworld.protocol import ProtocolConfig, build_prompt, extract_task, parse_action
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,8 @@ class StepResult:
     prompt: the next user prompt (meaningless once ``done``), observation: the game's feedback text,
     admissible: commands admissible now, command: what was sent to the game, valid: the response was well-formed,
     won: the goal holds, done: won or step limit reached, truncated: done by the step limit without a win,
-    env_reward: ``success_reward * won`` (verl-agent's environment reward), reward: env_reward minus the
-    invalid-format penalty (what the trainer adds to the episode return), step: steps taken so far (1-based).
+    env_reward: ``success_reward * won`` (verl-agent's environment reward; the invalid-format penalty is the
+    trainer's, ``step_samples``), step: steps taken so far (1-based).
     """
 
     prompt: str
@@ -34,7 +34,6 @@ class StepResult:
     done: bool
     truncated: bool
     env_reward: float
-    reward: float
     step: int
 
 
@@ -52,13 +51,13 @@ class EpisodeState:
     done: bool = False
 
 
-def _make_textworld_env(policy_commands: bool, domain_randomization: bool):
+def _make_textworld_env(policy_commands: bool):
     import textworld
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
     from textworld.envs import PddlEnv
 
     infos = textworld.EnvInfos(won=True, admissible_commands=True, policy_commands=policy_commands, extras=["gamefile"])
-    return AlfredInfos(AlfredDemangler(PddlEnv(infos), shuffle=domain_randomization))
+    return AlfredInfos(AlfredDemangler(PddlEnv(infos), shuffle=False))  # verl-agent: domain_randomization off
 
 
 class AlfworldEpisode:
@@ -69,9 +68,8 @@ class AlfworldEpisode:
     sanity checks). Not thread-safe; one instance per concurrent episode.
     """
 
-    def __init__(self, config: ProtocolConfig | None = None, *, domain_randomization: bool = False) -> None:
+    def __init__(self, config: ProtocolConfig | None = None) -> None:
         self.config = config or ProtocolConfig()
-        self._domain_randomization = domain_randomization
         self._env = None
         self._with_policy = False
         self.state: EpisodeState | None = None
@@ -79,7 +77,7 @@ class AlfworldEpisode:
     def _engine(self, with_policy: bool):
         if self._env is None or with_policy != self._with_policy:
             self.close()
-            self._env = _make_textworld_env(with_policy, self._domain_randomization)
+            self._env = _make_textworld_env(with_policy)
             self._with_policy = with_policy
         return self._env
 
@@ -145,7 +143,6 @@ class AlfworldEpisode:
             done=state.done,
             truncated=truncated,
             env_reward=self.config.success_reward * float(won),
-            reward=step_reward(won, parsed.valid, self.config),
             step=state.steps,
         )
 

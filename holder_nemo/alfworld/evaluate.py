@@ -157,8 +157,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", help="base model of a NeMo RL checkpoint (default: its config.yaml)")
     p.add_argument("--hf-export-dir", type=Path, help="where a NeMo RL checkpoint is converted (default <step>/hf)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
-                   help="auto: bfloat16 on a GPU (as verl-agent's vLLM), float32 on CPU")  # fmt: skip
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        default="auto",
+        help="auto: bfloat16 on a GPU (as verl-agent's vLLM), float32 on CPU",
+    )
     p.add_argument("--max-new-tokens", type=int, default=512, help="verl-agent max_response_length 512")
     p.add_argument("--max-prompt-tokens", type=int, default=2048, help="longer prompts are an error (verl-agent)")
     p.add_argument("--temperature", type=float, default=0.4, help="verl-agent val_kwargs.temperature 0.4")

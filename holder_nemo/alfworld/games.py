@@ -14,7 +14,6 @@ path). ``alfworld`` is imported lazily: it is the optional extra ``holder_nemo[a
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,10 +286,3 @@ def build_offline_games(
     for split in splits:
         written[split] = [write_game(root, split, SPECS[t], k) for t in task_types for k in range(trials)]
     return written
-
-
-def shuffled(paths: list[Path], seed: int) -> list[Path]:
-    """A seeded shuffle that does not touch the global RNG."""
-    out = list(paths)
-    random.Random(seed).shuffle(out)
-    return out

@@ -66,7 +66,7 @@ class ProtocolConfig(BaseModel):
         cfg = dict(cfg or {})
         unknown = sorted(set(cfg) - set(cls.model_fields))
         if unknown:
-            raise ValueError(f"alfworld protocol: unknown keys {unknown}; allowed {sorted(cls.model_fields)}")
+            raise ValueError(f"env.alfworld: unknown keys {unknown}; allowed {sorted(cls.model_fields)}")
         return cls(**cfg)
 
 
@@ -152,12 +152,3 @@ def build_prompt(
         current_observation=observation,
         admissible_actions=actions,
     )
-
-
-def step_reward(won: bool, valid: bool, config: ProtocolConfig) -> float:
-    """Per-step reward as the trainer sees it: success reward on the winning step, minus the invalid-format penalty.
-
-    verl-agent splits these: the environment returns 10 * won and the trainer subtracts the penalty from the step
-    row's score. Summed over an episode this equals ``10 * won - 0.1 * (number of invalid steps)``.
-    """
-    return config.success_reward * float(won) - config.invalid_action_penalty * float(not valid)

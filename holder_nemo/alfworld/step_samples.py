@@ -85,7 +85,6 @@ def build_step_samples(
     episodes: Sequence[Episode],
     *,
     invalid_action_penalty: float = 0.1,
-    normalize_by_std: bool = True,
     stats_over: str = "steps",
     epsilon: float = 1e-6,
 ) -> list[StepSample]:
@@ -115,7 +114,7 @@ def build_step_samples(
     for ep in episodes:
         mean, std = stats.get(ep.group_id, (0.0, 1.0))
         for k, (step, score) in enumerate(zip(ep.steps, scores[id(ep)], strict=True)):
-            adv = (score - mean) / (std + epsilon) if normalize_by_std else score - mean
+            adv = (score - mean) / (std + epsilon)
             samples.append(
                 StepSample(
                     prompt=step.prompt,
@@ -132,15 +131,6 @@ def build_step_samples(
     return samples
 
 
-def episode_returns_for_nemo_rl(episodes: Sequence[Episode], invalid_action_penalty: float = 0.1) -> list[float]:
-    """``total_reward`` NeMo RL's multi-turn rollout accumulates for our environment: the sum of per-turn rewards.
-
-    Equals ``10 * won - invalid_action_penalty * num_invalid`` - the per-row penalties of the step layout summed into
-    the one row NeMo RL trains on per episode.
-    """
-    return [ep.env_return - invalid_action_penalty * ep.num_invalid for ep in episodes]
-
-
 @dataclass
 class TokenizedBatch:
     """Right-padded training tensors of step samples.
@@ -155,7 +145,7 @@ class TokenizedBatch:
     advantages: torch.Tensor
     prompt_lengths: torch.Tensor
     lengths: torch.Tensor
-    generation_logprobs: torch.Tensor | None = None
+    generation_logprobs: torch.Tensor
 
 
 class PromptTooLong(ValueError):
@@ -242,29 +232,23 @@ def tokenize_step_samples(
     )
 
 
-def to_nemo_rl_train_data(batch: TokenizedBatch, generation_logprobs: torch.Tensor | None = None) -> dict:
+def to_nemo_rl_train_data(batch: TokenizedBatch) -> dict:
     """Per-step rows in NeMo RL's GRPO ``train_data`` contract (what ``grpo_train`` hands the policy's ``train``).
 
     Keys: ``input_ids`` [B, T], ``input_lengths`` [B], ``token_mask`` [B, T] (1.0 on response tokens),
     ``sample_mask`` [B] (1.0), ``advantages`` [B, T] (the row's advantage on every position, as NeMo RL stores
-    per-token advantages), ``generation_logprobs`` [B, T] (log-prob of token t at column t, 0 elsewhere; defaults
-    to the batch's, i.e. the generator's where the rollout kept them). Add ``prev_logprobs`` /
-    ``reference_policy_logprobs`` the way ``grpo_train`` does.
+    per-token advantages), ``generation_logprobs`` [B, T] (the generator's log-prob of token t at column t where
+    the rollout kept them, 0 elsewhere). Add ``prev_logprobs`` / ``reference_policy_logprobs`` the way
+    ``grpo_train`` does.
     """
     shape = batch.input_ids.shape
-    if generation_logprobs is None:
-        generation_logprobs = batch.generation_logprobs
-    if generation_logprobs is None:
-        generation_logprobs = torch.zeros(shape, dtype=torch.float32)
-    if generation_logprobs.shape != shape:
-        raise ValueError(f"generation_logprobs shape {tuple(generation_logprobs.shape)} != input_ids {tuple(shape)}")
     return {
         "input_ids": batch.input_ids,
         "input_lengths": batch.lengths.clone(),
         "token_mask": batch.response_mask.to(torch.float32),
         "sample_mask": torch.ones(shape[0], dtype=torch.float32),
         "advantages": batch.advantages[:, None].expand(shape).contiguous(),
-        "generation_logprobs": generation_logprobs,
+        "generation_logprobs": batch.generation_logprobs,
     }
 
 

@@ -1,15 +1,13 @@
-"""HölderPO maths, framework-free (torch only): the Hölder mean as mergeable partial statistics, the clipped
+"""HölderPO maths, framework-free (torch only): the Hölder mean (centred log-mean-exp), the clipped
 objective, the divergence estimators, the per-sequence statistics and the p schedules (docs/core.md)."""
 
 from holder_nemo.core.estimators import KL_KINDS, js_divergence, kl_estimate, sequence_is_weights
 from holder_nemo.core.holder_mean import (
     HolderMean,
     holder_mean,
-    holder_partials,
     holder_statistics,
     holder_token_weights,
     log_holder_mean,
-    merge_partials,
 )
 from holder_nemo.core.objective import CLIP_MODES, ClipSpec, holder_po_loss, holder_po_objective
 from holder_nemo.core.schedules import SCHEDULE_KINDS, PSchedule
@@ -30,7 +28,6 @@ __all__ = [
     "Reduce",
     "as_order",
     "holder_mean",
-    "holder_partials",
     "holder_po_loss",
     "holder_po_objective",
     "holder_po_token_loss",
@@ -40,7 +37,6 @@ __all__ = [
     "js_divergence",
     "kl_estimate",
     "log_holder_mean",
-    "merge_partials",
     "reduce_table",
     "reduce_values",
     "sequence_is_weights",

@@ -245,7 +245,7 @@ def holder_po_loss(
         old_logprobs: [B, T] log pi_old of the same tokens (the behaviour/"old" policy of the PPO ratio).
         advantages: [B] sequence advantages, or [B, T] token advantages (reduced by masked mean per row).
         mask: [B, T] bool or 0/1, valid response tokens.
-        p: Hölder order (float, +/-inf allowed) or Tensor[B].
+        p: Hölder order (a finite float) or Tensor[B].
         clip_mode, eps_low, eps_high, dual_clip: the clip (``ClipSpec``, module docstring).
         check_finite: raise ValueError on NaN/inf at valid positions of the inputs.
     Returns:

@@ -61,19 +61,18 @@ def check_finite_where(name: str, x: Tensor, mask: Tensor) -> None:
 class Order:
     """The Hölder order of every sequence, with what is known about it without reading the tensor.
 
-    p: [B] (+/-inf allowed). zero: p is 0 everywhere (a Python 0 was given), so no exponential is needed.
-    may_be_infinite: some p may be +/-inf (always True for a tensor p, whose values are not read on the host).
+    p: [B], finite. zero: p is 0 everywhere (a Python 0 was given), so no exponential is needed.
     """
 
     p: Tensor
     zero: bool
-    may_be_infinite: bool
 
 
 def as_order(p: float | Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> Order:
-    """p as an ``Order`` over ``batch`` sequences; +/-inf allowed (max/min), NaN rejected.
+    """p as an ``Order`` over ``batch`` sequences; NaN and +/-inf rejected (the max/min limits are not HölderPO
+    orders: ``PSchedule`` refuses them too).
 
-    A Python number is checked on the host for free; a tensor is checked with one host read (``bool(isnan)``).
+    A Python number is checked on the host for free; a tensor is checked with one host read (``bool(isfinite)``).
     """
     if isinstance(p, Tensor):
         if p.dim() == 0:
@@ -81,15 +80,15 @@ def as_order(p: float | Tensor, batch: int, dtype: torch.dtype, device: torch.de
         if p.shape != (batch,):
             raise ValueError(f"p must be a float or a Tensor of shape [B] = [{batch}], got shape {tuple(p.shape)}")
         p = p.detach().to(dtype=dtype, device=device)
-        if bool(torch.isnan(p).any()):
-            raise ValueError("p must not be NaN (any real value or +/-inf is allowed)")
-        return Order(p, zero=False, may_be_infinite=True)
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError("p must be finite in every row (NaN and +/-inf are refused)")
+        return Order(p, zero=False)
     if isinstance(p, bool) or not isinstance(p, int | float):
         raise ValueError(f"p must be a real number or a Tensor[B], got {type(p).__name__}")
-    if math.isnan(p):
-        raise ValueError("p must not be NaN (any real value or +/-inf is allowed)")
+    if not math.isfinite(p):
+        raise ValueError(f"p must be a finite real number, got {p!r}")
     p_t = torch.full((batch,), float(p), dtype=dtype, device=device)
-    return Order(p_t, zero=p == 0, may_be_infinite=math.isinf(p))
+    return Order(p_t, zero=p == 0)
 
 
 def check_eps(name: str, value: float, *, upper: float | None) -> None:

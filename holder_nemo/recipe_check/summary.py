@@ -64,7 +64,7 @@ def _batch_lines(cfg: Mapping) -> list[tuple[str, Any]]:
     rows = prompts * gens if prompts and gens else None
     mbs = _get(cfg, "policy.train_micro_batch_size")
     batch = f"{prompts} prompts x {gens} = {rows} trajectories; global batch {gbs}, micro-batch {mbs}"
-    if _get(cfg, "alfworld.sample_layout") == "per_step":  # ALFWorld: one row per environment step
+    if _get(cfg, "env.alfworld", None) is not None:  # ALFWorld: one row per environment step
         batch = (
             f"{prompts} games x {gens} episodes = {rows} episodes, one row per environment step; {gbs} rows per "
             f"optimizer update, micro-batch {mbs}"

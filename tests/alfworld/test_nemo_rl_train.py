@@ -1,4 +1,4 @@
-"""The per-step ALFWorld training loop that replaces ``grpo_train`` (``alfworld.sample_layout: per_step``), on CPU.
+"""The per-step ALFWorld training loop that replaces ``grpo_train`` (``holder_nemo.alfworld.training``), on CPU.
 
 Real: the offline ALFWorld games, the recipe (loaded with holder_nemo.config, shrunk by overrides), a random tiny
 Qwen2 that computes the log-probs and is trained, ``HolderPOLossFn``, the step hook, the stop contract, and NeMo RL's
@@ -10,6 +10,7 @@ a counter) and, without ``nemo_rl``, the checkpoint manager and the logger.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import os
@@ -120,7 +121,7 @@ class Run:
         self.games = [str(game_by_task[WIN]), str(game_by_task[LOSE])]
 
     def set_temperature(self, temperature: float) -> float:
-        """What ``generation_settings.vllm_temperature_setter`` does to NeMo RL's vLLM workers, on the stand-in."""
+        """What ``training.vllm_temperature_setter`` does to NeMo RL's vLLM workers, on the stand-in."""
         previous, self.generation.temperature = self.generation.temperature, temperature
         return previous
 
@@ -129,9 +130,9 @@ class Run:
         self.refits += 1
 
     def train(self, stop=None):
-        from holder_nemo.alfworld.per_step_loop import alfworld_per_step_train
+        from holder_nemo.alfworld.training import PerStepLoop
 
-        return alfworld_per_step_train(
+        return PerStepLoop(
             self.policy,
             self.generation,
             self.tokenizer,
@@ -145,7 +146,7 @@ class Run:
             refit=self.refit,
             stop=stop,
             set_temperature=self.set_temperature,
-        )
+        ).run()
 
 
 def p_at(step: int) -> float:
@@ -169,6 +170,7 @@ def test_per_step_loop_trains_rows_with_holderpo_and_checkpoints_the_last_step(t
 
     run.generation.generate = generate
     before = [p.detach().clone() for p in run.policy.model.parameters()]
+    initial = copy.deepcopy(run.policy.model)
     assert run.train() is None
 
     assert [c["p"] for c in run.policy.train_calls] == pytest.approx([p_at(k) for k in (1, 2, 3)])
@@ -219,6 +221,12 @@ def test_per_step_loop_trains_rows_with_holderpo_and_checkpoints_the_last_step(t
     success = [m for _, m in run.logger.series("train", "success_rate")]
     assert success == [0.25] * 3  # one of four episodes wins
     assert any(not torch.equal(b, p) for b, p in zip(before, run.policy.model.parameters(), strict=True))
+    # the updates moved the policy towards the winning episodes' replies (positive advantage) and away from the rest
+    data = run.policy.train_calls[0]["data"]
+    tokens = data["token_mask"] > 0
+    winning, losing = tokens & (data["advantages"] > 0), tokens & (data["advantages"] < 0)
+    drift = run.policy._full_width(run.policy.model, data) - run.policy._full_width(initial, data)
+    assert drift[winning].mean() > 0 > drift[losing].mean(), (drift[winning].mean(), drift[losing].mean())
 
     latest = run.checkpointer.get_latest_checkpoint_path()
     assert latest is not None and latest.endswith("step_3")  # last step saved (save_period 10)
@@ -255,9 +263,7 @@ def test_stop_request_checkpoints_and_restart_resumes_with_exact_p(tmp_path, gam
 
 def test_game_file_dataset_lists_the_split_and_collates_like_nemo_rl_rows(offline_root):
     from holder_nemo.alfworld.games import SPECS
-    from holder_nemo.alfworld.nemo_rl_component import GameFileDataset, game_file_dataset
-    from holder_nemo.alfworld.per_step_loop import pad_columns, pad_rows
-    from holder_nemo.alfworld.per_step_settings import sample_layout
+    from holder_nemo.alfworld.training import GameFileDataset, game_file_dataset, pad_columns, pad_rows
 
     dataset = game_file_dataset(offline_root / "train")
     assert len(dataset) == len(SPECS)
@@ -269,10 +275,6 @@ def test_game_file_dataset_lists_the_split_and_collates_like_nemo_rl_rows(offlin
         game_file_dataset(offline_root / "nope")
     with pytest.raises(ValueError, match="empty"):
         GameFileDataset([])
-    assert sample_layout({"alfworld": {"sample_layout": "per_step"}}) == "per_step"
-    assert sample_layout({}) == "per_episode"
-    with pytest.raises(ValueError, match=r"alfworld\.sample_layout"):
-        sample_layout({"alfworld": {"sample_layout": "steps"}})
     data = {"input_ids": torch.arange(6).view(3, 2), "sample_mask": torch.ones(3), "token_mask": torch.ones(3, 2)}
     wide = pad_columns(data, 4)
     assert wide["input_ids"].shape == (3, 4) and wide["token_mask"][:, 2:].sum() == 0
@@ -297,7 +299,7 @@ def _nemo_rl_typed_dicts_already_built() -> bool:
 @pytest.mark.nemo_rl
 @pytest.mark.skipif(importlib.util.find_spec("nemo_rl") is None, reason="nemo_rl is not importable; needs v0.7.0")
 def test_run_grpo_per_step_dispatch_with_nemo_rl_config_dataloader_and_checkpointer(tmp_path, offline_root):
-    """What ``run_grpo`` does for ``per_step`` before and after ``setup()`` (which needs GPUs): NeMo RL's loader and
+    """What ``run_grpo`` does for ALFWorld before and after ``setup()`` (which needs GPUs): NeMo RL's loader and
     ``MasterConfig`` keep the sections the loop reads, the game-file datasets go through ``setup``'s
     ``StatefulDataLoader`` + ``rl_collate_fn``, and a checkpoint through the real ``CheckpointManager`` records the
     step and the run config."""
@@ -314,8 +316,7 @@ def test_run_grpo_per_step_dispatch_with_nemo_rl_config_dataloader_and_checkpoin
         )
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
         return
-    from holder_nemo.alfworld.nemo_rl_component import alfworld_game_datasets
-    from holder_nemo.alfworld.per_step_settings import sample_layout as alfworld_layout
+    from holder_nemo.alfworld.training import PerStepSettings, alfworld_game_datasets, check, save_checkpoint
     from holder_nemo.nemo_rl.master_config import load_master_config, typed_dict_for_old_python
 
     typed_dict_for_old_python()
@@ -324,24 +325,16 @@ def test_run_grpo_per_step_dispatch_with_nemo_rl_config_dataloader_and_checkpoin
     from nemo_rl.utils.checkpoint import CheckpointManager
     from torchdata.stateful_dataloader import StatefulDataLoader
 
-    from holder_nemo.alfworld.per_step_loop import save_checkpoint
-    from holder_nemo.alfworld.per_step_settings import PerStepSettings
-
     overrides = [
         f"data.train.data_path={offline_root}/train",
         f"data.validation.data_path={offline_root}/valid_seen",
         f"checkpointing.checkpoint_dir={tmp_path / 'ckpt'}",
     ]
     config = grpo_module.MasterConfig(**load_master_config(str(RECIPE), overrides))
-    assert alfworld_layout(config) == "per_step"
-    per_episode = [*overrides, "alfworld.sample_layout=per_episode"]
-    with pytest.raises(ValueError, match=r"alfworld.advantage_stats_over: read only with alfworld.sample_layout"):
-        alfworld_layout(grpo_module.MasterConfig(**load_master_config(str(RECIPE), per_episode)))
-    nulls = [f"alfworld.{k}=null" for k in ("advantage_stats_over", "val_temperature", "val_seed", "task_types")]
-    other = grpo_module.MasterConfig(
-        **load_master_config(str(RECIPE), [*per_episode, *nulls, "alfworld.entropy_coeff=0"])
-    )
-    assert alfworld_layout(other) == "per_episode"
+    assert check(config) == []
+    per_episode = [*overrides, "+alfworld.sample_layout=per_episode"]  # the removed layout: an error naming the key
+    ((key, message),) = check(grpo_module.MasterConfig(**load_master_config(str(RECIPE), per_episode)))
+    assert key == "alfworld.sample_layout" and message.startswith("no longer a setting")
     settings = PerStepSettings.from_config(config)
     assert (settings.num_games, settings.group_size, settings.max_num_steps) == (16, 8, 150)
     assert settings.protocol.max_steps == 50 and settings.protocol.invalid_action_penalty == 0.1

@@ -1,4 +1,4 @@
-"""What the per-step ALFWorld loop reads from a recipe, and every setting it would ignore being an error.
+"""What the ALFWorld training loop reads from a recipe, and every setting it would ignore being an error.
 
 The recipe is the real one (loaded with holder_nemo.config and overrides); no NeMo RL needed.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from holder_nemo.alfworld.per_step_settings import PerStepSettings, sample_layout
+from holder_nemo.alfworld.training import PerStepSettings, check
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "holderpo_alfworld_qwen2.5-1.5b.yaml"
 
@@ -30,19 +30,19 @@ def test_the_recipe_is_the_papers_protocol() -> None:
     assert settings.max_prompt_tokens == 2048 and settings.val_at_start
     # validations at steps 0, 5, ..., 150: each one a new draw of verl-agent's validation environments
     assert [settings.validation_round(k) for k in (0, 5, 10, 150)] == [0, 1, 2, 30]
-    assert sample_layout(_config()) == "per_step"
+    assert check(_config()) == []
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("+alfworld.eval_split=valid_unseen", r"alfworld: unknown keys \['eval_split'\]"),
-        ("alfworld.sample_layout=steps", r"alfworld.sample_layout: must be 'per_step' or 'per_episode'"),
-        ("alfworld.sample_layout=per_episode", r"alfworld.advantage_stats_over: read only with alfworld.sample_layout"),
-        ("grpo.normalize_rewards=false", r"grpo.normalize_rewards: must be True with alfworld.sample_layout per_step"),
+        ("+alfworld.sample_layout=per_episode", r"alfworld.sample_layout: no longer a setting.*got 'per_episode'"),
+        ("+alfworld.sample_layout=per_step", r"alfworld.sample_layout: no longer a setting.*delete the key"),
+        ("grpo.normalize_rewards=false", r"grpo.normalize_rewards: must be True for ALFWorld's per-step layout"),
         ("grpo.use_leave_one_out_baseline=true", r"grpo.use_leave_one_out_baseline: must be False"),
         ("grpo.reward_shaping.enabled=true", r"grpo.reward_shaping.enabled: must be False"),
-        ("+env.alfworld.num_workers=4", r"env.alfworld.num_workers: read only by NeMo RL's rollout"),
+        ("+env.alfworld.num_workers=4", r"env.alfworld: unknown keys \['num_workers'\]"),
         ("alfworld.entropy_coeff=-0.1", r"alfworld.entropy_coeff: must be >= 0"),
         ("alfworld.val_temperature=0.0", r"alfworld.val_temperature: must be > 0 or null"),
         ("alfworld.advantage_stats_over=tokens", r"alfworld.advantage_stats_over: must be 'steps' or 'episodes'"),
@@ -54,23 +54,17 @@ def test_the_recipe_is_the_papers_protocol() -> None:
     ],
 )
 def test_settings_the_loop_would_ignore_or_cannot_use_are_errors(override: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        sample_layout(_config(override))
-
-
-def test_per_episode_accepts_nulled_per_step_keys_and_a_zero_bonus() -> None:
-    nulls = [f"alfworld.{k}=null" for k in ("advantage_stats_over", "val_temperature", "val_seed", "task_types")]
-    config = _config("alfworld.sample_layout=per_episode", *nulls, "alfworld.entropy_coeff=0")
-    assert sample_layout(config) == "per_episode"
-    with pytest.raises(ValueError, match="needs per_step"):
-        PerStepSettings.from_config(config)
+    with pytest.raises(ValueError, match=message) as raised:
+        PerStepSettings.from_config(_config(override))
+    ((key, text),) = check(_config(override))  # the component's check: the same error as (key, message)
+    assert f"{key}: {text}" == str(raised.value)
 
 
 def test_no_bonus_and_no_separate_validation_temperature() -> None:
     settings = PerStepSettings.from_config(_config("alfworld.entropy_coeff=0", "alfworld.val_temperature=null"))
     assert settings.entropy_coeff == 0.0 and settings.val_temperature == settings.train_temperature == 1.0
     # with the bonus off, context parallelism is allowed again
-    assert sample_layout(_config("alfworld.entropy_coeff=0", "policy.dtensor_cfg.context_parallel_size=2"))
+    assert check(_config("alfworld.entropy_coeff=0", "policy.dtensor_cfg.context_parallel_size=2")) == []
 
 
 def test_recipe_check_reports_the_same_errors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,6 +72,6 @@ def test_recipe_check_reports_the_same_errors(capsys: pytest.CaptureFixture[str]
 
     assert main(["check", str(RECIPE), "grpo.normalize_rewards=false", "--no-config"]) == 1
     out = capsys.readouterr()
-    assert "error: grpo.normalize_rewards: must be True with alfworld.sample_layout per_step" in out.out + out.err
+    assert "error: grpo.normalize_rewards: must be True for ALFWorld's per-step layout" in out.out + out.err
     assert main(["check", str(RECIPE), "--no-config"]) == 0
     assert "256 rows per optimizer update" in capsys.readouterr().out

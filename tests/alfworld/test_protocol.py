@@ -12,7 +12,6 @@ from holder_nemo.alfworld.protocol import (
     format_admissible,
     format_history,
     parse_action,
-    step_reward,
 )
 
 
@@ -108,19 +107,15 @@ def test_later_prompt_has_task_counts_history_and_observation():
     )
 
 
-def test_step_reward_and_config():
+def test_config():
     cfg = ProtocolConfig()
     assert (cfg.history_length, cfg.max_steps, cfg.success_reward, cfg.invalid_action_penalty) == (2, 50, 10.0, 0.1)
-    assert step_reward(True, True, cfg) == 10.0
-    assert step_reward(False, False, cfg) == pytest.approx(-0.1)
-    assert step_reward(True, False, cfg) == pytest.approx(9.9)
-    assert step_reward(False, True, cfg) == 0.0
     with pytest.raises(ValueError, match="history_length"):
         ProtocolConfig(history_length=-1)
     with pytest.raises(ValueError, match="max_steps"):
         ProtocolConfig(max_steps=0)
     with pytest.raises(ValueError, match="invalid_action_penalty"):
         ProtocolConfig(invalid_action_penalty=-0.1)
-    with pytest.raises(ValueError, match=r"unknown keys \['history'\]"):
+    with pytest.raises(ValueError, match=r"env.alfworld: unknown keys \['history'\]"):
         ProtocolConfig.from_dict({"history": 2})
     assert ProtocolConfig.from_dict({"max_steps": 7}).max_steps == 7

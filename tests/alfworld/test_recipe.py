@@ -31,9 +31,8 @@ def test_recipe_holds_the_paper_settings():
     assert (schedule.kind, schedule.p_max, schedule.p_min, schedule.steps) == ("linear_dec", 1.0, -1.0, 150)
     assert cfg.loss_fn.holder.clip_mode == "sequence"
     assert cfg.alfworld.entropy_coeff == pytest.approx(0.001)
-    assert cfg.alfworld.sample_layout == "per_step"
+    assert "sample_layout" not in cfg.alfworld  # one layout: a row per environment step
     assert cfg.policy.max_total_sequence_length == 2048 + 512 and cfg.policy.generation.max_new_tokens == 512
-    actor_config = {k: v for k, v in cfg.env.alfworld.items() if k != "_component_"}  # what run_grpo hands the actor
-    protocol = ProtocolConfig.from_dict(actor_config)  # the Ray environment's config is valid
+    protocol = ProtocolConfig.from_dict({k: v for k, v in cfg.env.alfworld.items() if k != "_component_"})
     assert (protocol.history_length, protocol.max_steps, protocol.invalid_action_penalty) == (2, 50, 0.1)
     assert protocol.success_reward == 10.0

@@ -12,7 +12,6 @@ from holder_nemo.alfworld.step_samples import (
     Episode,
     StepRecord,
     build_step_samples,
-    episode_returns_for_nemo_rl,
     tokenize_step_samples,
 )
 
@@ -59,8 +58,6 @@ def test_stats_over_episodes_uses_one_score_per_episode():
     pool = [10.0, 0.0, -0.1]  # first row of each episode
     assert samples[0].advantage == pytest.approx(_reference(pool, 10.0), rel=1e-12)
     assert samples[-1].advantage == pytest.approx(_reference(pool, -0.1), rel=1e-12)
-    no_std = build_step_samples(episodes, stats_over="episodes", normalize_by_std=False)
-    assert no_std[0].advantage == pytest.approx(10.0 - statistics.fmean(pool))
 
 
 def test_identical_outcomes_give_zero_advantage_and_validation():
@@ -70,11 +67,6 @@ def test_identical_outcomes_give_zero_advantage_and_validation():
         build_step_samples(episodes, stats_over="tokens")
     with pytest.raises(ValueError, match="invalid_action_penalty"):
         build_step_samples(episodes, invalid_action_penalty=-1)
-
-
-def test_nemo_rl_episode_return_is_the_sum_of_row_penalties():
-    episodes = [_episode(0, 0, True, [True, False, False]), _episode(0, 1, False, [False] * 5)]
-    assert episode_returns_for_nemo_rl(episodes) == pytest.approx([10.0 - 0.2, -0.5])
 
 
 class _WordTokenizer:

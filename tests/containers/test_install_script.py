@@ -66,12 +66,16 @@ def test_check_fails_without_worker_venvs_and_on_a_missing_extra_module(tmp_path
     proc = run_script("check", NEMO_RL_DRIVER_PYTHON=str(driver), NEMO_RL_VENV_DIR=str(tmp_path / "none"))
     assert proc.returncode != 0 and "no Ray worker venv under" in proc.stderr
     python_wrapper(tmp_path / "ray_venvs" / "w" / "bin" / "python")
-    # The alfworld extra's actor module needs nemo_rl (and textworld), which this interpreter lacks.
+    # A driver without the alfworld extra's game engine: TextWorld shadowed by a package that fails to import.
+    (tmp_path / "no_extra" / "textworld").mkdir(parents=True)
+    (tmp_path / "no_extra" / "textworld" / "__init__.py").write_text("raise ImportError('textworld is absent')\n")
+    bare = python_wrapper(tmp_path / "bare" / "bin" / "python", env=f"PYTHONPATH={tmp_path / 'no_extra'} ")
     proc = run_script(
-        "check", NEMO_RL_DRIVER_PYTHON=str(driver), NEMO_RL_VENV_DIR=str(tmp_path / "ray_venvs"),
+        "check", NEMO_RL_DRIVER_PYTHON=str(bare), NEMO_RL_VENV_DIR=str(tmp_path / "ray_venvs"),
         HOLDER_NEMO_EXTRAS="alfworld",
     )  # fmt: skip
-    assert proc.returncode != 0 and "cannot import holder_nemo.alfworld.nemo_rl_env" in proc.stderr
+    assert proc.returncode != 0 and "cannot import textworld" in proc.stderr
+    assert "holder_nemo.alfworld.training" not in proc.stderr  # the loop itself imports without the extra
 
 
 # --------------------------------------------------------------------------------------------------- install

@@ -162,7 +162,7 @@ def test_empty_rows_zero_adv_and_padding_give_zero_gradient_and_no_nan():
     new, old, adv, mask = batch()
     new = new.masked_fill(~mask, float("nan"))  # padding may hold garbage
     leaf = new.clone().requires_grad_(True)
-    for p in (0.0, 2.0, -2.0, float("inf")):
+    for p in (0.0, 2.0, -2.0, 40.0):
         for mode in ("sequence", "token", "token_log", "none"):
             loss, metrics = holder_po_loss(leaf, old, adv, mask, p, clip_mode=mode)
             (grad,) = torch.autograd.grad(loss.sum(), leaf)
@@ -252,7 +252,7 @@ def test_large_off_policy_ratios_stay_finite_in_float32():
         ({"eps_low": 1.0}, r"eps_low must be in \[0, 1\)"),
         ({"eps_high": -0.1}, "eps_high must be a finite number >= 0"),
         ({"dual_clip": 1.0}, "dual_clip must be None or a number > 1"),
-        ({"p": float("nan")}, "p must not be NaN"),
+        ({"p": float("nan")}, "p must be a finite real number"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, match):

@@ -7,15 +7,13 @@ gradient with each token's own advantage, and GRPO's per-token gradient for the 
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from test_loss import EPS, batch, masked_mean
 
 from holder_nemo.core import holder_po_loss, holder_po_token_loss, holder_token_weights
 
-P_VALUES = [-math.inf, -2.0, -0.5, 0.0, 1.0, 2.5, math.inf]
+P_VALUES = [-7.0, -2.0, -0.5, 0.0, 1.0, 2.5, 7.0]
 
 
 def token_batch(seed: int = 0, drift: float = 0.3):
@@ -51,9 +49,8 @@ def test_one_advantage_per_row_is_the_sequence_loss(clip_mode, p, dual_clip):
     assert torch.equal(token_loss[~mask], torch.zeros_like(token_loss[~mask]))
     for name in ("log_rho", "jensen_gap", "effective_tokens", "num_tokens", "valid", "token_clipped"):
         torch.testing.assert_close(getattr(stats, name), getattr(seq_stats, name), rtol=1e-12, atol=1e-12)
-    if clip_mode == "sequence" or math.isfinite(p):  # at p = +/-inf a token clip may leave the extreme unchanged
-        for name in ("clipped_low", "clipped_high", "dual_clipped"):
-            assert torch.equal(getattr(stats, name), getattr(seq_stats, name)), name
+    for name in ("clipped_low", "clipped_high", "dual_clipped"):
+        assert torch.equal(getattr(stats, name), getattr(seq_stats, name)), name
 
 
 @pytest.mark.parametrize("weights", ["none", "token"])
@@ -97,21 +94,6 @@ def test_sequence_gradient_is_eq16_with_token_advantages(p):
     torch.testing.assert_close(torch.exp(stats.log_rho[mask.any(-1)]), rho[mask.any(-1)], rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("p", [math.inf, -math.inf])
-def test_infinite_p_gives_the_extreme_tokens_all_the_gradient(p):
-    new, old, adv, mask = token_batch(seed=6, drift=0.0)
-    leaf = new.clone().requires_grad_(True)
-    loss, _, _ = holder_po_token_loss(leaf, old, adv, mask, p, clip_mode="none")
-    (grad,) = torch.autograd.grad(loss.sum(), leaf)
-    x = torch.where(mask, new - old, torch.full_like(new, -p))
-    extreme = x.amax(-1) if p > 0 else x.amin(-1)
-    tied = (x == extreme[:, None]) & mask
-    n = mask.sum(-1, keepdim=True)
-    share = tied * n / tied.sum(-1, keepdim=True).clamp(min=1)
-    closed = torch.where(tied, -adv * torch.exp(extreme)[:, None] * share, 0)
-    torch.testing.assert_close(grad, closed, rtol=1e-12, atol=1e-15)
-
-
 def test_token_clip_at_p1_has_grpo_per_token_gradient():
     """Token clip at p = 1: token t's gradient is GRPO's, d/dlog pi_t of max(-A_t r_t, -A_t clip(r_t)) (row sum)."""
     new, old, adv, mask = token_batch(seed=7, drift=0.1)
@@ -147,7 +129,7 @@ def test_padding_may_hold_nan_and_rows_may_be_empty():
     new = torch.where(mask, new, torch.nan)
     adv = torch.where(mask, adv, torch.nan)
     leaf = new.clone().requires_grad_(True)
-    for p in (0.0, 2.0, math.inf):
+    for p in (0.0, 2.0, 40.0):
         loss, _, _ = holder_po_token_loss(leaf, old, adv, mask, p)
         (grad,) = torch.autograd.grad(loss.sum(), leaf)
         assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
@@ -169,7 +151,7 @@ def test_float32_and_bf16_inputs_compute_in_float32():
         ({"advantages": torch.zeros(3, 4)}, r"advantages must have shape \[B\] = \[2\] or \[B, T\] = \[2, 3\]"),
         ({"advantages": torch.tensor([[1.0, float("nan"), 0.0]] * 2)}, "advantages has 2 non-finite"),
         ({"clip_mode": "seq"}, "clip_mode must be one of"),
-        ({"p": float("nan")}, "p must not be NaN"),
+        ({"p": float("nan")}, "p must be a finite real number"),
     ],
 )
 def test_bad_input_names_the_argument(change, message):

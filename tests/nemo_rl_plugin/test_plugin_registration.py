@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from holder_nemo.alfworld.nemo_rl_component import ACTOR_FQN as ALFWORLD_ENV_FQN
 from holder_nemo.config import load_recipe
 from holder_nemo.nemo_rl.components import component_paths, dataset_configs, required_names
 
@@ -29,8 +28,9 @@ def test_math_recipes_train_and_validate_with_the_paper_grader(recipe):
     assert cfg["env"]["holder_math"]["num_workers"] >= 1
 
 
-def test_alfworld_recipe_needs_the_alfworld_environment_and_processor():
-    assert required_names(data_section(RECIPES / "holderpo_alfworld_qwen2.5-1.5b.yaml")) == ({"alfworld"}, {"alfworld"})
+def test_alfworld_recipe_needs_no_nemo_rl_environment_or_processor():
+    """ALFWorld's loop plays the games in the driver: NeMo RL builds no environment actor and no data rows for it."""
+    assert required_names(data_section(RECIPES / "holderpo_alfworld_qwen2.5-1.5b.yaml")) == (set(), set())
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("holderpo_*.yaml")), ids=lambda p: p.stem)
@@ -42,7 +42,7 @@ def test_every_environment_of_ours_is_named_by_its_component(recipe):
     paths = component_paths(cfg["env"])
     assert paths["holder_math"] == "holder_nemo.eval.nemo_rl_component" and "math" not in paths
     if "alfworld" in cfg["env"]:
-        assert paths["alfworld"] == "holder_nemo.alfworld.nemo_rl_component"
+        assert paths["alfworld"] == "holder_nemo.alfworld.training"
     assert all(callable(c.register) for c in components(cfg).values())  # importable without NeMo RL
 
 
@@ -74,12 +74,11 @@ def test_dataset_configs_fill_missing_keys_from_default_like_nemo_rl():
     importlib.util.find_spec("nemo_rl") is None, reason="nemo_rl is not importable; needs NeMo RL v0.7.0"
 )
 def test_registration_with_the_real_nemo_rl_registries():
-    """register_components fills NeMo RL v0.7.0's ENV_REGISTRY, ACTOR_ENVIRONMENT_REGISTRY and PROCESSOR_REGISTRY so
-    that its own lookups (create_env's registry and python-env checks, RawDataset.set_processor) resolve."""
+    """register_components fills NeMo RL v0.7.0's ENV_REGISTRY and ACTOR_ENVIRONMENT_REGISTRY so that its own
+    lookups (create_env's registry and python-env checks) resolve; ALFWorld's component registers nothing."""
     from holder_nemo.nemo_rl.master_config import typed_dict_for_old_python
 
     typed_dict_for_old_python()
-    from nemo_rl.data.datasets.raw_dataset import RawDataset
     from nemo_rl.data.processors import PROCESSOR_REGISTRY
     from nemo_rl.distributed.ray_actor_environment_registry import (
         ACTOR_ENVIRONMENT_REGISTRY,
@@ -87,7 +86,6 @@ def test_registration_with_the_real_nemo_rl_registries():
     )
     from nemo_rl.environments.utils import ENV_REGISTRY
 
-    from holder_nemo.alfworld.nemo_rl_adapter import alfworld_data_processor
     from holder_nemo.nemo_rl.components import components, registration_problems
 
     def register_components(cfg: dict) -> list[str]:  # what run_grpo.prepare does with the recipe's components
@@ -95,10 +93,8 @@ def test_registration_with_the_real_nemo_rl_registries():
 
     saved = (dict(ENV_REGISTRY), dict(PROCESSOR_REGISTRY), dict(ACTOR_ENVIRONMENT_REGISTRY))
     try:
-        for name in ("alfworld",):
-            ENV_REGISTRY.pop(name, None)
-            PROCESSOR_REGISTRY.pop(name, None)
-        ACTOR_ENVIRONMENT_REGISTRY.pop(ALFWORLD_ENV_FQN, None)
+        ENV_REGISTRY.pop("alfworld", None)
+        PROCESSOR_REGISTRY.pop("alfworld", None)
 
         math_cfg = OmegaConf.to_container(load_recipe(RECIPES / "holderpo_base.yaml"), resolve=True)
         assert register_components(math_cfg) == ["env holder_math"]
@@ -108,16 +104,9 @@ def test_registration_with_the_real_nemo_rl_registries():
         assert registration_problems(math_cfg["data"], math_cfg["env"]) == []
 
         alf_cfg = OmegaConf.to_container(load_recipe(RECIPES / "holderpo_alfworld_qwen2.5-1.5b.yaml"), resolve=True)
-        expected = ["env holder_math", "env alfworld", "processor alfworld"]
-        assert register_components(alf_cfg) == expected
-        assert register_components(alf_cfg) == expected  # idempotent (NeMo RL's register_* raise twice)
-        assert ENV_REGISTRY["alfworld"]["actor_class_fqn"] == ALFWORLD_ENV_FQN
-        get_actor_python_env(ALFWORLD_ENV_FQN)
-        assert PROCESSOR_REGISTRY["alfworld"] is alfworld_data_processor
-        raw = RawDataset.__new__(RawDataset)
-        raw.data_config = dataset_configs(alf_cfg["data"])[0]
-        raw.set_processor()
-        assert raw.processor is alfworld_data_processor
+        assert register_components(alf_cfg) == ["env holder_math"]  # ALFWorld's loop registers nothing
+        assert register_components(alf_cfg) == ["env holder_math"]  # idempotent (NeMo RL's register_* raise twice)
+        assert "alfworld" not in ENV_REGISTRY and "alfworld" not in PROCESSOR_REGISTRY
         assert registration_problems(alf_cfg["data"], alf_cfg["env"]) == []
 
         bad = {"train": {"dataset_name": "a", "env_name": "nope", "processor": "nope_p"}}

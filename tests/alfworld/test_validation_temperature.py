@@ -1,4 +1,4 @@
-"""Switching the vLLM sampling temperature for validation (``alfworld.generation_settings``).
+"""Switching the vLLM sampling temperature for validation (``alfworld.training.vllm_temperature_setter``).
 
 Real: Ray (a local cluster of its own on 127.0.0.1) and Ray's ``__ray_call__``. Faked: the vLLM worker actor (vLLM
 needs a GPU), by an actor that keeps its settings in ``cfg`` and reads ``cfg["temperature"]`` when it builds its
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 
-from holder_nemo.alfworld.generation_settings import vllm_temperature_setter
+from holder_nemo.alfworld.training import vllm_temperature_setter
 
 
 def test_setter_changes_every_worker_and_returns_the_previous_temperature(local_ray) -> None:
@@ -34,6 +36,28 @@ def test_setter_changes_every_worker_and_returns_the_previous_temperature(local_
     assert generation.cfg["temperature"] == 0.4
     assert set_temperature(1.0) == 0.4
     assert local_ray.get([w.sampling_temperature.remote() for w in workers]) == [1.0, 1.0]
+
+
+def test_the_function_run_on_the_workers_needs_no_holder_nemo_there() -> None:
+    """Ray pickles what ``__ray_call__`` runs with cloudpickle; the vLLM workers run in NeMo RL's own venvs, so the
+    function must travel by value: unpickled and run where importing ``holder_nemo`` fails."""
+    cloudpickle = pytest.importorskip("ray.cloudpickle", reason="needs ray")
+    set_temperature = vllm_temperature_setter(SimpleNamespace(worker_group=SimpleNamespace(workers=[object()])))
+    (swap,) = [cell.cell_contents for cell in set_temperature.__closure__ if callable(cell.cell_contents)]
+    script = (
+        "import sys, pickle, types\n"
+        "class NoHolderNemo:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'holder_nemo':\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, NoHolderNemo())\n"
+        "import ray.cloudpickle\n"
+        "swap = pickle.loads(sys.stdin.buffer.read())\n"
+        "worker = types.SimpleNamespace(cfg={'temperature': 1.0})\n"
+        "assert swap(worker, 0.4) == 1.0 and worker.cfg['temperature'] == 0.4\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], input=cloudpickle.dumps(swap), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
 
 
 def test_generation_without_vllm_workers_is_refused() -> None:
