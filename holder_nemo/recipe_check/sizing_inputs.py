@@ -150,9 +150,15 @@ def _mb_tokens(cfg: Mapping, seq: int) -> int:
     return _int(cfg, "policy.train_micro_batch_size", 1) * seq
 
 
+def one_row_per_environment_step(cfg: Mapping) -> bool:
+    """ALFWorld's training loop (``env.alfworld``) trains one row per environment step, up to
+    ``grpo.max_rollout_turns`` rows per episode; ``grpo_train`` trains one row per trajectory."""
+    return get(cfg, "env.alfworld", None) is not None
+
+
 def step_shape(cfg: Mapping, dp: int) -> StepShape:
     """The step bounds of a NeMo RL recipe; ``dp``: data-parallel ranks of the training side."""
-    turns = _int(cfg, "grpo.max_rollout_turns", 1) if get(cfg, "alfworld.sample_layout") == "per_step" else 1
+    turns = _int(cfg, "grpo.max_rollout_turns", 1) if one_row_per_environment_step(cfg) else 1
     episodes = _int(cfg, "grpo.num_prompts_per_step") * _int(cfg, "grpo.num_generations_per_prompt")
     seq = _int(cfg, "policy.max_total_sequence_length")
     saving = get(cfg, "checkpointing.enabled", False) is True

@@ -7,6 +7,7 @@ from typing import Any
 
 from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
 from holder_nemo.nemo_rl.recipe_keys import lookup, type_matches
+from holder_nemo.recipe_check.sizing_inputs import one_row_per_environment_step
 
 
 def _get(cfg: Mapping, path: str, default: Any = "?") -> Any:
@@ -64,7 +65,8 @@ def _batch_lines(cfg: Mapping) -> list[tuple[str, Any]]:
     rows = prompts * gens if prompts and gens else None
     mbs = _get(cfg, "policy.train_micro_batch_size")
     batch = f"{prompts} prompts x {gens} = {rows} trajectories; global batch {gbs}, micro-batch {mbs}"
-    if _get(cfg, "env.alfworld", None) is not None:  # ALFWorld: one row per environment step
+    per_step = one_row_per_environment_step(cfg)
+    if per_step:
         batch = (
             f"{prompts} games x {gens} episodes = {rows} episodes, one row per environment step; {gbs} rows per "
             f"optimizer update, micro-batch {mbs}"
@@ -72,8 +74,8 @@ def _batch_lines(cfg: Mapping) -> list[tuple[str, Any]]:
     elif rows and gbs:
         batch += f"; {rows / gbs:g} optimizer updates per step"
     lines = [("batch", batch)]
-    if rows and seq:  # ALFWorld's per-step layout trains up to max_rollout_turns rows per episode
-        turns = _int(_get(cfg, "grpo.max_rollout_turns")) if _get(cfg, "alfworld.sample_layout") == "per_step" else None
+    if rows and seq:
+        turns = _int(_get(cfg, "grpo.max_rollout_turns")) if per_step else None
         shape, n = (f"{rows} x {turns}", rows * turns) if turns else (f"{rows}", rows)
         cap = f"<= {n * new_tokens:,} generated" if new_tokens else "?"
         lines.append(("tokens/step", f"<= {n * seq:,} total ({shape} x {seq}), {cap} ({shape} x {new_tokens})"))
