@@ -1,11 +1,11 @@
 """The loss's share of NeMo RL v0.7.0's Megatron training step (the Megatron tier's path), HölderPO vs NeMo RL's
 ``ClippedPGLossFn`` in GSPO mode, on the same tiny ``GPTModel`` and batch.
 
-The step is tests/megatron's single-rank step (``megatron_step.worker_train``: ``megatron_forward_backward`` over
-megatron-core's schedule, ``finalize_model_grads``, the distributed optimizer's step) with our 7B recipe's Megatron
-keys, on CPU with the tier's patches (tests/megatron/megatron_cpu.py). Timed per step, in this process's CPU time
-(``time.process_time``: on a shared machine wall time mostly measures the other jobs): the whole ``worker_train``
-call, and the time spent inside the loss object's ``__call__`` (its forward, through NeMo RL's
+The step is tests/nemo_rl_megatron's single-rank step (``megatron_step.worker_train``: ``megatron_forward_backward``
+over megatron-core's schedule, ``finalize_model_grads``, the distributed optimizer's step) with our 7B recipe's
+Megatron keys, on CPU with the tier's patches (tests/nemo_rl_megatron/megatron_cpu.py). Timed per step, in this
+process's CPU time (``time.process_time``: on a shared machine wall time mostly measures the other jobs): the whole
+``worker_train`` call, and the time spent inside the loss object's ``__call__`` (its forward, through NeMo RL's
 ``SequencePackingLossWrapper`` / ``prepare_loss_input``; the loss's backward runs inside megatron-core's backward and
 is in the step time only). Each round rebuilds the model, DDP and optimizer from the same weights (not timed) and runs
 the variants interleaved; medians over rounds. Ratios are against ``clipped_pg_gspo`` in the same run.
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests" / "megatron"), str(REPO)]
+sys.path[:0] = [str(REPO / "tests" / "nemo_rl_megatron"), str(REPO)]
 
 
 class TimedLoss:

@@ -1,6 +1,6 @@
 """One NeMo RL v0.7.0 Megatron training step of a tiny ``GPTModel`` with a NeMo RL loss, on this process's ranks.
 
-Used by tests/megatron/megatron_ranks.py (the spawned gloo ranks) and benchmarks/bench_megatron_step.py.
+Used by tests/nemo_rl_megatron/megatron_ranks.py (the spawned gloo ranks) and benchmarks/bench_megatron_step.py.
 
 What is NeMo RL's or megatron-core's own code, and what is this file's:
 

@@ -1,4 +1,4 @@
-"""Spawned gloo ranks for tests/megatron/test_megatron_step.py: NeMo RL's Megatron training step, distributed vs
+"""Spawned gloo ranks for tests/nemo_rl_megatron/test_megatron_step.py: NeMo RL's Megatron training step, distributed vs
 single-rank, for every layout of one world size and every loss variant, in ONE launch (imports cost ~20 s a process).
 
 ``python megatron_ranks.py WORLD OUT.json``:

@@ -1,8 +1,7 @@
-"""What it takes to run NeMo RL v0.7.0's Megatron training step on CPU gloo ranks (tests/megatron only).
+"""What it takes to run NeMo RL v0.7.0's Megatron training step on CPU gloo ranks (tests/nemo_rl_megatron only).
 
 Everything here replaces the lowest layer that needs a GPU or a package that cannot be installed on CPU; nothing
-replaces NeMo RL's or megatron-core's own logic. Each replacement, and why (``../shared/reference/megatron-on-cpu.md``
-has the exact errors):
+replaces NeMo RL's or megatron-core's own logic. Each replacement, and why (docs/nemo_rl.md, "The Megatron tier"):
 
 * ``cuda_rng``: ``torch.cuda.get_rng_state`` / ``set_rng_state`` and megatron-core's ``_get_cuda_rng_state`` /
   ``_set_cuda_rng_state`` use the CPU generator. ``model_parallel_cuda_manual_seed`` and
