@@ -169,7 +169,8 @@ def maths_data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def alfworld_games(tmp_path_factory) -> Path:
     """ALFWorld games built offline from the alfworld package's PDDL and grammar (3 per task type and split)."""
-    pytest.importorskip("alfworld", reason="the ALFWorld recipe needs the optional extra holder_nemo[alfworld]")
+    # a submodule of the real package: a bare "alfworld" is also the tests/alfworld folder (a namespace package)
+    pytest.importorskip("alfworld.info", reason="the ALFWorld recipe needs the optional extra holder_nemo[alfworld]")
     os.environ.setdefault("ALFWORLD_DATA", str(tmp_path_factory.mktemp("alfworld_data")))
     from holder_nemo.alfworld.games import build_offline_games
 

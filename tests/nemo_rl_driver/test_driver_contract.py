@@ -75,7 +75,7 @@ def test_recipe_checkpoints_stops_and_resumes_through_nemo_rl(recipe, run_driver
     assert second.tensorboard("holder/p") == {3: pytest.approx(schedule(3))}
 
 
-def test_alfworld_recipe_checkpoints_and_resumes_through_nemo_rl(run_driver, alfworld_games, tmp_path):
+def test_alfworld_recipe_checkpoints_and_resumes_through_nemo_rl(alfworld_games, run_driver, tmp_path):
     """The ALFWorld recipe (DTensor v2, per-step layout, our loop instead of grpo_train) through grpo.setup, offline
     games played in the driver, validation at the recipe's temperature, the v2 save (format and
     consolidation passed on), and the resume that NeMo RL's setup performs (it restores train_dataloader.pt too).
