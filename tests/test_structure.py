@@ -2,8 +2,10 @@
 
 * dependencies point one way: the graph of sub-package imports (module level and inside functions alike) has no
   cycle, and ``holder_nemo.nemo_rl`` (the plugin) imports no environment;
-* ``holder_nemo/core`` imports nothing but torch and the standard library;
-* no module over 300 lines, no function over 60 lines.
+* ``holder_nemo/core`` imports nothing but torch and the standard library.
+
+There is no size cap: a module is as long as its one job needs, a function as long as its one step (issue "The house,
+pruned" retired the 300 / 60-line rule, which split flows and packed arguments to stay under it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "holder_nemo"
-MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 60
 
 
 def _modules() -> dict[str, Path]:
@@ -85,17 +86,3 @@ def test_core_imports_only_torch_and_the_standard_library():
             top = name.split(".")[0]
             assert top in ("torch", "holder_nemo") or top in sys.stdlib_module_names, f"{module} imports {name}"
             assert top != "holder_nemo" or name.startswith("holder_nemo.core"), f"{module} imports {name}"
-
-
-def test_modules_and_functions_are_small():
-    too_long = []
-    for module, path in _modules().items():
-        source = path.read_text()
-        if len(source.splitlines()) > MAX_MODULE_LINES:
-            too_long.append(f"{module}: {len(source.splitlines())} lines")
-        for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                length = node.end_lineno - node.lineno + 1
-                if length > MAX_FUNCTION_LINES:
-                    too_long.append(f"{module}.{node.name}: {length} lines")
-    assert not too_long, too_long

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from holder_nemo.alfworld.per_step_settings import PER_STEP, sample_layout, section
+from holder_nemo.config.errors import ConfigError, problems_from_pydantic
 
 ACTOR_FQN = "holder_nemo.alfworld.nemo_rl_env.AlfworldEnvironment"
 PROCESSOR = "alfworld"
@@ -40,11 +41,14 @@ def register(env_name: str, config: Any) -> list[str]:
 
 def check(config: Any) -> list[tuple[str, str]]:
     """The ``alfworld`` section and the per-step loop's settings, as (dotted key, message)."""
+    from pydantic import ValidationError
+
     try:
         sample_layout(config)
-    except ValueError as exc:
-        key, _, message = str(exc).partition(": ")
-        return [(key if message else "alfworld", message or str(exc))]
+    except ConfigError as exc:
+        return list(exc.problems)
+    except ValidationError as exc:  # env.alfworld, the protocol's own schema
+        return problems_from_pydantic(exc, "env.alfworld")
     return []
 
 
@@ -85,9 +89,10 @@ def game_file_dataset(data_path: str | os.PathLike, task_types: Sequence[int] | 
 
     path = Path(data_path)
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"data.*.data_path: no such directory {str(path)!r} (run `holderpo data prepare alfworld DIR` and set "
-            "ALFWORLD_DATA, or `python -m holder_nemo.alfworld make-games DIR` for the offline games)"
+        raise ConfigError(
+            "data.*.data_path",
+            f"no such directory {str(path)!r} (run `holderpo data prepare alfworld DIR` and set ALFWORLD_DATA, or "
+            "`python -m holder_nemo.alfworld make-games DIR` for the offline games)",
         )
     types = tuple(task_types) if task_types else tuple(TASK_TYPES)
     return GameFileDataset(list_games(path.parent, path.name, types))
@@ -105,7 +110,9 @@ def alfworld_game_datasets(config: Any) -> tuple[GameFileDataset, GameFileDatase
             out.append(None)
             continue
         if not isinstance(entry, dict) or not entry.get("data_path"):
-            raise ValueError(f"data.{split}.data_path: alfworld.sample_layout per_step needs one ALFWorld split folder")
+            raise ConfigError(
+                f"data.{split}.data_path", "alfworld.sample_layout per_step needs one ALFWorld split folder"
+            )
         out.append(game_file_dataset(entry["data_path"], task_types))
     return out[0], out[1]
 

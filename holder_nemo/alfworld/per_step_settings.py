@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from holder_nemo.alfworld.protocol import ProtocolConfig
+from holder_nemo.config.errors import ConfigError
 from holder_nemo.nemo_rl.components import COMPONENT_KEY
 
 PER_STEP, PER_EPISODE = "per_step", "per_episode"
@@ -53,17 +54,18 @@ def check_alfworld_section(config: Any) -> str:
     alfworld = dict(section(config, "alfworld"))
     unknown = sorted(set(alfworld) - set(ALFWORLD_KEYS))
     if unknown:
-        raise ValueError(f"alfworld: unknown keys {unknown}; allowed {list(ALFWORLD_KEYS)}")
+        raise ConfigError("alfworld", f"unknown keys {unknown}; allowed {list(ALFWORLD_KEYS)}")
     layout = alfworld.get("sample_layout", PER_EPISODE)
     if layout not in (PER_STEP, PER_EPISODE):
-        raise ValueError(f"alfworld.sample_layout: must be {PER_STEP!r} or {PER_EPISODE!r}, got {layout!r}")
+        raise ConfigError("alfworld.sample_layout", f"must be {PER_STEP!r} or {PER_EPISODE!r}, got {layout!r}")
     if layout == PER_EPISODE:
         harmless = {"entropy_coeff": 0}  # no bonus is what NeMo RL's rollout does anyway
         unused = [k for k in ALFWORLD_KEYS[1:] if alfworld.get(k) is not None and alfworld.get(k) != harmless.get(k)]
         if unused:
-            raise ValueError(
-                f"alfworld.{unused[0]}: read only with alfworld.sample_layout per_step; NeMo RL's own rollout "
-                f"(per_episode) would ignore {['alfworld.' + k for k in unused]}: set them to null"
+            raise ConfigError(
+                f"alfworld.{unused[0]}",
+                "read only with alfworld.sample_layout per_step; NeMo RL's own rollout "
+                f"(per_episode) would ignore {['alfworld.' + k for k in unused]}: set them to null",
             )
     return layout
 
@@ -83,9 +85,9 @@ def _protocol(config: Any) -> ProtocolConfig:
     env = {k: v for k, v in (section(config, "env").get("alfworld") or {}).items() if k != COMPONENT_KEY}
     nemo_env_keys = sorted({"turn_template", "num_workers"} & set(env))
     if nemo_env_keys:  # the Ray environment's keys: the per-step loop plays the games itself
-        raise ValueError(
-            f"env.alfworld.{nemo_env_keys[0]}: read only by NeMo RL's rollout (sample_layout per_episode); "
-            "the per-step loop would ignore it"
+        raise ConfigError(
+            f"env.alfworld.{nemo_env_keys[0]}",
+            "read only by NeMo RL's rollout (sample_layout per_episode); the per-step loop would ignore it",
         )
     return ProtocolConfig.from_dict(env)
 
@@ -94,9 +96,10 @@ def _check_fixed(config: Any) -> None:
     for key, value in PER_STEP_FIXED.items():
         got = lookup(config, key)
         if got is not None and got != value:
-            raise ValueError(
-                f"{key}: must be {value} with alfworld.sample_layout per_step (the loop computes verl-agent's "
-                f"advantage itself and would ignore it), got {got!r}"
+            raise ConfigError(
+                key,
+                f"must be {value} with alfworld.sample_layout per_step (the loop computes verl-agent's "
+                f"advantage itself and would ignore it), got {got!r}",
             )
 
 
@@ -137,7 +140,7 @@ class PerStepSettings:
     @classmethod
     def from_config(cls, config: Any) -> PerStepSettings:
         if check_alfworld_section(config) != PER_STEP:
-            raise ValueError("alfworld.sample_layout: the per-step loop needs per_step")
+            raise ConfigError("alfworld.sample_layout", "the per-step loop needs per_step")
         _check_fixed(config)
         settings = cls._read(config)
         settings._validate(section(config, "policy"))
@@ -187,20 +190,22 @@ class PerStepSettings:
         }
         for name, key in positive.items():
             if getattr(self, name) < 1:
-                raise ValueError(f"{key}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, name)}")
         if self.stats_over not in ("steps", "episodes"):
-            raise ValueError(f"alfworld.advantage_stats_over: must be 'steps' or 'episodes', got {self.stats_over!r}")
+            raise ConfigError(
+                "alfworld.advantage_stats_over", f"must be 'steps' or 'episodes', got {self.stats_over!r}"
+            )
         if not self.entropy_coeff >= 0:
-            raise ValueError(f"alfworld.entropy_coeff: must be >= 0, got {self.entropy_coeff}")
+            raise ConfigError("alfworld.entropy_coeff", f"must be >= 0, got {self.entropy_coeff}")
         if not self.val_temperature > 0:
-            raise ValueError(f"alfworld.val_temperature: must be > 0 or null, got {self.val_temperature}")
+            raise ConfigError("alfworld.val_temperature", f"must be > 0 or null, got {self.val_temperature}")
         if self.validating and self.max_val_samples < 1:
-            raise ValueError(f"grpo.max_val_samples: validation episodes must be >= 1, got {self.max_val_samples}")
+            raise ConfigError("grpo.max_val_samples", f"validation episodes must be >= 1, got {self.max_val_samples}")
         whole_rows = _context_parallel(policy) == 1 and not (policy.get("sequence_packing") or {}).get("enabled")
         if self.entropy_coeff > 0 and not whole_rows:
-            raise ValueError(
-                "alfworld.entropy_coeff: > 0 needs whole rows in the loss: context_parallel_size 1 and "
-                "policy.sequence_packing.enabled false"
+            raise ConfigError(
+                "alfworld.entropy_coeff",
+                "> 0 needs whole rows in the loss: context_parallel_size 1 and policy.sequence_packing.enabled false",
             )
 
     @property

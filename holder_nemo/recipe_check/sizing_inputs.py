@@ -56,7 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sizing (estimates printed after the summary)")
     add = group.add_argument
     add("--gpu-memory", type=_bounded("--gpu-memory", 0), default=80.0, metavar="GIB", help="GPU memory (default 80)")
-    add("--strict", action="store_true", help="a layout or save that cannot fit is an error, not a warning")
     add(
         "--fs-bandwidth",
         type=_bounded("--fs-bandwidth", 0),

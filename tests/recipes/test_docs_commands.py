@@ -264,7 +264,7 @@ def check_holderpo(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
 
         ns = parse_args([t for t in rest if not t.startswith("--")])
         try:
-            load_config(ns.recipe, ns.overrides)
+            load_config(ns.recipe, ns.overrides, paths=False)  # the model and data of the docs are not on this machine
         except ConfigError as exc:
             pytest.fail(f"{cmd}: the recipe or its overrides are invalid: {exc}")
     elif sub == "eval":
