@@ -1,8 +1,8 @@
 """HölderPO GRPO training with NeMo RL: ``python -m holder_nemo.nemo_rl.run_grpo --config RECIPE.yaml [overrides]``.
 
-Same flow as NeMo RL v0.7.0's ``examples/run_grpo.py`` (NeMo RL's own config loader with ``defaults:`` inheritance
-and Hydra overrides, ``MasterConfig``, ``init_ray``, tokenizer, generation config, ``setup_response_data``,
-``setup``, ``grpo_train``), in three steps that read top to bottom:
+Same flow as NeMo RL v0.7.0's ``examples/run_grpo.py`` (a config loader with ``defaults:`` inheritance and Hydra
+overrides, ``MasterConfig``, ``init_ray``, tokenizer, generation config, ``setup_response_data``, ``setup``,
+``grpo_train``), in three steps that read top to bottom:
 
 1. ``prepare`` (before Ray): the recipe through the project's loader (``holder_nemo.config``, which resolves every
    recipe exactly as NeMo RL's ``load_config`` + ``parse_hydra_overrides`` do, and refuses duplicate keys), every
