@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import types
 import typing
@@ -51,9 +52,15 @@ def generate() -> dict[str, Any]:
     from pydantic import BaseModel
 
     records: dict[str, dict[str, Any]] = {}
+    classes: dict[str, Any] = {}
 
-    def record(name: str, fields: dict[str, Any], required: set[str]) -> dict[str, str]:
-        records[name] = {}  # placeholder first: recursive TypedDicts refer to themselves
+    def record(cls: Any, fields: dict[str, Any], required: set[str]) -> dict[str, str]:
+        name = cls.__name__
+        if name in classes:
+            if classes[name] is not cls:  # the table names TypedDicts by class name: they must be unique
+                raise RuntimeError(f"two NeMo RL config classes are called {name}: {classes[name]} and {cls}")
+            return {"typeddict": name}
+        classes[name], records[name] = cls, {}  # registered first: recursive TypedDicts refer to themselves
         records[name] = {
             "required": {k: describe(t) for k, t in sorted(fields.items()) if k in required},
             "optional": {k: describe(t) for k, t in sorted(fields.items()) if k not in required},
@@ -67,15 +74,10 @@ def generate() -> dict[str, Any]:
         if tp is type(None):
             return "null"
         if typing_extensions.is_typeddict(tp):
-            if tp.__name__ in records:
-                return {"typeddict": tp.__name__}
-            hints = typing_extensions.get_type_hints(tp)
-            return record(tp.__name__, hints, set(tp.__required_keys__))
+            return record(tp, typing_extensions.get_type_hints(tp), set(tp.__required_keys__))
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            if tp.__name__ in records:
-                return {"typeddict": tp.__name__}
             fields = {k: f.annotation for k, f in tp.model_fields.items()}
-            return record(tp.__name__, fields, {k for k, f in tp.model_fields.items() if f.is_required()})
+            return record(tp, fields, {k for k, f in tp.model_fields.items() if f.is_required()})
         if origin in (typing.Union, types.UnionType):
             members: list[Type] = []
             for arg in args:
@@ -91,7 +93,7 @@ def generate() -> dict[str, Any]:
             return {"dict": describe(args[1]) if len(args) == 2 else "any"}
         if origin is typing.Annotated:
             return describe(args[0])
-        if tp is __import__("os").PathLike or origin is __import__("os").PathLike:
+        if tp is os.PathLike or origin is os.PathLike:
             return "str"
         return "any"
 
@@ -112,8 +114,8 @@ def generate() -> dict[str, Any]:
     }
 
 
-def dumps(table: dict[str, Any]) -> str:
-    return json.dumps(table, indent=1, sort_keys=False) + "\n"
+def dumps(generated: dict[str, Any]) -> str:
+    return json.dumps(generated, indent=1) + "\n"
 
 
 # ------------------------------------------------------------------------------------------- checking (offline)
@@ -170,16 +172,23 @@ def _union_problems(value: Any, members: list[Type], key: str) -> list[tuple[str
     attempts = [problems(value, member, key) for member in members]
     if any(not found for found in attempts):
         return []
-    shaped = [
-        found
-        for member, found in zip(members, attempts, strict=True)
-        if isinstance(member, dict)
-        and isinstance(value, Mapping) == ("typeddict" in member or "dict" in member)
-        and isinstance(value, list) == ("list" in member)
-    ]
+    # None fits none: report the alternative of the value's own shape (a mapping, a list, a scalar) that fits best
+    shape = _value_shape(value)
+    shaped = [found for member, found in zip(members, attempts, strict=True) if _type_shape(member) == shape]
     if shaped:
         return min(shaped, key=len)
     return [(key, f"expected {_name({'union': members})}, got {_got(value)}")]
+
+
+def _type_shape(tp: Type) -> str:
+    """The shape of the values a table type accepts: "mapping", "list" or "scalar"."""
+    if isinstance(tp, dict) and ("typeddict" in tp or "dict" in tp):
+        return "mapping"
+    return "list" if isinstance(tp, dict) and "list" in tp else "scalar"
+
+
+def _value_shape(value: Any) -> str:
+    return "mapping" if isinstance(value, Mapping) else "list" if isinstance(value, list) else "scalar"
 
 
 def problems(value: Any, tp: Type, key: str) -> list[tuple[str, str]]:
