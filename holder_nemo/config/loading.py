@@ -100,7 +100,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(where, "no such recipe file (recipes/*.yaml are the shipped ones)")
     if path.suffix.lower() not in RECIPE_SUFFIXES:
-        raise ConfigError(where, f"not a YAML recipe (a '{path.suffix}' file): give a .yaml recipe such as recipes/")
+        kind = f"a '{path.suffix}' file" if path.suffix else "no .yaml suffix"
+        raise ConfigError(where, f"not a YAML recipe ({kind}): give a .yaml recipe, e.g. recipes/smoke_cpu.yaml")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
