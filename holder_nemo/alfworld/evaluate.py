@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     games = select_games(args, split)
     if not games:
         print(f"no games found under {args.data_root} for split {split}", file=sys.stderr)
-        return 1
+        return 2
     settings: dict = {"protocol": args.protocol, "split": split, "episodes": len(games)}
     if args.protocol == "paper":
         settings.update(seed=args.seed, round=args.round)

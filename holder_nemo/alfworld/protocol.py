@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from holder_nemo.config.errors import ConfigError
+
 TASK_MARKER = "Your task is to: "
 
 _ADMISSIBLE_AND_INSTRUCTIONS = (
@@ -66,7 +68,7 @@ class ProtocolConfig(BaseModel):
         cfg = dict(cfg or {})
         unknown = sorted(set(cfg) - set(cls.model_fields))
         if unknown:
-            raise ValueError(f"env.alfworld: unknown keys {unknown}; allowed {sorted(cls.model_fields)}")
+            raise ConfigError("env.alfworld", f"unknown keys {unknown}; allowed {sorted(cls.model_fields)}")
         return cls(**cfg)
 
 

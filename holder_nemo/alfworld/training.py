@@ -57,6 +57,7 @@ from holder_nemo.alfworld.step_samples import (
     to_nemo_rl_train_data,
     tokenize_step_samples,
 )
+from holder_nemo.config.errors import ConfigError, problems_from_pydantic
 from holder_nemo.nemo_rl.components import COMPONENT_KEY
 
 # ------------------------------------------------------------------------------------------------ 1. settings
@@ -95,14 +96,15 @@ def lookup(config: Any, dotted: str) -> Any:
 
 def _check_alfworld_section(alfworld: Mapping[str, Any]) -> None:
     if "sample_layout" in alfworld:  # the key that chose the per-episode layout, removed
-        raise ValueError(
-            "alfworld.sample_layout: no longer a setting: ALFWorld always trains one row per environment step "
+        raise ConfigError(
+            "alfworld.sample_layout",
+            "no longer a setting: ALFWorld always trains one row per environment step "
             "(the paper's layout); NeMo RL v0.7's per-episode multi-turn rollout cannot train it "
             f"(docs/alfworld.md, 'Sample layout'); delete the key, got {alfworld['sample_layout']!r}"
         )
     unknown = sorted(set(alfworld) - set(ALFWORLD_KEYS))
     if unknown:
-        raise ValueError(f"alfworld: unknown keys {unknown}; allowed {list(ALFWORLD_KEYS)}")
+        raise ConfigError("alfworld", f"unknown keys {unknown}; allowed {list(ALFWORLD_KEYS)}")
 
 
 def _protocol(config: Any) -> ProtocolConfig:
@@ -147,14 +149,15 @@ class PerStepSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> PerStepSettings:
-        """Read and check every setting; ``ValueError`` naming the key for one the loop would ignore or reject."""
+        """Read and check every setting; ``ConfigError`` naming the key for one the loop would ignore or reject."""
         alfworld = section(config, "alfworld")
         _check_alfworld_section(alfworld)
         for key, value in PER_STEP_FIXED.items():
             got = lookup(config, key)
             if got is not None and got != value:
-                raise ValueError(
-                    f"{key}: must be {value} for ALFWorld's per-step layout (the loop computes verl-agent's "
+                raise ConfigError(
+                    key,
+                    f"must be {value} for ALFWorld's per-step layout (the loop computes verl-agent's "
                     f"advantage itself and would ignore it), got {got!r}"
                 )
         grpo, policy, ckpt = section(config, "grpo"), section(config, "policy"), section(config, "checkpointing")
@@ -201,21 +204,23 @@ class PerStepSettings:
         }
         for name, key in positive.items():
             if getattr(self, name) < 1:
-                raise ValueError(f"{key}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, name)}")
         if self.stats_over not in ("steps", "episodes"):
-            raise ValueError(f"alfworld.advantage_stats_over: must be 'steps' or 'episodes', got {self.stats_over!r}")
+            raise ConfigError(
+                "alfworld.advantage_stats_over", f"must be 'steps' or 'episodes', got {self.stats_over!r}"
+            )
         if not self.entropy_coeff >= 0:
-            raise ValueError(f"alfworld.entropy_coeff: must be >= 0, got {self.entropy_coeff}")
+            raise ConfigError("alfworld.entropy_coeff", f"must be >= 0, got {self.entropy_coeff}")
         if not self.val_temperature > 0:
-            raise ValueError(f"alfworld.val_temperature: must be > 0 or null, got {self.val_temperature}")
+            raise ConfigError("alfworld.val_temperature", f"must be > 0 or null, got {self.val_temperature}")
         if self.validating and self.max_val_samples < 1:
-            raise ValueError(f"grpo.max_val_samples: validation episodes must be >= 1, got {self.max_val_samples}")
+            raise ConfigError("grpo.max_val_samples", f"validation episodes must be >= 1, got {self.max_val_samples}")
         # the entropy estimate needs each row's next-token log-probs whole: CP and packing hand the loss a shard
         whole_rows = _context_parallel(policy) == 1 and not (policy.get("sequence_packing") or {}).get("enabled")
         if self.entropy_coeff > 0 and not whole_rows:
-            raise ValueError(
-                "alfworld.entropy_coeff: > 0 needs whole rows in the loss: context_parallel_size 1 and "
-                "policy.sequence_packing.enabled false"
+            raise ConfigError(
+                "alfworld.entropy_coeff",
+                "> 0 needs whole rows in the loss: context_parallel_size 1 and policy.sequence_packing.enabled false",
             )
 
     @property
@@ -268,9 +273,10 @@ def game_file_dataset(data_path: str | os.PathLike, task_types: Sequence[int] | 
 
     path = Path(data_path)
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"data.*.data_path: no such directory {str(path)!r} (run `holderpo data prepare alfworld DIR` and set "
-            "ALFWORLD_DATA, or `python -m holder_nemo.alfworld make-games DIR` for the offline games)"
+        raise ConfigError(
+            "data.*.data_path",
+            f"no such directory {str(path)!r} (run `holderpo data prepare alfworld DIR` and set ALFWORLD_DATA, or "
+            "`python -m holder_nemo.alfworld make-games DIR` for the offline games)",
         )
     types = tuple(task_types) if task_types else tuple(TASK_TYPES)
     return GameFileDataset(list_games(path.parent, path.name, types))
@@ -288,7 +294,7 @@ def alfworld_game_datasets(config: Any) -> tuple[GameFileDataset, GameFileDatase
             out.append(None)
             continue
         if not isinstance(entry, dict) or not entry.get("data_path"):
-            raise ValueError(f"data.{split}.data_path: ALFWorld training needs one ALFWorld split folder")
+            raise ConfigError(f"data.{split}.data_path", "ALFWorld training needs one ALFWorld split folder")
         out.append(game_file_dataset(entry["data_path"], task_types))
     return out[0], out[1]
 
@@ -624,11 +630,14 @@ def register(env_name: str, config: Any) -> list[str]:
 
 def check(config: Any) -> list[tuple[str, str]]:
     """Every setting the loop reads (``PerStepSettings``), as (dotted key, message), offline and before Ray."""
+    from pydantic import ValidationError
+
     try:
         PerStepSettings.from_config(config)
-    except ValueError as exc:
-        key, _, message = str(exc).partition(": ")
-        return [(key if message else "alfworld", message or str(exc))]
+    except ConfigError as exc:
+        return list(exc.problems)
+    except ValidationError as exc:  # env.alfworld, the protocol's own schema
+        return problems_from_pydantic(exc, "env.alfworld")
     return []
 
 

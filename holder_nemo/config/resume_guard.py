@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from holder_nemo.config.errors import ConfigError
+
 ACCEPT_FLAG = "--accept-config-change"
 CHANGE_LOG = "holderpo_config_changes.jsonl"
 _ABSENT = "<absent>"
@@ -37,8 +39,9 @@ class ConfigChange:
         return f"{self.key}: {self.stored!r} (stored) -> {self.current!r} (now)"
 
 
-class ResumeConfigError(ValueError):
-    """The recipe differs from the run's stored one in keys that change the run; the message lists them."""
+class ResumeConfigError(ConfigError):
+    """The recipe differs from the run's stored one in keys that change the run: one problem per key (both values),
+    between a line saying what differs and one saying how to proceed."""
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -93,12 +96,17 @@ def check_resume_config(
     """
     changes = config_changes(stored, current, operational)
     if changes and not accept:
-        lines = "\n  ".join(str(c) for c in changes)
         raise ResumeConfigError(
-            f"the recipe differs from the one this run was started with ({where}) in {len(changes)} key(s) that "
-            f"change the run:\n  {lines}\nResuming would silently turn it into a different run. Restore the "
-            f"original values, use a new checkpoint directory, or pass {ACCEPT_FLAG} to resume with the new values "
-            "(the change is recorded in the run directory)."
+            [
+                ("", f"the recipe differs from the one this run was started with ({where}) in {len(changes)} key(s):"),
+                *((c.key, f"{c.stored!r} (stored) -> {c.current!r} (now)") for c in changes),
+                (
+                    "",
+                    "resuming would silently turn it into a different run: restore the original values, use a new "
+                    f"checkpoint directory, or pass {ACCEPT_FLAG} to resume with the new values (recorded in the run "
+                    "directory)",
+                ),
+            ]
         )
     return changes
 

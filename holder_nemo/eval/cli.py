@@ -14,9 +14,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError, print_problems, problems_from_pydantic
+from holder_nemo.config.loading import read_yaml
 from holder_nemo.eval.benchmarks import BenchmarkError
 from holder_nemo.eval.config import BENCHMARKS, PRESETS, EvalConfig
 from holder_nemo.eval.model_source import ModelSourceError
+
+PROG = "holderpo eval"
 
 
 def _csv(text: str) -> list[str]:
@@ -58,15 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> EvalConfig:
-    """Layer preset, config file, flags and --set over the defaults; raises ValidationError / ValueError."""
+    """Layer preset, config file, flags and --set over the defaults; raises ValidationError / ConfigError."""
     values: dict[str, Any] = {}
     if args.preset:
         values.update(PRESETS[args.preset])
     if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"--config {args.config}: expected a mapping of EvalConfig fields")
-        values.update(loaded)
+        values.update(read_yaml(Path(args.config)))  # the recipe loader's checks: one line naming file and line
     flag_fields = [
         "benchmarks", "backend", "data_dir", "output_dir", "max_new_tokens", "temperature", "n_samples",
         "pass_k_benchmarks", "pass_k", "tensor_parallel_size", "dtype", "limit", "base_model", "hf_export_dir",
@@ -75,30 +76,24 @@ def resolve_config(args: argparse.Namespace) -> EvalConfig:
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        values[key.strip()] = yaml.safe_load(raw)
+            raise ConfigError("--set", f"expects KEY=VALUE, got {item!r}")
+        try:
+            values[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError("--set", f"{item!r}: the value is not YAML ({str(exc).splitlines()[0]})") from None
     values["model"] = args.model
     return EvalConfig(**values)
-
-
-def _format_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "config"
-        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r})")
-    return "invalid evaluation settings:\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = resolve_config(args)
-    except ValidationError as exc:
-        print(f"holderpo eval: {_format_validation_error(exc)}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, yaml.YAMLError) as exc:
-        print(f"holderpo eval: {exc}", file=sys.stderr)
-        return 2
+        try:
+            cfg = resolve_config(args)
+        except ValidationError as exc:
+            raise ConfigError(problems_from_pydantic(exc, unknown_hint="see `holderpo eval --help`")) from None
+    except ConfigError as exc:
+        return print_problems(PROG, exc)
     if args.print_config:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
@@ -107,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_eval(cfg, label=args.label)
     except (BenchmarkError, ModelSourceError) as exc:
-        print(f"holderpo eval: {exc}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(result.table, end="")
     print(f"[eval] wrote {result.output_dir}/results.md, results.json, generations.jsonl")
     return 0

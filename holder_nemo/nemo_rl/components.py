@@ -27,6 +27,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from holder_nemo.config.errors import ConfigError
+
 COMPONENT_KEY = "_component_"
 
 
@@ -52,7 +54,7 @@ def component_paths(env_config: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def load_component(path: str, key: str) -> Any:
-    """Import ``path`` (a module, or ``module.attribute``); ValueError naming ``key`` when it does not resolve."""
+    """Import ``path`` (a module, or ``module.attribute``); ``ConfigError`` naming ``key`` when it does not resolve."""
     try:
         return importlib.import_module(path)
     except ModuleNotFoundError as exc:
@@ -62,7 +64,7 @@ def load_component(path: str, key: str) -> Any:
         try:
             return getattr(importlib.import_module(module), attribute)
         except (ModuleNotFoundError, AttributeError):
-            raise ValueError(f"{key}: cannot import {path!r} (a module or module.attribute)") from None
+            raise ConfigError(key, f"cannot import {path!r} (a module or module.attribute)") from None
 
 
 def components(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def component_training(found: Mapping[str, Any], config: Any) -> Training | None
     """The training loop a component supplies for this recipe, or None (NeMo RL's ``grpo_train``); at most one."""
     loops = [(name, loop) for name, c in found.items() if (loop := getattr(c, "training", lambda _: None)(config))]
     if len(loops) > 1:
-        raise ValueError(f"env: components {[n for n, _ in loops]} each replace grpo_train; at most one may")
+        raise ConfigError("env", f"components {[n for n, _ in loops]} each replace grpo_train; at most one may")
     return loops[0][1] if loops else None
 
 
@@ -117,9 +119,11 @@ def required_names(data_config: Mapping[str, Any]) -> tuple[set[str], set[str]]:
     return envs, processors
 
 
-def registration_problems(data_config: Mapping[str, Any], env_config: Mapping[str, Any] | None) -> list[str]:
+def registration_problems(
+    data_config: Mapping[str, Any], env_config: Mapping[str, Any] | None
+) -> list[tuple[str, str]]:
     """After registration: what NeMo RL would fail on later (an unregistered ``env_name`` or ``processor``, or an
-    environment without its ``env.<name>`` section), each naming the key. Imports ``nemo_rl``."""
+    environment without its ``env.<name>`` section), as ``(key, message)``. Imports ``nemo_rl``."""
     from nemo_rl.data.processors import PROCESSOR_REGISTRY
     from nemo_rl.environments.utils import ENV_REGISTRY
 
@@ -130,15 +134,18 @@ def registration_problems(data_config: Mapping[str, Any], env_config: Mapping[st
         if name not in ENV_REGISTRY:
             known = ", ".join(sorted(ENV_REGISTRY))
             problems.append(
-                f"data.*.env_name: environment {name!r} is not registered (known: {known}; "
-                f"env.{name}.{COMPONENT_KEY} names the code of one of ours)"
+                (
+                    "data.*.env_name",
+                    f"environment {name!r} is not registered (known: {known}; env.{name}.{COMPONENT_KEY} names the "
+                    "code of one of ours)",
+                )
             )
         elif name not in env_config:
-            problems.append(f"env.{name}: missing (data.*.env_name uses environment {name!r})")
+            problems.append((f"env.{name}", f"missing (data.*.env_name uses environment {name!r})"))
     for name in sorted(processors):
         if name not in PROCESSOR_REGISTRY:
             known = ", ".join(sorted(PROCESSOR_REGISTRY))
-            problems.append(f"data.*.processor: processor {name!r} is not registered (known: {known})")
+            problems.append(("data.*.processor", f"processor {name!r} is not registered (known: {known})"))
     return problems
 
 

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from holder_nemo.config.errors import ConfigError, problems_from_pydantic
 from holder_nemo.core import CLIP_MODES, KL_KINDS, PSchedule
 from holder_nemo.core.estimators import IS_LEVELS, TRUNCATIONS
 
@@ -110,33 +111,38 @@ class HolderPOLossConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> HolderPOLossConfig:
-        for key, (neutral, why) in _NEUTRAL_CLIPPED_PG_KEYS.items():
-            if getattr(self, key) != neutral:
-                raise _KeyError(key, f"must be {neutral!r} for HölderPO ({why}), got {getattr(self, key)!r}")
-        kind = self.truncated_importance_sampling_type
-        if kind is not None:
-            if not self.use_importance_sampling_correction:
-                raise _KeyError(
-                    "truncated_importance_sampling_type",
-                    "truncation needs use_importance_sampling_correction: true",
-                )
-            if self.truncated_importance_sampling_ratio is None:
-                raise _KeyError("truncated_importance_sampling_ratio", f"must be set (> 0) for {kind!r}")
-            low = self.truncated_importance_sampling_ratio_min
-            if kind in ("icepop", "seq-mask-tis") and low is None:
-                raise _KeyError("truncated_importance_sampling_ratio_min", f"must be set for {kind!r}")
-            if low is not None and low > self.truncated_importance_sampling_ratio:
-                raise _KeyError(
-                    "truncated_importance_sampling_ratio_min",
-                    f"must be <= truncated_importance_sampling_ratio ({self.truncated_importance_sampling_ratio}), "
-                    f"got {low}",
-                )
-        if self.use_importance_sampling_correction and self.holder.importance_ratio == "train_vs_generation":
-            raise _KeyError(
-                "holder.importance_ratio",
-                "'train_vs_generation' already measures the ratio against the inference policy; "
-                "use_importance_sampling_correction: true would correct twice",
+        problems = [
+            (key, f"must be {neutral!r} for HölderPO ({why}), got {getattr(self, key)!r}")
+            for key, (neutral, why) in _NEUTRAL_CLIPPED_PG_KEYS.items()
+            if getattr(self, key) != neutral
+        ]
+        kind, high = self.truncated_importance_sampling_type, self.truncated_importance_sampling_ratio
+        low = self.truncated_importance_sampling_ratio_min
+        if kind is not None and not self.use_importance_sampling_correction:
+            problems.append(
+                ("truncated_importance_sampling_type", "truncation needs use_importance_sampling_correction: true")
             )
+        if kind is not None and high is None:
+            problems.append(("truncated_importance_sampling_ratio", f"must be set (> 0) for {kind!r}"))
+        if kind in ("icepop", "seq-mask-tis") and low is None:
+            problems.append(("truncated_importance_sampling_ratio_min", f"must be set for {kind!r}"))
+        if kind is not None and low is not None and high is not None and low > high:
+            problems.append(
+                (
+                    "truncated_importance_sampling_ratio_min",
+                    f"must be <= truncated_importance_sampling_ratio ({high}), got {low}",
+                )
+            )
+        if self.use_importance_sampling_correction and self.holder.importance_ratio == "train_vs_generation":
+            problems.append(
+                (
+                    "holder.importance_ratio",
+                    "'train_vs_generation' already measures the ratio against the inference policy; "
+                    "use_importance_sampling_correction: true would correct twice",
+                )
+            )
+        if problems:
+            raise ConfigError(problems)
         return self
 
     @property
@@ -145,29 +151,29 @@ class HolderPOLossConfig(BaseModel):
         return 0.0 if self.use_kl_in_reward else self.reference_policy_kl_penalty
 
 
-class _KeyError(ValueError):
-    """A cross-field error that knows its key (re-raised by ``parse_loss_config`` as ``loss_fn.<key>: ...``)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key, self.message = key, message
+class LossConfigError(ConfigError):
+    """Invalid ``loss_fn`` section: one ``(loss_fn.<dotted key>, what is allowed)`` problem per offending key."""
 
 
-class LossConfigError(ValueError):
-    """Invalid ``loss_fn`` section; the message lists every problem as ``loss_fn.<dotted key>: <what is allowed>``."""
-
-
-def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
-    """One pydantic error of this schema as ``<dotted key>: <what is allowed>`` (``prefix`` goes before the key)."""
-    loc = [str(part) for part in error.get("loc", ())]
-    ctx_error = (error.get("ctx") or {}).get("error")
-    if isinstance(ctx_error, _KeyError):
-        return ".".join([p for p in (prefix, *loc, ctx_error.key) if p]) + f": {ctx_error.message}"
-    key = ".".join([p for p in (prefix, *loc) if p]) or "loss_fn"
-    if error.get("type") == "extra_forbidden":
-        return f"{key}: unknown key"
-    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    return f"{key}: {message} (got {error.get('input')!r})"
+def required_in_recipes(loss_fn: Any, prefix: str = "loss_fn") -> list[tuple[str, str]]:
+    """What a recipe must write out although the schema has a default: the ``holder`` block and its ``schedule``
+    (the default schedule anneals over 500 steps whatever ``grpo.max_num_steps`` is)."""
+    if loss_fn is None:
+        return [(prefix, "required section is missing: the ClippedPG keys and the holder block (docs/recipes.md)")]
+    if not isinstance(loss_fn, Mapping):
+        return [(prefix, f"must be a mapping (the ClippedPG keys and the holder block), got {type(loss_fn).__name__}")]
+    holder = loss_fn.get("holder")
+    if holder is None:
+        return [(f"{prefix}.holder", "required: the HölderPO block (schedule, clip_mode, check_finite, ...)")]
+    if isinstance(holder, Mapping) and holder.get("schedule") is None:
+        return [
+            (
+                f"{prefix}.holder.schedule",
+                "required: the p schedule, e.g. {kind: linear_dec, p_max: 2.0, p_min: -2.0, steps: "
+                "${grpo.max_num_steps}} (docs/recipes.md)",
+            )
+        ]
+    return []
 
 
 def parse_loss_config(
@@ -178,20 +184,19 @@ def parse_loss_config(
     ``mean_reward_known``: the caller passes each step's mean reward to the loss, so ``holder.schedule.kind:
     reward`` is allowed (the reference run); NeMo RL does not.
 
-    Raises ``LossConfigError`` naming every offending key, e.g. ``loss_fn.holder.clip_mode: Input should be
-    'sequence', 'token', 'token_log' or 'none' (got 'seq')``.
+    Raises ``LossConfigError`` with one problem per offending key, e.g. (``loss_fn.holder.clip_mode``, ``Input should
+    be 'sequence', 'token', 'token_log' or 'none' (got 'seq')``).
     """
     if isinstance(loss_fn_config, HolderPOLossConfig):
         return loss_fn_config
     if isinstance(loss_fn_config, BaseModel):  # NeMo RL v0.7 ClippedPGLossConfig keeps extra keys (extra="allow")
         loss_fn_config = loss_fn_config.model_dump()
     if not isinstance(loss_fn_config, Mapping):
-        raise LossConfigError(f"{prefix}: expected a mapping, got {type(loss_fn_config).__name__}")
+        raise LossConfigError(prefix, f"expected a mapping, got {type(loss_fn_config).__name__}")
     try:
         return HolderPOLossConfig.model_validate(dict(loss_fn_config), context={MEAN_REWARD_KNOWN: mean_reward_known})
     except ValidationError as exc:
-        lines = [describe_error(err, prefix) for err in exc.errors()]
-        raise LossConfigError("invalid HölderPO loss config:\n  " + "\n  ".join(lines)) from None
+        raise LossConfigError(problems_from_pydantic(exc, prefix)) from None
 
 
 __all__ = [
@@ -199,6 +204,6 @@ __all__ = [
     "HolderBlock",
     "HolderPOLossConfig",
     "LossConfigError",
-    "describe_error",
     "parse_loss_config",
+    "required_in_recipes",
 ]

@@ -2,8 +2,9 @@
 
 The same path as NeMo RL's ``examples/run_grpo.py``: ``load_config`` (``defaults:`` inheritance),
 ``parse_hydra_overrides``, ``OmegaConf.to_container(resolve=True)``, ``MasterConfig(**cfg)`` (pydantic), then
-``ClippedPGLossFn(master.loss_fn)`` as ``grpo.setup()`` does. The entry point (``run_grpo``) and
-``holderpo recipe check --nemo-rl`` both use it; ``check_nemo_rl`` is the entry point's version gate (0.7.x).
+``ClippedPGLossFn(master.loss_fn)`` as ``grpo.setup()`` does. ``holderpo recipe check --nemo-rl`` and the tests use it
+to show that NeMo RL itself accepts what our loader and rules accept; ``check_nemo_rl`` is the entry point's version
+gate (0.7.x).
 
 NeMo RL v0.7.0 targets Python 3.13 and declares its configs with ``typing.TypedDict``, which pydantic refuses on
 Python < 3.12. On such interpreters (the 3.11 development venv) ``typing.TypedDict`` is pointed at
@@ -95,26 +96,30 @@ def load_master_config(path: str, overrides: Sequence[str] = ()) -> dict[str, An
     return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
 
 
-def validate_with_nemo_rl(path: str, overrides: Sequence[str] = ()) -> tuple[dict[str, Any] | None, list[str]]:
-    """Load with NeMo RL and build its GRPO ``MasterConfig``; returns (resolved dict, error lines naming keys)."""
+def validate_with_nemo_rl(
+    path: str, overrides: Sequence[str] = ()
+) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
+    """Load with NeMo RL and build its GRPO ``MasterConfig``; returns (resolved dict, ``(key, message)`` problems)."""
     typed_dict_for_old_python()
     from nemo_rl.algorithms.grpo import MasterConfig
     from pydantic import ValidationError
 
+    from holder_nemo.config.errors import problems_from_pydantic
+
     try:
         cfg = load_master_config(path, overrides)
-    except Exception as exc:  # NeMo RL's loader raises omegaconf/hydra errors of several types
-        return None, [f"<load>: {type(exc).__name__}: {exc}"]
+    except Exception as exc:  # NeMo RL's loader raises omegaconf/hydra errors of several types; ours loaded it
+        return None, [(str(path), f"NeMo RL's loader refuses it: {type(exc).__name__}: {str(exc).splitlines()[0]}")]
     from nemo_rl.algorithms.loss.loss_functions import ClippedPGLossFn
 
     try:
         master = MasterConfig(**cfg)
     except ValidationError as exc:
-        return cfg, [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        return cfg, problems_from_pydantic(exc)
     try:
         ClippedPGLossFn(master.loss_fn)  # grpo.setup() builds it from loss_fn before any plugin swaps the loss
     except (AssertionError, ValueError) as exc:
-        return cfg, [f"loss_fn: NeMo RL's ClippedPGLossFn rejects it: {exc}"]
+        return cfg, [("loss_fn", f"NeMo RL's ClippedPGLossFn rejects it: {exc}")]
     return cfg, []
 
 
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for path in paths:
         cfg, errors = validate_with_nemo_rl(path)
-        results[path] = {"errors": errors, "config": cfg}
+        results[path] = {"errors": [f"{key}: {message}" for key, message in errors], "config": cfg}
     json.dump(results, sys.stdout)
     return 0 if all(not r["errors"] for r in results.values()) else 1
 

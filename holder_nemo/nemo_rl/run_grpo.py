@@ -1,13 +1,16 @@
 """HölderPO GRPO training with NeMo RL: ``python -m holder_nemo.nemo_rl.run_grpo --config RECIPE.yaml [overrides]``.
 
-Same flow as NeMo RL v0.7.0's ``examples/run_grpo.py`` (NeMo RL's own config loader with ``defaults:`` inheritance
-and Hydra overrides, ``MasterConfig``, ``init_ray``, tokenizer, generation config, ``setup_response_data``,
-``setup``, ``grpo_train``), in three steps that read top to bottom:
+Same flow as NeMo RL v0.7.0's ``examples/run_grpo.py`` (a config loader with ``defaults:`` inheritance and Hydra
+overrides, ``MasterConfig``, ``init_ray``, tokenizer, generation config, ``setup_response_data``, ``setup``,
+``grpo_train``), in three steps that read top to bottom:
 
-1. ``prepare`` (before Ray): the recipe through NeMo RL's loader, every rule of ``holderpo recipe check``, NeMo RL's
+1. ``prepare`` (before Ray): the recipe through the project's loader (``holder_nemo.config``, which resolves every
+   recipe exactly as NeMo RL's ``load_config`` + ``parse_hydra_overrides`` do, and refuses duplicate keys), every
+   rule of ``holderpo recipe check`` (one rule set, ``recipe_checks.py``, strict: the data must be here), NeMo RL's
    ``MasterConfig``, the loss ``grpo_train`` will get (``HolderPOLossFn(master_config.loss_fn)``; the
    ``ClippedPGLossFn`` that ``setup`` builds is discarded), the environments the recipe names by dotted path
-   (``env.<name>._component_``, ``components.py``), the resume guard;
+   (``env.<name>._component_``, ``components.py``), the resume guard. A bad recipe is a ``ConfigError``: its
+   problems are printed one per line, exit 2. Anything else is a bug and ends in a traceback (exit 1);
 2. ``setup``: Ray, tokenizer, data, NeMo RL's ``grpo.setup``, and the step hook (every ``policy.train`` call carries
    the global step: resume-exact p, ``steps.py``);
 3. ``train``: ``grpo_train`` under the stop contract (``stop.py``: SIGUSR1/SIGTERM/``$HOLDERPO_STOP_FILE`` ->
@@ -15,7 +18,7 @@ and Hydra overrides, ``MasterConfig``, ``init_ray``, tokenizer, generation confi
    training loop a component supplies in its place (ALFWorld's per-step layout) on the same session.
 
 Exit codes: 0 run complete (``COMPLETED`` written in ``checkpointing.checkpoint_dir``), 75 checkpointed on request
-(requeue to resume), 2 bad config or arguments, 3 no usable NeMo RL, 1 anything else.
+(requeue to resume), 2 bad config or arguments, 3 no usable NeMo RL, 1 anything else (a traceback).
 Supported NeMo RL: 0.7.x (synchronous GRPO, ``data_plane`` off). Set ``HOLDERPO_ALLOW_ANY_NEMO_RL=1`` to try others.
 """
 
@@ -29,7 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_NO_NEMO_RL, EXIT_STOPPED = 0, 1, 2, 3, 75
+from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError, make_run_dir, print_problems
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_NO_NEMO_RL, EXIT_STOPPED = 0, 1, EXIT_BAD_INPUT, 3, 75
+PROG = "holder_nemo.nemo_rl.run_grpo"
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -50,16 +56,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         help="load and validate the config with NeMo RL (MasterConfig + the HölderPO loss), print it, exit; no Ray",
     )
     return parser.parse_known_args(argv)
-
-
-def unsupported_features(config: dict[str, Any]) -> list[str]:
-    """Config switches this entry point refuses (each names its key)."""
-    problems = []
-    if ((config.get("grpo") or {}).get("async_grpo") or {}).get("enabled"):
-        problems.append("grpo.async_grpo.enabled: async GRPO is not supported by the HölderPO entry point")
-    if (config.get("data_plane") or {}).get("enabled"):
-        problems.append("data_plane.enabled: the TransferQueue trainer is not supported by the HölderPO entry point")
-    return problems
 
 
 def exit_code_after_training(stop_reason: str | None, checkpointing: dict[str, Any]) -> int:
@@ -92,30 +88,34 @@ class Prepared:
     datasets: tuple | None  # the training's (train, validation, task_to_env, val_task_to_env), listed before Ray
 
 
-def _checked_master_config(config_path: str, overrides: Sequence[str]) -> tuple[dict[str, Any], Any]:
-    """(raw recipe, ``MasterConfig``) after every rule that can run on the recipe alone; ValueError otherwise."""
-    from holder_nemo.nemo_rl.master_config import load_master_config, typed_dict_for_old_python
+def _checked_master_config(config_path: str, overrides: Sequence[str], *, strict: bool) -> tuple[dict[str, Any], Any]:
+    """(raw recipe, ``MasterConfig``) after every rule that can run on the recipe alone; ``ConfigError`` otherwise."""
+    from holder_nemo.config import load_recipe, to_plain
+    from holder_nemo.config.errors import problems_from_pydantic
+    from holder_nemo.nemo_rl.master_config import typed_dict_for_old_python
     from holder_nemo.nemo_rl.recipe_checks import check_nemo_rl_recipe
 
     typed_dict_for_old_python()
     from nemo_rl.algorithms.grpo import MasterConfig
+    from pydantic import ValidationError
 
-    raw = load_master_config(config_path, overrides)
-    problems = unsupported_features(raw)
-    report, _layout = check_nemo_rl_recipe(raw)
-    problems += [f"{f.key}: {f.message}" for f in report.errors]
+    raw = to_plain(load_recipe(config_path, overrides))
+    report, _layout = check_nemo_rl_recipe(raw, strict=strict)
     for finding in report.warnings:
         print(f"holder_nemo: WARNING {finding.key}: {finding.message}", flush=True)
-    if problems:
-        raise ValueError("\n  ".join(["the recipe would fail in NeMo RL:", *problems]))
-    return raw, MasterConfig(**raw)
+    report.raise_errors()
+    try:
+        return raw, MasterConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_pydantic(exc)) from None
 
 
 def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept_change: bool) -> Prepared:
-    """Every check that can run before Ray, the model or vLLM start; raises ``ValueError`` naming the key.
+    """Every check that can run before Ray, the model or vLLM start; raises ``ConfigError`` naming the keys.
 
-    Order: NeMo RL's loader and overrides -> features this entry point refuses -> ``holderpo recipe check``'s rules
-    (layout, batch arithmetic, NeMo RL's start-up conditions, the components' own rules) -> NeMo RL's
+    Order: the loader and overrides -> ``holderpo recipe check``'s rules (NeMo RL's keys, features this entry point
+    refuses, layout, batch arithmetic, NeMo RL's start-up assertions, the components' own rules, the data and model
+    paths: strict unless ``dry_run``) -> NeMo RL's
     ``MasterConfig`` -> the loss built from ``MasterConfig.loss_fn`` (the object ``grpo_train`` will get, with NeMo
     RL's defaults filled in) -> the components' registration -> the resume guard (this recipe must be the one the
     run's checkpoints were made with) -> the completion marker.
@@ -124,17 +124,19 @@ def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept
     from holder_nemo.nemo_rl.loss import HolderPOLossFn
     from holder_nemo.nemo_rl.resume import COMPLETED_FILE, guard_resume
 
-    raw, config = _checked_master_config(config_path, overrides)
+    raw, config = _checked_master_config(config_path, overrides, strict=not dry_run)
     loss_fn = HolderPOLossFn(config.loss_fn)
     found = comp.components(config)
     registered = [done for name, component in found.items() for done in component.register(name, config)]
     problems = comp.registration_problems(config.data, config.env)
     if problems:
-        raise ValueError("\n  ".join(["unresolvable data / env names:", *problems]))
+        raise ConfigError(problems)
     training = comp.component_training(found, config)
     comp.strip_component_keys(config.env)  # NeMo RL hands each env section to its actor
     datasets = training.datasets(config) if training is not None and not dry_run else None
     checkpoint_dir = config.checkpointing.get("checkpoint_dir")
+    if checkpoint_dir and not dry_run:
+        make_run_dir("checkpointing.checkpoint_dir", checkpoint_dir)
     if checkpoint_dir:
         changes = guard_resume(raw, Path(checkpoint_dir), accept=accept_change, write=not dry_run)
         marker = Path(checkpoint_dir) / COMPLETED_FILE
@@ -254,9 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         prepared = prepare(args.config, overrides, dry_run=args.dry_run, accept_change=args.accept_config_change)
         stop.deadline = slurm_deadline()
-    except Exception as exc:  # config errors from OmegaConf, Hydra, pydantic or ours, each naming its key
-        print(f"holder_nemo.nemo_rl.run_grpo: bad config {args.config}: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    except ConfigError as exc:  # the recipe, an override or a setting; a bug in our code or NeMo RL's tracebacks
+        print(f"{PROG}: bad config {args.config}:", file=sys.stderr)
+        return print_problems(PROG, exc)
     config, loss_fn = prepared.config, prepared.loss_fn
     print("Final config:")
     pprint.pprint(config)

@@ -24,6 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from holder_nemo.config.errors import ConfigError
+
 STOP_FILE_ENV = "HOLDERPO_STOP_FILE"
 SAVE_MARGIN_ENV = "HOLDERPO_SLURM_SAVE_MARGIN_S"
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -48,18 +50,27 @@ class StopRequest:
         env = os.environ if env is None else env
         return cls(stop_file=env.get(STOP_FILE_ENV) or None)
 
-    def install_signal_handlers(self) -> None:
-        """Route SIGUSR1 and SIGTERM to ``request``; call again after libraries that install their own (Ray)."""
-        for signum in STOP_SIGNALS:
+    def install_signal_handlers(self, *, interrupt: bool = False) -> None:
+        """Route SIGUSR1 and SIGTERM to ``request``; call again after libraries that install their own (Ray).
+
+        ``interrupt``: Ctrl-C (SIGINT) too, for a run in a terminal (``holderpo train``): the first one stops like
+        SIGTERM, a second one raises ``KeyboardInterrupt`` at once (no checkpoint).
+        """
+        for signum in (*STOP_SIGNALS, *((signal.SIGINT,) if interrupt else ())):
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and self.signal_name is not None:
+            raise KeyboardInterrupt
         self.request(signal.Signals(signum).name)
 
     def request(self, reason: str) -> None:
         if self.signal_name is None:
             self.signal_name = reason
-            print(f"holder_nemo: {reason} received; will checkpoint and exit 75 after the current step", flush=True)
+            again = " (Ctrl-C again: stop now, without a checkpoint)" if reason == "SIGINT" else ""
+            print(
+                f"holder_nemo: {reason} received; will checkpoint and exit 75 after the current step{again}", flush=True
+            )
 
     def reason(self, mean_iteration_s: float = 0.0, now: float | None = None) -> str | None:
         """Why the run should stop now, or None. ``mean_iteration_s`` is the expected length of the next step."""
@@ -117,9 +128,9 @@ def slurm_deadline(env: Mapping[str, str] | None = None) -> float | None:
     try:
         margin = float(raw)
     except ValueError:
-        raise ValueError(f"{SAVE_MARGIN_ENV} must be a number of seconds >= 0, got {raw!r}") from None
-    if margin < 0:
-        raise ValueError(f"{SAVE_MARGIN_ENV} must be a number of seconds >= 0, got {raw!r}")
+        margin = -1.0
+    if not margin >= 0:
+        raise ConfigError(SAVE_MARGIN_ENV, f"must be a number of seconds >= 0, got {raw!r}")
     from holder_nemo.nemo_rl.slurm_time import slurm_job_end_time
 
     end = slurm_job_end_time(env)

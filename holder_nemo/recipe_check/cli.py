@@ -1,6 +1,7 @@
 """``holderpo recipe check RECIPE.yaml [overrides...]``: resolve a recipe offline, validate it, print a summary.
 
-Exit status: 0 when the recipe passes (warnings allowed), 1 when any rule fails, 2 on usage errors.
+Exit status: 0 when the recipe passes (warnings allowed); 2 when it does not: a rule fails, the recipe does not load,
+or the arguments are wrong (the exit codes of every ``holderpo`` command, ``holder_nemo/config/errors.py``).
 """
 
 from __future__ import annotations
@@ -10,48 +11,41 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError, Report, print_problems
 from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
 from holder_nemo.nemo_rl.recipe_checks import (
     check_checkpointing,
-    check_holder_block,
     check_nemo_rl_recipe,
     check_schedule_length,
 )
-from holder_nemo.nemo_rl.recipe_keys import Report
 from holder_nemo.recipe_check.sizing_inputs import add_arguments as add_sizing_arguments
+from holder_nemo.reference.config import is_reference_recipe, missing_paths, validate_reference_config
+
+PROG = "holderpo recipe check"
 
 
-def is_reference_recipe(cfg: Mapping[str, Any]) -> bool:
-    """A CPU reference-run recipe (``holderpo train``) has no ``cluster`` and no training-backend block."""
-    policy = cfg.get("policy")
-    backends = isinstance(policy, Mapping) and ("megatron_cfg" in policy or "dtensor_cfg" in policy)
-    return "cluster" not in cfg and not backends
-
-
-def check_reference_recipe(cfg: Mapping[str, Any]) -> tuple[Report, dict[str, Any]]:
-    """Delegate to the reference run's own schema, then apply the shared HölderPO rules.
+def check_reference_recipe(cfg: Mapping[str, Any], *, strict: bool = False) -> tuple[Report, dict[str, Any]]:
+    """The reference run's own schema (its ``loss_fn`` is the plugin's), then the shared schedule and checkpoint
+    rules and the local paths it names.
 
     Returns the report and the recipe with the reference schema's defaults filled in (what the run will use).
     """
-    from holder_nemo.config import ConfigError
-    from holder_nemo.reference.config import validate_reference_config
-
     report = Report()
     try:
-        effective = {**validate_reference_config(cfg).model_dump(), "loss_fn": cfg.get("loss_fn")}
+        config = validate_reference_config(cfg)
     except ConfigError as exc:
-        effective = dict(cfg)
-        for line in str(exc).splitlines()[1:] or [str(exc)]:
-            key, _, message = line.strip().partition(": ")
-            report.error(key or "<recipe>", message or line.strip())
-    if not any(f.key.startswith("loss_fn") for f in report.errors):  # else the schema above reported them
-        check_holder_block(effective, report, mean_reward_known=True)  # the reference run knows each step's reward
+        report.add(exc.problems)
+        return report, dict(cfg)
+    effective = {**config.model_dump(), "loss_fn": cfg.get("loss_fn")}
     check_schedule_length(effective, report)
     check_checkpointing(effective, report)
+    report.add(missing_paths(config), "error" if strict else "warning")
     return report, effective
 
 
-def check(cfg: Mapping[str, Any], kind: str = "auto") -> tuple[Report, ParallelLayout | None, str, dict[str, Any]]:
+def check(
+    cfg: Mapping[str, Any], kind: str = "auto", *, strict: bool = False
+) -> tuple[Report, ParallelLayout | None, str, dict[str, Any]]:
     """Validate a resolved recipe (plain dict).
 
     Returns the report, the parallel layout (NeMo RL recipes), the kind, and the effective config (the reference
@@ -60,9 +54,9 @@ def check(cfg: Mapping[str, Any], kind: str = "auto") -> tuple[Report, ParallelL
     if kind == "auto":
         kind = "reference" if is_reference_recipe(cfg) else "nemo_rl"
     if kind == "reference":
-        report, effective = check_reference_recipe(cfg)
+        report, effective = check_reference_recipe(cfg, strict=strict)
         return report, None, kind, effective
-    report, layout = check_nemo_rl_recipe(cfg)
+    report, layout = check_nemo_rl_recipe(cfg, strict=strict)
     return report, layout, kind, dict(cfg)
 
 
@@ -74,12 +68,10 @@ def _nemo_rl_validation(args: argparse.Namespace, kind: str, report: Report) -> 
         return ""
     if not nemo_rl_available():
         if args.nemo_rl == "on":
-            report.error("<nemo_rl>", "--nemo-rl on, but the nemo_rl package is not importable")
+            report.error("--nemo-rl", "on, but the nemo_rl package is not importable")
         return "NeMo RL MasterConfig validation: skipped (nemo_rl is not importable here)"
     _, errors = validate_with_nemo_rl(args.recipe, args.overrides)
-    for line in errors:
-        key, _, message = line.partition(": ")
-        report.error(key, f"NeMo RL MasterConfig: {message}")
+    report.add((key, f"NeMo RL MasterConfig: {message}") for key, message in errors)
     return "NeMo RL MasterConfig validation: " + ("passed" if not errors else f"{len(errors)} error(s)")
 
 
@@ -97,13 +89,23 @@ def _sizing(args: argparse.Namespace, cfg: Mapping[str, Any], layout: ParallelLa
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="holderpo recipe", description="Resolve and validate a recipe offline.")
+    parser = argparse.ArgumentParser(
+        prog="holderpo recipe",
+        description="Resolve and validate a recipe offline.",
+        epilog="Exit codes: 0 passes (warnings allowed), 2 fails (a rule, the recipe, or the arguments).",
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     chk = sub.add_parser("check", help="resolve inheritance + overrides, validate, print the config and a summary")
     chk.add_argument("recipe", help="path to a recipe YAML (recipes/*.yaml)")
     chk.add_argument("overrides", nargs="*", help="Hydra-style overrides: a.b=v, +a.b=v, ++a.b=v, ~a.b")
     chk.add_argument("--kind", choices=("auto", "nemo_rl", "reference"), default="auto", help="recipe kind")
     chk.add_argument("--no-config", action="store_true", help="do not print the resolved config")
+    chk.add_argument(
+        "--strict",
+        action="store_true",
+        help="what depends on this machine or the job's size is an error, not a warning: a local data file or model "
+        "directory the recipe names that does not exist here, a layout or save that cannot fit (sizing)",
+    )
     chk.add_argument(
         "--nemo-rl",
         choices=("auto", "on", "off"),
@@ -123,16 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = [*args.overrides, *extra]  # overrides may also follow the options
     from omegaconf import OmegaConf
 
-    from holder_nemo.config import ConfigError, load_recipe
+    from holder_nemo.config import load_recipe, to_plain
     from holder_nemo.recipe_check.summary import summarize
 
     try:
         cfg_node = load_recipe(args.recipe, args.overrides)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    cfg = OmegaConf.to_container(cfg_node, resolve=True)
-    report, layout, kind, effective = check(cfg, args.kind)  # type: ignore[arg-type]
+        return print_problems(PROG, exc)
+    cfg = to_plain(cfg_node)
+    report, layout, kind, effective = check(cfg, args.kind, strict=args.strict)
     nemo_rl_note = _nemo_rl_validation(args, kind, report)
 
     if not args.no_config:
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"OK: {args.recipe} passes all checks ({len(report.warnings)} warning(s))")
         return 0
     print(f"FAILED: {args.recipe}: {len(report.errors)} error(s)", file=sys.stderr)
-    return 1
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -14,11 +14,14 @@ the last step.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from holder_nemo.nemo_rl.recipe_keys import get
+from omegaconf import OmegaConf
+
+_at = functools.partial(OmegaConf.select, default=None)  # the value at a dotted key, None when absent
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 H100_BF16_TFLOPS = 989.5  # NeMo RL v0.7.0 flops_tracker.THEORETICAL_TFLOPS["NVIDIA H100 80GB HBM3", bf16]: 1979 / 2
@@ -56,7 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sizing (estimates printed after the summary)")
     add = group.add_argument
     add("--gpu-memory", type=_bounded("--gpu-memory", 0), default=80.0, metavar="GIB", help="GPU memory (default 80)")
-    add("--strict", action="store_true", help="a layout or save that cannot fit is an error, not a warning")
     add(
         "--fs-bandwidth",
         type=_bounded("--fs-bandwidth", 0),
@@ -106,7 +108,7 @@ def options_from_args(args: argparse.Namespace) -> SizingOptions:
 
 
 def _int(cfg: Mapping, path: str, default: int = 0) -> int:
-    value = get(cfg, path, default)
+    value = _at(cfg, path, default=default)
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
@@ -145,7 +147,7 @@ class StepShape:
 
 def _mb_tokens(cfg: Mapping, seq: int) -> int:
     for block in ("policy.sequence_packing", "policy.dynamic_batching"):
-        if get(cfg, f"{block}.enabled", False) is True and _int(cfg, f"{block}.train_mb_tokens"):
+        if _at(cfg, f"{block}.enabled", default=False) is True and _int(cfg, f"{block}.train_mb_tokens"):
             return _int(cfg, f"{block}.train_mb_tokens")
     return _int(cfg, "policy.train_micro_batch_size", 1) * seq
 
@@ -153,7 +155,7 @@ def _mb_tokens(cfg: Mapping, seq: int) -> int:
 def one_row_per_environment_step(cfg: Mapping) -> bool:
     """ALFWorld's training loop (``env.alfworld``) trains one row per environment step, up to
     ``grpo.max_rollout_turns`` rows per episode; ``grpo_train`` trains one row per trajectory."""
-    return get(cfg, "env.alfworld", None) is not None
+    return _at(cfg, "env.alfworld") is not None
 
 
 def step_shape(cfg: Mapping, dp: int) -> StepShape:
@@ -161,11 +163,11 @@ def step_shape(cfg: Mapping, dp: int) -> StepShape:
     turns = _int(cfg, "grpo.max_rollout_turns", 1) if one_row_per_environment_step(cfg) else 1
     episodes = _int(cfg, "grpo.num_prompts_per_step") * _int(cfg, "grpo.num_generations_per_prompt")
     seq = _int(cfg, "policy.max_total_sequence_length")
-    saving = get(cfg, "checkpointing.enabled", False) is True
+    saving = _at(cfg, "checkpointing.enabled", default=False) is True
     prev = not (
-        get(cfg, "loss_fn.force_on_policy_ratio") is True and get(cfg, "grpo.seq_logprob_error_threshold") is None
+        _at(cfg, "loss_fn.force_on_policy_ratio") is True and _at(cfg, "grpo.seq_logprob_error_threshold") is None
     )
-    reference = get(cfg, "grpo.skip_reference_policy_logprobs_calculation") is not True
+    reference = _at(cfg, "grpo.skip_reference_policy_logprobs_calculation") is not True
     mbs = max(1, _int(cfg, "policy.train_micro_batch_size", 1))
     return StepShape(
         rows=episodes * turns,
@@ -178,21 +180,21 @@ def step_shape(cfg: Mapping, dp: int) -> StepShape:
         steps=_int(cfg, "grpo.max_num_steps"),
         save_period=max(0, _int(cfg, "checkpointing.save_period")) if saving else 0,
         val_period=max(0, _int(cfg, "grpo.val_period")),
-        val_at_start=get(cfg, "grpo.val_at_start") is True,
-        val_at_end=get(cfg, "grpo.val_at_end") is True,
+        val_at_start=_at(cfg, "grpo.val_at_start") is True,
+        val_at_end=_at(cfg, "grpo.val_at_end") is True,
         val_rows=_int(cfg, "grpo.max_val_samples") * turns,
     )
 
 
 def precision_bytes(cfg: Mapping) -> int:
-    return DTYPE_BYTES.get(str(get(cfg, "policy.precision", "bfloat16")), 2)
+    return DTYPE_BYTES.get(str(_at(cfg, "policy.precision", default="bfloat16")), 2)
 
 
 def describe_recompute(cfg: Mapping, backend: str) -> str:
     """none | selective | full, as the backend applies its activation-checkpointing keys."""
     prefix = "policy.megatron_cfg" if backend == "megatron" else "policy.dtensor_cfg"
-    if get(cfg, f"{prefix}.activation_checkpointing", False) is not True:
+    if _at(cfg, f"{prefix}.activation_checkpointing", default=False) is not True:
         return "none"
     if backend == "megatron":  # NeMo RL: full -> recompute_method uniform, one layer per checkpoint
-        return str(get(cfg, "policy.megatron_cfg.recompute_granularity", "full") or "full")
+        return str(_at(cfg, "policy.megatron_cfg.recompute_granularity", default="full") or "full")
     return "full"  # DTensor: every decoder layer checkpointed

@@ -7,13 +7,15 @@ the Slurm entry's budgets in ``slurm_budget.py``; NeMo RL v0.7.0's behaviour beh
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
-from holder_nemo.nemo_rl.recipe_keys import get
 from holder_nemo.recipe_check import sizing as sz
 from holder_nemo.recipe_check.architectures import Architecture, resolve
 from holder_nemo.recipe_check.sizing_inputs import (
@@ -25,6 +27,8 @@ from holder_nemo.recipe_check.sizing_inputs import (
     step_shape,
 )
 from holder_nemo.recipe_check.sizing_time import budget_lines, checkpoint_size, compute_lines
+
+_at = functools.partial(OmegaConf.select, default=None)  # the value at a dotted key, None when absent
 
 
 @dataclass
@@ -69,9 +73,10 @@ def size_recipe(
     cfg: Mapping[str, Any], layout: ParallelLayout | None, options: SizingOptions | None = None, recipe: str = ""
 ) -> Sizing:
     """Sizing of a resolved recipe; ``layout`` None for the CPU reference run."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))  # dotted keys read with OmegaConf.select
     options = options or SizingOptions()
     out = Sizing()
-    arch, origin = resolve(get(cfg, "policy.model_name"), get(cfg, "policy.tiny_model"))
+    arch, origin = resolve(_at(cfg, "policy.model_name"), _at(cfg, "policy.tiny_model"))
     if arch is None:
         out.add("sizing", f"skipped: {origin}")
         return out
@@ -81,7 +86,7 @@ def size_recipe(
         return out
     shape = step_shape(cfg, layout.dp)
     _training_memory(cfg, arch, layout, shape, options, out)
-    if get(cfg, "policy.generation.backend") == "vllm":
+    if _at(cfg, "policy.generation.backend") == "vllm":
         _vllm_memory(cfg, arch, layout, shape, options, out)
     save_s = checkpoint_size(cfg, arch, layout.backend, options, out)
     timing = compute_lines(arch, shape, layout, options, out)
@@ -95,8 +100,8 @@ def _model_states(cfg: Mapping, arch: Architecture, layout: ParallelLayout) -> t
     shards = layout.dp * layout.cp
     if layout.backend == "megatron":
         opt = "policy.megatron_cfg.optimizer."
-        distributed = get(cfg, opt + "use_distributed_optimizer", False) is True
-        fp32_grads = get(cfg, "policy.megatron_cfg.distributed_data_parallel_config.grad_reduce_in_fp32") is True
+        distributed = _at(cfg, opt + "use_distributed_optimizer", default=False) is True
+        fp32_grads = _at(cfg, "policy.megatron_cfg.distributed_data_parallel_config.grad_reduce_in_fp32") is True
         adam = sz.MASTER_ADAM_BYTES if w < 4 else 8  # fp32 training keeps no separate master copy
         states = sz.model_state_bytes(
             sz.megatron_params_per_gpu(arch, layout.tp, layout.pp),
@@ -106,8 +111,8 @@ def _model_states(cfg: Mapping, arch: Architecture, layout: ParallelLayout) -> t
             shards=shards,
             stage=1 if distributed else 0,
         )
-        if get(cfg, opt + "optimizer_cpu_offload") is True:
-            on_gpu = 1 - float(get(cfg, opt + "optimizer_offload_fraction", 0.0) or 0.0)
+        if _at(cfg, opt + "optimizer_cpu_offload") is True:
+            on_gpu = 1 - float(_at(cfg, opt + "optimizer_offload_fraction", default=0.0) or 0.0)
             states = sz.ModelStates(states.weights, states.grads, states.optimizer * on_gpu)
         where = f"over DP x CP = {shards}" if distributed else "replicated"
         return states, f"{4 if fp32_grads else w} B grads, Adam {adam} B/param {where}"
@@ -116,7 +121,7 @@ def _model_states(cfg: Mapping, arch: Architecture, layout: ParallelLayout) -> t
     states = sz.model_state_bytes(
         arch.parameters() / layout.tp, param_bytes=4, grad_bytes=4, optimizer_bytes=8, shards=shards, stage=3
     )
-    if get(cfg, "policy.dtensor_cfg.cpu_offload") is True:
+    if _at(cfg, "policy.dtensor_cfg.cpu_offload") is True:
         states = sz.ModelStates(0.0, 0.0, 0.0)
     head = arch.embedding_params() * (1 if arch.tied_embeddings else 2)
     gathered = w * (2 * (arch.layer_matmul_params() + arch.layer_small_params()) + head) / layout.tp
@@ -163,11 +168,11 @@ def _vllm_memory(
     """vLLM takes ``gpu_memory_utilization`` x the GPU for weights + KV cache (its activation and CUDA-graph reserve
     come out of the KV part). Colocated, NeMo RL offloads the training side before vLLM wakes, and vLLM sleeps
     (weights to CPU, KV cache freed) while the training side runs."""
-    util = float(get(cfg, "policy.generation.vllm_cfg.gpu_memory_utilization", 0.9) or 0.9)
+    util = float(_at(cfg, "policy.generation.vllm_cfg.gpu_memory_utilization", default=0.9) or 0.9)
     budget = util * options.gpu_memory_gib * sz.GIB
-    w = DTYPE_BYTES.get(str(get(cfg, "policy.generation.vllm_cfg.precision", "bfloat16")), 2)
+    w = DTYPE_BYTES.get(str(_at(cfg, "policy.generation.vllm_cfg.precision", default="bfloat16")), 2)
     weights = w * arch.parameters() / (layout.gen_tp * layout.gen_pp)
-    kv_dtype = 1 if "fp8" in str(get(cfg, "policy.generation.vllm_cfg.kv_cache_dtype", "auto")) else w
+    kv_dtype = 1 if "fp8" in str(_at(cfg, "policy.generation.vllm_cfg.kv_cache_dtype", default="auto")) else w
     per_token = sz.kv_cache_bytes_per_token(arch, layout.gen_tp, kv_dtype) / layout.gen_pp
     kv = budget - weights
     engines = max(1, layout.gen_gpus // (layout.gen_tp * layout.gen_pp))

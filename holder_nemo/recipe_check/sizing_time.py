@@ -9,16 +9,20 @@ run ``torch.save`` of its fp32 model and AdamW state.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from holder_nemo.nemo_rl.recipe_keys import get
+from omegaconf import OmegaConf
+
 from holder_nemo.recipe_check import sizing as sz
 from holder_nemo.recipe_check.architectures import Architecture
 from holder_nemo.recipe_check.sizing_inputs import SizingOptions, StepShape, precision_bytes
 from holder_nemo.recipe_check.slurm_budget import SlurmBudget, find_entry, format_slurm_time, slurm_budget
+
+_at = functools.partial(OmegaConf.select, default=None)  # the value at a dotted key, None when absent
 
 if TYPE_CHECKING:
     from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
@@ -56,19 +60,19 @@ def checkpoint_size(
     cfg: Mapping[str, Any], arch: Architecture, backend: str, options: SizingOptions, out: Sizing
 ) -> float | None:
     """Adds the checkpoint line; returns the seconds one save takes at ``--fs-bandwidth``, None when off."""
-    if get(cfg, "checkpointing.enabled", backend == "reference") is not True:
+    if _at(cfg, "checkpointing.enabled", default=backend == "reference") is not True:
         out.add("checkpoint", "off (checkpointing.enabled)")
         return None
     params = arch.parameters()
-    optimizer = get(cfg, "checkpointing.save_optimizer", True) is not False or backend == "reference"
+    optimizer = _at(cfg, "checkpointing.save_optimizer", default=True) is not False or backend == "reference"
     if backend == "megatron":
         weight_bytes, copies = precision_bytes(cfg), 1
         adam = sz.MASTER_ADAM_BYTES if weight_bytes < 4 else 8
         what = f"Megatron dist-ckpt, {8 * weight_bytes}-bit weights" + (" + fp32 optimizer" if optimizer else "")
     else:
-        fmt = get(cfg, "checkpointing.model_save_format")
-        v2 = backend == "dtensor" and get(cfg, "policy.dtensor_cfg._v2") is True
-        consolidated = v2 and fmt == "safetensors" and get(cfg, "checkpointing.save_consolidated") is True
+        fmt = _at(cfg, "checkpointing.model_save_format")
+        v2 = backend == "dtensor" and _at(cfg, "policy.dtensor_cfg._v2") is True
+        consolidated = v2 and fmt == "safetensors" and _at(cfg, "checkpointing.save_consolidated") is True
         weight_bytes, copies, adam = 4, 2 if consolidated else 1, 8
         what = {"reference": "torch.save fp32 model"}.get(backend, f"{fmt or 'torch DCP'} fp32 weights")
         what += (" (+ consolidated copy)" if consolidated else "") + (" + Adam moments" if optimizer else "")

@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
-from holder_nemo.nemo_rl.recipe_keys import lookup, type_matches
 from holder_nemo.recipe_check.sizing_inputs import one_row_per_environment_step
 
-
-def _get(cfg: Mapping, path: str, default: Any = "?") -> Any:
-    return lookup(cfg, path, default)  # type: ignore[arg-type]
+_get = functools.partial(OmegaConf.select, default="?")  # the value at a dotted key, "?" when absent
 
 
 def _int(value: Any) -> int | None:
-    return value if type_matches(value, "int") else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _p_range(cfg: Mapping, steps: int | None) -> str:
-    schedule = _get(cfg, "loss_fn.holder.schedule", None)
-    if not isinstance(schedule, dict):
+def _p_range(cfg: DictConfig, steps: int | None) -> str:
+    schedule = _get(cfg, "loss_fn.holder.schedule", default=None)
+    if not OmegaConf.is_dict(schedule):
         return "?"
     from holder_nemo.core import PSchedule
 
     try:
-        sched = PSchedule.from_dict(schedule)
+        sched = PSchedule.from_dict(OmegaConf.to_container(schedule))  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return f"invalid schedule {schedule!r}"
+        return "invalid schedule"
     if sched.kind == "constant":
         return f"constant p = {sched.p_max:g}"
     if sched.kind == "reward":
@@ -39,9 +39,9 @@ def _p_range(cfg: Mapping, steps: int | None) -> str:
     )
 
 
-def _layout_lines(cfg: Mapping, layout: ParallelLayout) -> list[tuple[str, Any]]:
+def _layout_lines(cfg: DictConfig, layout: ParallelLayout) -> list[tuple[str, Any]]:
     sp = ", sequence parallel" if layout.sequence_parallel else ""
-    packing = "on" if _get(cfg, "policy.sequence_packing.enabled", False) is True else "off"
+    packing = "on" if _get(cfg, "policy.sequence_packing.enabled") is True else "off"
     engines = layout.gen_gpus // (layout.gen_tp * layout.gen_pp)
     return [
         ("GPUs", f"{layout.nodes} node(s) x {layout.gpus_per_node} = {layout.nodes * layout.gpus_per_node}"),
@@ -58,7 +58,7 @@ def _layout_lines(cfg: Mapping, layout: ParallelLayout) -> list[tuple[str, Any]]
     ]
 
 
-def _batch_lines(cfg: Mapping) -> list[tuple[str, Any]]:
+def _batch_lines(cfg: DictConfig) -> list[tuple[str, Any]]:
     prompts, gens = _int(_get(cfg, "grpo.num_prompts_per_step")), _int(_get(cfg, "grpo.num_generations_per_prompt"))
     gbs, seq = _int(_get(cfg, "policy.train_global_batch_size")), _int(_get(cfg, "policy.max_total_sequence_length"))
     new_tokens = _int(_get(cfg, "policy.generation.max_new_tokens"))
@@ -82,23 +82,23 @@ def _batch_lines(cfg: Mapping) -> list[tuple[str, Any]]:
     return lines
 
 
-def _training_lines(cfg: Mapping) -> list[tuple[str, Any]]:
+def _training_lines(cfg: DictConfig) -> list[tuple[str, Any]]:
     steps = _int(_get(cfg, "grpo.max_num_steps"))
-    epochs = _get(cfg, "grpo.max_num_epochs", None)
+    epochs = _get(cfg, "grpo.max_num_epochs", default=None)
     lines = [("steps", f"{steps}" + (f" (max_num_epochs {epochs})" if epochs is not None else ""))]
     lines.append(("p", _p_range(cfg, steps)))
-    holder = _get(cfg, "loss_fn.holder", {})
-    if isinstance(holder, dict):
+    holder = _get(cfg, "loss_fn.holder", default=None)
+    if OmegaConf.is_dict(holder):
         eps = f"[{_get(cfg, 'loss_fn.ratio_clip_min')}, {_get(cfg, 'loss_fn.ratio_clip_max')}]"
-        kl = _get(cfg, "loss_fn.reference_policy_kl_penalty", 0)
+        kl = _get(cfg, "loss_fn.reference_policy_kl_penalty", default=0)
         lines.append(("loss", f"clip_mode {holder.get('clip_mode')}, eps {eps}, KL {kl}"))
-    lr = _get(cfg, "policy.megatron_cfg.optimizer.lr", None)
-    if lr is None or _get(cfg, "policy.megatron_cfg.enabled", False) is not True:
+    lr = _get(cfg, "policy.megatron_cfg.optimizer.lr", default=None)
+    if lr is None or _get(cfg, "policy.megatron_cfg.enabled") is not True:
         lr = _get(cfg, "policy.optimizer.kwargs.lr")
     lines.append(("lr", lr))
-    ckpt = _get(cfg, "checkpointing.checkpoint_dir") if _get(cfg, "checkpointing.enabled", False) is True else "off"
+    ckpt = _get(cfg, "checkpointing.checkpoint_dir") if _get(cfg, "checkpointing.enabled") is True else "off"
     lines.append(("checkpoints", ckpt))
-    train_data = _get(cfg, "data.train.data_path", None) or _get(cfg, "data.train_path", None)
+    train_data = _get(cfg, "data.train.data_path", default=None) or _get(cfg, "data.train_path", default=None)
     if train_data:
         lines.append(("train data", train_data))
     return lines
@@ -106,8 +106,9 @@ def _training_lines(cfg: Mapping) -> list[tuple[str, Any]]:
 
 def summarize(cfg: Mapping, layout: ParallelLayout | None) -> str:
     """Lines of ``key: value`` describing what one step costs and what the run does."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     model = _get(cfg, "policy.model_name")
-    if model is None and isinstance(_get(cfg, "policy.tiny_model", None), dict):
+    if model is None and OmegaConf.is_dict(_get(cfg, "policy.tiny_model", default=None)):
         model = "built-in tiny Qwen2 (policy.tiny_model)"
     lines: list[tuple[str, Any]] = [("model", model)]
     lines += _layout_lines(cfg, layout) if layout is not None else []

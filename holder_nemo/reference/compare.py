@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from holder_nemo.config import ConfigError
 from holder_nemo.reference.metrics_log import read_metrics
 from holder_nemo.reference.plotting import smooth
-from holder_nemo.reference.train import EXIT_BAD_CONFIG, EXIT_COMPLETED, default_recipe_path, summarize
+from holder_nemo.reference.train import EXIT_COMPLETED, split_recipe, summarize
 
 VARIANTS: dict[str, list[str]] = {
     "GRPO": [
@@ -80,17 +79,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("args", nargs="*", help="[RECIPE.yaml] then overrides applied to all three runs")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/compare"), help="parent of the three run dirs")
     ns = parser.parse_args(argv)
-    args = list(ns.args)
-    recipe = Path(args.pop(0)) if args and args[0].endswith((".yaml", ".yml")) and "=" not in args[0] else None
-    recipe = recipe or default_recipe_path()
+    recipe, args = split_recipe(ns.args)
     run_dirs = {name: ns.out_dir / _dir_name(name) for name in VARIANTS}
     for name, extra in VARIANTS.items():
         print(f"holderpo compare: {name} -> {run_dirs[name]}", file=sys.stderr)
-        try:
-            code = run_variant(recipe, [*args, *extra], run_dirs[name])
-        except ConfigError as exc:
-            print(f"holderpo compare: {exc}", file=sys.stderr)
-            return EXIT_BAD_CONFIG
+        code = run_variant(recipe, [*args, *extra], run_dirs[name])  # a bad recipe: holderpo train says why, exit 2
         if code != EXIT_COMPLETED:
             return code
     out = plot_comparison(run_dirs, ns.out_dir / "compare.png")

@@ -5,18 +5,21 @@ Section and key names follow NeMo RL's GRPO recipes where a concept exists there
 means the same thing in ``holderpo train`` and in the NeMo RL entry point. ``loss_fn`` is the NeMo RL plugin's own
 schema (``holder_nemo.nemo_rl.config.HolderPOLossConfig``), declared once for both.
 
-Entry point for other tools (e.g. ``holderpo recipe check``): ``validate_reference_config(cfg) -> ReferenceConfig``.
+Entry points for other tools (e.g. ``holderpo recipe check``): ``is_reference_recipe(cfg)``,
+``validate_reference_config(cfg) -> ReferenceConfig`` (raises ``ConfigError``, one problem per key) and
+``missing_paths(config)`` (local files the recipe names that do not exist).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
-from holder_nemo.config import ConfigError
-from holder_nemo.nemo_rl.config import MEAN_REWARD_KNOWN, HolderPOLossConfig, describe_error
+from holder_nemo.config.errors import ConfigError, problems_from_pydantic
+from holder_nemo.nemo_rl.config import MEAN_REWARD_KNOWN, HolderPOLossConfig, required_in_recipes
 
 
 class _Section(BaseModel):
@@ -41,9 +44,11 @@ class TinyModelSection(_Section):
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelSection:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+            raise ConfigError("hidden_size", f"({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
+            raise ConfigError(
+                "num_heads", f"({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})"
+            )
         return self
 
 
@@ -98,7 +103,7 @@ class DigitsSection(_Section):
     @model_validator(mode="after")
     def _range(self) -> DigitsSection:
         if self.min_digits > self.max_digits:
-            raise ValueError(f"min_digits ({self.min_digits}) must be <= max_digits ({self.max_digits})")
+            raise ConfigError("min_digits", f"({self.min_digits}) must be <= max_digits ({self.max_digits})")
         return self
 
 
@@ -126,58 +131,77 @@ class ReferenceConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> ReferenceConfig:
+        problems = []
         rows = self.grpo.num_prompts_per_step * self.grpo.num_generations_per_prompt
-        gbs = self.policy.train_global_batch_size
+        gbs, mbs = self.policy.train_global_batch_size, self.policy.train_micro_batch_size
         if rows % gbs:
-            raise ValueError(
-                f"policy.train_global_batch_size ({gbs}) must divide grpo.num_prompts_per_step x "
-                f"grpo.num_generations_per_prompt ({rows})"
+            problems.append(
+                (
+                    "policy.train_global_batch_size",
+                    f"({gbs}) must divide grpo.num_prompts_per_step x grpo.num_generations_per_prompt ({rows})",
+                )
             )
-        if gbs % self.policy.train_micro_batch_size:
-            raise ValueError(
-                f"policy.train_micro_batch_size ({self.policy.train_micro_batch_size}) must divide "
-                f"policy.train_global_batch_size ({gbs})"
+        if gbs % mbs:
+            problems.append(
+                ("policy.train_micro_batch_size", f"({mbs}) must divide policy.train_global_batch_size ({gbs})")
             )
         if self.loss_fn.reference_policy_kl_penalty != 0:
-            raise ValueError(
-                "loss_fn.reference_policy_kl_penalty must be 0 in the reference run (it keeps no reference model; "
-                "the paper's maths runs use no KL term); the loss_fn schema's default is NeMo RL's 0.01, so set it"
+            problems.append(
+                (
+                    "loss_fn.reference_policy_kl_penalty",
+                    "must be 0 in the reference run (it keeps no reference model; the paper's maths runs use no KL "
+                    "term); the loss_fn schema's default is NeMo RL's 0.01, so set it",
+                )
             )
         if self.data.task == "math_jsonl" and not self.data.train_path:
-            raise ValueError("data.train_path is required when data.task is 'math_jsonl'")
+            problems.append(("data.train_path", "required when data.task is 'math_jsonl'"))
         if self.data.task in ("math_jsonl", "arith_words") and not self.policy.model_name:
-            raise ValueError(
-                f"data.task '{self.data.task}' needs a real model: set policy.model_name to a local HF dir"
-            )
+            problems.append(("policy.model_name", f"data.task '{self.data.task}' needs a real model: a local HF dir"))
+        if problems:
+            raise ConfigError(problems)
         return self
 
 
-def _location(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "<recipe>"
+def is_reference_recipe(cfg: Mapping[str, Any]) -> bool:
+    """A reference-run recipe (``holderpo train``) has no ``cluster`` and no training-backend block; a NeMo RL recipe
+    has them."""
+    policy = cfg.get("policy")
+    backends = isinstance(policy, Mapping) and ("megatron_cfg" in policy or "dtensor_cfg" in policy)
+    return "cluster" not in cfg and not backends
 
 
 def validate_reference_config(cfg: Any) -> ReferenceConfig:
     """Validate a resolved recipe (DictConfig or mapping) and return the typed config.
 
-    Raises ConfigError whose message names every offending key (dotted path) and what is allowed.
+    Raises ``ConfigError`` with one problem per offending key (dotted path) saying what is allowed.
     """
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(cfg, Mapping):
-        raise ConfigError(f"recipe must be a mapping, got {type(cfg).__name__}")
+        raise ConfigError("<recipe>", f"must be a mapping of sections, got {type(cfg).__name__}")
+    required = required_in_recipes(cfg.get("loss_fn"))
     try:
         # The reference run passes each step's mean reward to the loss: the reward-driven p schedule is valid here.
-        return ReferenceConfig.model_validate(cfg, context={MEAN_REWARD_KNOWN: True})
+        config = ReferenceConfig.model_validate(cfg, context={MEAN_REWARD_KNOWN: True})
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = _location(err["loc"])
-            if key.startswith("loss_fn"):  # the plugin's schema words its own errors (cross-field ones name the key)
-                problems.append(describe_error(err))
-            elif err["type"] == "extra_forbidden":
-                problems.append(f"{key}: unknown key (misspelt? see recipes/smoke_cpu.yaml for the allowed keys)")
-            else:
-                problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("invalid reference-run recipe:\n  " + "\n  ".join(problems)) from exc
+        hint = "misspelt? recipes/smoke_cpu.yaml lists every key"
+        problems = problems_from_pydantic(exc, unknown_hint=hint)
+        written = {key for key, _ in required}
+        problems = [(k, m) for k, m in problems if not any(k == w or k.startswith(w + ".") for w in written)]
+        raise ConfigError([*required, *problems]) from None
+    if required:
+        raise ConfigError(required)
+    return config
+
+
+def missing_paths(config: ReferenceConfig) -> list[tuple[str, str]]:
+    """Local files the recipe names that do not exist here: ``policy.model_name`` (a directory) and
+    ``data.train_path`` (a JSONL file), as ``(key, message)``."""
+    problems = []
+    if config.policy.model_name and not Path(config.policy.model_name).is_dir():
+        problems.append(("policy.model_name", f"no such model directory {config.policy.model_name!r}"))
+    if config.data.train_path and not Path(config.data.train_path).is_file():
+        problems.append(("data.train_path", f"no such file {config.data.train_path!r}"))
+    return problems

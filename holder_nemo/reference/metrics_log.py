@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,12 @@ class MetricsLog:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                pass
+            except ImportError:  # tensorboard is optional: say so once, the run goes on
+                print(
+                    "holderpo train: logger.tensorboard_enabled is true but the tensorboard package is not installed "
+                    f"(pip install tensorboard): metrics go to {self.path} only",
+                    file=sys.stderr,
+                )
             else:
                 self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=upto_step + 1)
 

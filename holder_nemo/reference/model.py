@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from holder_nemo.config.errors import ConfigError
+
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 
 
@@ -70,7 +72,7 @@ def load_hf_policy(model_dir: str | Path) -> tuple[torch.nn.Module, PreTrainedTo
 
     path = Path(model_dir)
     if not path.is_dir():
-        raise ValueError(f"policy.model_name: {model_dir!r} is not a local directory (nothing is downloaded)")
+        raise ConfigError("policy.model_name", f"{model_dir!r} is not a local directory (nothing is downloaded)")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:

@@ -4,12 +4,12 @@ response length, Jensen gap) drawn from ``RUN_DIR/metrics.jsonl`` into ``RUN_DIR
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from holder_nemo.config.errors import ConfigError, output_file, print_problems
 from holder_nemo.reference.metrics_log import read_metrics
 
 FIGURE_FILE = "training.png"
@@ -92,7 +92,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     if not records:
-        raise ValueError(f"{run_dir}: no metrics.jsonl records to plot")
+        raise ConfigError(str(run_dir), "no metrics.jsonl records to plot: give the run directory of a holderpo train")
     return plot_records(records, out or run_dir / FIGURE_FILE, title=f"HölderPO reference run: {run_dir.name}")
 
 
@@ -102,9 +102,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-o", "--out", type=Path, default=None, help=f"output PNG (default RUN_DIR/{FIGURE_FILE})")
     ns = parser.parse_args(argv)
     try:
-        path = plot_run(ns.run_dir, ns.out)
-    except ValueError as exc:
-        print(f"holderpo plot: {exc}", file=sys.stderr)
-        return 1
+        path = plot_run(ns.run_dir, output_file("-o", ns.out) if ns.out else None)
+    except ConfigError as exc:
+        return print_problems("holderpo plot", exc)
     print(path)
     return 0

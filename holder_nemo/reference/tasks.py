@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from holder_nemo.config.errors import ConfigError
+
 # A response is decoded with its special tokens kept (``keep_special_tokens``): "<bos>" counts as one wrong token.
 SPECIAL_OR_CHAR = re.compile(r"<[a-z]+>|.", re.DOTALL)
 
@@ -109,7 +111,7 @@ class MathJsonlTask:
     def __init__(self, path: str | Path, seed: int, tokenizer=None) -> None:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"data.train_path: file not found: {path}")
+            raise ConfigError("data.train_path", f"no such file {str(path)!r}")
         rows = []
         with path.open() as fh:
             for line_no, line in enumerate(fh, 1):
@@ -117,10 +119,10 @@ class MathJsonlTask:
                     continue
                 row = json.loads(line)
                 if "problem" not in row or "answer" not in row:
-                    raise ValueError(f"data.train_path: {path}:{line_no} needs keys 'problem' and 'answer'")
+                    raise ConfigError("data.train_path", f"{path}:{line_no} needs keys 'problem' and 'answer'")
                 rows.append(Example(self._format(str(row["problem"]), tokenizer), str(row["answer"])))
         if not rows:
-            raise ValueError(f"data.train_path: {path} has no rows")
+            raise ConfigError("data.train_path", f"{path} has no rows")
         self.rows, self.seed = rows, seed
 
     keep_special_tokens = False  # math-verify reads the text; special tokens are not part of an answer
@@ -184,7 +186,10 @@ class ArithmeticWordTask:
 
     def __init__(self, seed: int, tokenizer) -> None:
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("data.task 'arith_words' needs a tokenizer with a chat template (an instruct model)")
+            raise ConfigError(
+                "policy.model_name",
+                "data.task 'arith_words' needs a tokenizer with a chat template (an instruct model)",
+            )
         self.seed, self.tokenizer = seed, tokenizer
 
     def problem(self, index: int) -> tuple[str, str]:

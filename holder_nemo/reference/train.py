@@ -11,8 +11,9 @@ Run directory (RUN_DIR = ``checkpointing.checkpoint_dir``): ``metrics.jsonl`` (o
 ``step_N/`` checkpoints, ``tb/`` (TensorBoard, when installed), ``training.png``, and ``COMPLETED`` once done.
 
 Exit codes (the stop contract shared with the NeMo RL entry point): 0 = complete (final checkpoint written);
-75 = stopped on request (SIGUSR1, SIGTERM, or the file named by $HOLDERPO_STOP_FILE): the current step finished, a
-checkpoint was written, rerun the same command to resume; 2 = bad recipe or arguments.
+75 = stopped on request (SIGUSR1, SIGTERM, Ctrl-C, or the file named by $HOLDERPO_STOP_FILE): the current step
+finished, a checkpoint was written, rerun the same command to resume; 2 = bad recipe or arguments (one line per
+problem, before any work: the recipe, its local paths, the run directory); 130 = a second Ctrl-C (no checkpoint).
 """
 
 from __future__ import annotations
@@ -22,16 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from holder_nemo.config import ConfigError, load_recipe
-from holder_nemo.config.resume_guard import (
-    ACCEPT_FLAG,
-    CHANGE_LOG,
-    ResumeConfigError,
-    check_resume_config,
-    record_accepted_changes,
-)
+from holder_nemo.config import ConfigError, load_recipe, print_problems
+from holder_nemo.config.errors import make_run_dir
+from holder_nemo.config.resume_guard import ACCEPT_FLAG, CHANGE_LOG, check_resume_config, record_accepted_changes
 from holder_nemo.reference import checkpoint as ckpt
-from holder_nemo.reference.config import ReferenceConfig, validate_reference_config
+from holder_nemo.reference.config import ReferenceConfig, is_reference_recipe, missing_paths, validate_reference_config
 from holder_nemo.reference.default_recipe import default_recipe_path
 from holder_nemo.reference.metrics_log import summarize
 from holder_nemo.reference.trainer import COMPLETED_FILE, EXIT_BAD_CONFIG, EXIT_COMPLETED, EXIT_STOPPED, ReferenceRecipe
@@ -39,6 +35,16 @@ from holder_nemo.reference.trainer import COMPLETED_FILE, EXIT_BAD_CONFIG, EXIT_
 # Keys a resumed run may change freely (they do not change what is trained): logging, checkpoint cadence/retention.
 OPERATIONAL_KEYS = ("logger", "checkpointing.save_period", "checkpointing.keep_last_k")
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_COMPLETED", "EXIT_STOPPED", "ReferenceRecipe", "default_recipe_path", "summarize"]
+PROG = "holderpo train"
+EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once, without a checkpoint (the shell's code for SIGINT)
+
+
+def split_recipe(args: list[str]) -> tuple[Path, list[str]]:
+    """(recipe, overrides) of ``[RECIPE] [overrides...]``: a first argument that is no override (no ``=``, no leading
+    ``+``/``~``) is the recipe, whatever its suffix (the loader says what is wrong with it); else the default."""
+    if args and "=" not in args[0] and not args[0].startswith(("+", "~")):
+        return Path(args[0]), list(args[1:])
+    return default_recipe_path(), list(args)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -55,20 +61,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         f"RUN_DIR/{CHANGE_LOG})",
     )
     ns = parser.parse_args(argv)
-    recipe = None
-    if ns.args and ns.args[0].endswith((".yaml", ".yml")) and "=" not in ns.args[0]:
-        recipe, ns.args = ns.args[0], ns.args[1:]
-    ns.recipe = Path(recipe) if recipe else default_recipe_path()
-    ns.overrides = ns.args
+    ns.recipe, ns.overrides = split_recipe(ns.args)
     return ns
 
 
-def load_config(recipe: str | Path, overrides: list[str]) -> tuple[ReferenceConfig, str]:
-    """Recipe -> (validated config, resolved YAML text); raises ConfigError naming the key."""
+def load_config(recipe: str | Path, overrides: list[str], *, paths: bool = True) -> tuple[ReferenceConfig, str]:
+    """Recipe -> (validated config, resolved YAML text); raises ConfigError naming the keys (a NeMo RL recipe, a
+    key of the schema, and with ``paths`` a local model directory or data file that does not exist here)."""
     from omegaconf import OmegaConf
 
     raw = load_recipe(recipe, overrides)
-    return validate_reference_config(raw), OmegaConf.to_yaml(raw)
+    if not is_reference_recipe(raw):
+        raise ConfigError(
+            str(recipe),
+            "is a NeMo RL recipe (it has cluster / policy.megatron_cfg / policy.dtensor_cfg), not a reference-run one: "
+            f"run it with `python -m holder_nemo.nemo_rl.run_grpo --config {recipe}` in the NeMo RL container or "
+            "`sbatch slurm/holderpo_7b.sh` (docs/slurm.md); `holderpo recipe check` validates it here",
+        )
+    config = validate_reference_config(raw)
+    missing = missing_paths(config) if paths else []
+    if missing:
+        raise ConfigError(missing)
+    return config, OmegaConf.to_yaml(raw)
 
 
 def _resolved(yaml_text: str) -> dict[str, Any]:
@@ -101,26 +115,23 @@ def main(argv: list[str]) -> int:
     ns = parse_args(argv)
     try:
         cfg, resolved_yaml = load_config(ns.recipe, ns.overrides)
-    except ConfigError as exc:
-        print(f"holderpo train: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    run_dir = Path(cfg.checkpointing.checkpoint_dir)
-    try:
+        run_dir = make_run_dir("checkpointing.checkpoint_dir", cfg.checkpointing.checkpoint_dir)
         check_resume(run_dir, resolved_yaml, accept=ns.accept_config_change)
-    except ResumeConfigError as exc:
-        print(f"holderpo train: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    except ConfigError as exc:
+        return print_problems(PROG, exc)
     if (run_dir / COMPLETED_FILE).exists():
-        print(f"holderpo train: {run_dir} is already complete ({COMPLETED_FILE} exists); nothing to do")
+        print(f"{PROG}: {run_dir} is already complete ({COMPLETED_FILE} exists); nothing to do")
         return EXIT_COMPLETED
     recipe = ReferenceRecipe(cfg, resolved_yaml)
     try:
         recipe.setup()
-    except (ConfigError, ValueError) as exc:
-        print(f"holderpo train: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    except ConfigError as exc:  # the model directory or the data file the recipe names is unusable
+        return print_problems(PROG, exc)
     try:
         return recipe.train()
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (second Ctrl-C); the newest checkpoint in {run_dir} is kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         recipe.cleanup()
 

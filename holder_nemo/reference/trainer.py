@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from holder_nemo.config import ConfigError
+from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError
 from holder_nemo.core import Reduce
 from holder_nemo.nemo_rl import HolderPOLossFn
 from holder_nemo.nemo_rl.stop import StopRequest
@@ -36,8 +36,11 @@ from holder_nemo.reference.rollout import (
     sample_groups,
 )
 
-EXIT_COMPLETED, EXIT_BAD_CONFIG, EXIT_STOPPED = 0, 2, 75
+EXIT_COMPLETED, EXIT_BAD_CONFIG, EXIT_STOPPED = 0, EXIT_BAD_INPUT, 75
 COMPLETED_FILE = "COMPLETED"
+# Without a terminal (Slurm, CI, a pipe) there is no progress bar: one line per step instead, at most one every this
+# many seconds (the first and the last step, and every checkpoint, always get theirs).
+PROGRESS_LINE_INTERVAL_S = 10.0
 
 
 class ReferenceRecipe:
@@ -47,7 +50,8 @@ class ReferenceRecipe:
         - built-in tiny Qwen2 + character tokenizer (nothing downloaded), or any local HF causal-LM directory
         - digit task from random init, or maths JSONL scored with math-verify
         - exact resume: model, optimizer, RNG states, data position; atomic ``step_N`` checkpoints, keep last K
-        - stop contract: SIGUSR1 / SIGTERM / $HOLDERPO_STOP_FILE -> finish step, checkpoint, exit 75
+        - stop contract: SIGUSR1 / SIGTERM / Ctrl-C / $HOLDERPO_STOP_FILE -> finish step, checkpoint, exit 75
+        - progress: a bar in a terminal, else one line per step (step, reward, p, loss, seconds per step)
     Raises:
         ConfigError: on an invalid recipe (raised by ``validate_reference_config`` before anything is built).
     """
@@ -68,7 +72,7 @@ class ReferenceRecipe:
         # First, so a signal during setup is honoured after the first step. The contract (env var, signals, exit
         # code) is the NeMo RL entry point's, so the request object is shared too.
         self.stop = StopRequest.from_env()
-        self.stop.install_signal_handlers()
+        self.stop.install_signal_handlers(interrupt=True)  # Ctrl-C stops like SIGTERM: checkpoint, exit 75
         if cfg.reference.num_threads:
             torch.set_num_threads(cfg.reference.num_threads)
         # Seed before building the model: a fresh run's weights come from grpo.seed; a resumed run overwrites both.
@@ -138,19 +142,26 @@ class ReferenceRecipe:
     def train(self) -> int:
         from tqdm import tqdm
 
-        # disable=None: no bar when stderr is not a terminal (Slurm and CI logs), unless switched off outright.
-        disable = None if self.cfg.logger.progress_bar else True
-        bar = tqdm(total=self.max_steps, initial=self.step, disable=disable, unit="step")
+        # A bar only in a terminal (tqdm would switch itself off in Slurm and CI logs); else progress lines.
+        show_bar = self.cfg.logger.progress_bar and sys.stderr.isatty()
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not show_bar, unit="step")
+        last_line = -float("inf")
         while self.step < self.max_steps:
             metrics = self._train_step(self.step + 1)
             self.step += 1
             self.metrics_log.write(metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", p=f"{metrics['holder_p']:+.2f}")
-            if self.step % self.cfg.checkpointing.save_period == 0 and self.step < self.max_steps:
+            saving = self.step % self.cfg.checkpointing.save_period == 0 and self.step < self.max_steps
+            reason = self.stop.reason() if self.step < self.max_steps else None
+            now = time.monotonic()
+            if not show_bar and (saving or reason or self.step in (1, self.max_steps) or
+                                 now - last_line >= PROGRESS_LINE_INTERVAL_S):  # fmt: skip
+                print(self._progress_line(metrics, saving or bool(reason)), flush=True)
+                last_line = now
+            if saving:
                 self.save_checkpoint()
-            reason = self.stop.reason()
-            if reason and self.step < self.max_steps:
+            if reason:
                 bar.close()
                 self.save_checkpoint()
                 print(f"holderpo train: stop requested ({reason}); checkpointed step {self.step}", file=sys.stderr)
@@ -159,6 +170,14 @@ class ReferenceRecipe:
         self.save_checkpoint()
         self._finish()
         return EXIT_COMPLETED
+
+    def _progress_line(self, metrics: dict[str, Any], checkpoint: bool) -> str:
+        seconds = metrics["perf/rollout_s"] + metrics["perf/update_s"]
+        return (
+            f"holderpo train: step {self.step}/{self.max_steps}  reward {metrics['reward_mean']:.3f}  "
+            f"p {metrics['holder_p']:+.3f}  loss {metrics.get('loss', float('nan')):+.4g}  {seconds:.2f} s/step"
+            + ("  (checkpoint)" if checkpoint else "")
+        )
 
     def _train_step(self, step: int) -> dict[str, Any]:
         """One GRPO step; returns its metrics (keys under ``perf/`` are timings, not reproducible)."""

@@ -203,18 +203,13 @@ def build_report(ns: argparse.Namespace, specs, recipe: Path, command: str, jobs
     return write_report(ns.out_dir, study, curves)
 
 
-def validate(specs, n_configs: int) -> str | None:
+def validate(specs, n_configs: int) -> None:
     """Resolve and validate the recipe of the first ``n_configs`` runs (one per arm and task: seeds only change
-    ``grpo.seed``), loss section included (the reference schema holds the plugin's); returns the error or None."""
-    from holder_nemo.config import ConfigError
+    ``grpo.seed``), loss section included (the reference schema holds the plugin's); raises ``ConfigError``."""
     from holder_nemo.reference.train import load_config
 
-    try:
-        for spec in specs[:n_configs]:
-            load_config(spec.argv[0], list(spec.argv[1:]))
-    except (ConfigError, ValueError) as exc:
-        return str(exc)
-    return None
+    for spec in specs[:n_configs]:
+        load_config(spec.argv[0], list(spec.argv[1:]))
 
 
 def plan(specs, jobs: int, out_dir: Path) -> str:
@@ -225,6 +220,8 @@ def plan(specs, jobs: int, out_dir: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
+    from holder_nemo.config import ConfigError, print_problems
+    from holder_nemo.config.loading import read_yaml
     from holder_nemo.reference.default_recipe import default_recipe_path
     from holder_nemo.study.runner import run_all
 
@@ -233,17 +230,15 @@ def main(argv: list[str]) -> int:
         print(list_arms_and_tasks())
         return 0
     recipe = (Path(ns.recipe) if ns.recipe else default_recipe_path()).resolve()
-    if not recipe.is_file():
-        print(f"holderpo study: recipe not found: {recipe}", file=sys.stderr)
-        return EXIT_BAD_ARGS
-    specs = run_specs(ns, recipe)
+    try:
+        read_yaml(recipe)  # a missing file, a directory, not YAML: one line
+        specs = run_specs(ns, recipe)
+        if not ns.report_only:
+            validate(specs, len(ns.tasks) * len(ns.arms))
+    except ConfigError as exc:
+        return print_problems("holderpo study", exc)
     jobs = ns.jobs or default_jobs(len(specs))
     command = "holderpo study " + shlex.join(argv) if argv else "holderpo study"
-    if not ns.report_only:
-        error = validate(specs, len(ns.tasks) * len(ns.arms))
-        if error:
-            print(f"holderpo study: {error}", file=sys.stderr)
-            return EXIT_BAD_ARGS
     if ns.dry_run:
         print(plan(specs, jobs, ns.out_dir))
         return 0

@@ -30,6 +30,8 @@ from alfworld_doubles import (
     RecordingLogger,
 )
 
+from holder_nemo.config import ConfigError
+
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("alfworld") is None, reason="needs the optional extra holder_nemo[alfworld]"
 )
@@ -271,7 +273,7 @@ def test_game_file_dataset_lists_the_split_and_collates_like_nemo_rl_rows(offlin
     row = dataset[0]
     assert row["extra_env_info"] == {"game_file": dataset.game_files[0]} and row["idx"] == 0
     assert len(game_file_dataset(offline_root / "valid_seen", [1, 2])) == 2  # task types 1-2: pick, look
-    with pytest.raises(FileNotFoundError, match="data_path"):
+    with pytest.raises(ConfigError, match="data_path"):  # a recipe error: one line, exit 2 at the entry point
         game_file_dataset(offline_root / "nope")
     with pytest.raises(ValueError, match="empty"):
         GameFileDataset([])

@@ -70,7 +70,7 @@ def test_no_bonus_and_no_separate_validation_temperature() -> None:
 def test_recipe_check_reports_the_same_errors(capsys: pytest.CaptureFixture[str]) -> None:
     from holder_nemo.recipe_check.cli import main
 
-    assert main(["check", str(RECIPE), "grpo.normalize_rewards=false", "--no-config"]) == 1
+    assert main(["check", str(RECIPE), "grpo.normalize_rewards=false", "--no-config"]) == 2  # bad input
     out = capsys.readouterr()
     assert "error: grpo.normalize_rewards: must be True for ALFWorld's per-step layout" in out.out + out.err
     assert main(["check", str(RECIPE), "--no-config"]) == 0

@@ -15,6 +15,7 @@ no GPU monitor: ``conftest.run_driver``); what is trained is the recipe's own.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -150,6 +151,71 @@ def test_nemo_rl_itself_rejects_what_our_preflight_rejects(recipe, override, nem
     assert theirs.code == 1, theirs.log[-3000:]
     assert nemo_rl_error in theirs.log
     assert not (tmp_path / "theirs" / "ckpt" / "step_2").exists()
+
+
+# (recipe, overrides, what NeMo RL's own code says) for each start-up assertion recipe_checks.py mirrors that a recipe
+# of ours can trip; the pre-flight's refusal of the same overrides is tests/recipes/test_recipe_check.py's BROKEN list.
+NEMO_RL_ASSERTIONS = [
+    (  # grpo.setup, non-colocated generation on one node
+        "holderpo_qwen2.5-math-7b.yaml",
+        ["policy.generation.colocated.enabled=false"],
+        "policy.generation.colocated.resources.gpus_per_node must be explicitly set to a value > 0",
+    ),
+    (  # grpo.setup, dynamic sampling
+        "holderpo_qwen2.5-math-7b.yaml",
+        ["grpo.batch_multiplier=2"],
+        "batch_multiplier>1 can only be used if use_dynamic_sampling=True",
+    ),
+    (  # grpo.setup, vLLM FP8
+        "holderpo_qwen2.5-math-7b.yaml",
+        ["policy.generation.vllm_cfg.precision=fp8"],
+        "Importance sampling must be enabled for vLLM FP8 generation",
+    ),
+    (  # Policy.__init__
+        "holderpo_qwen2.5-math-7b.yaml",
+        ["policy.megatron_cfg.pipeline_model_parallel_size=2", "policy.sequence_packing.enabled=false",
+         "policy.dynamic_batching.enabled=true", "+policy.dynamic_batching.train_mb_tokens=4096",
+         "+policy.dynamic_batching.sequence_length_round=64"],
+        "Dynamic batching is only supported for single pipeline parallel stage",
+    ),
+    (  # VllmGeneration.__init__
+        "holderpo_qwen2.5-math-7b.yaml",
+        ["policy.generation.vllm_cfg.pipeline_parallel_size=2"],
+        "When pipeline_parallel_size > 1, async_engine must be set to True",
+    ),
+    (  # VllmGeneration.__init__
+        "holderpo_qwen2.5-math-7b.yaml",
+        ["policy.generation.vllm_cfg.tensor_parallel_size=2", "policy.generation.vllm_cfg.expert_parallel_size=3"],
+        "EP must be a multiple of TP",
+    ),
+    (  # VllmGeneration.__init__
+        "holderpo_qwen2.5-math-7b.yaml",
+        ["policy.generation.top_k=0"],
+        "top_k valid values",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("recipe", "overrides", "nemo_rl_error"), NEMO_RL_ASSERTIONS, ids=lambda v: str(v)[:60])
+def test_nemo_rl_itself_asserts_what_the_preflight_mirrors(recipe, overrides, nemo_rl_error, run_driver, tmp_path):
+    """Without the pre-flight, NeMo RL's own code (grpo.setup, Policy, VllmGeneration) refuses the recipe after Ray is
+    up; with it, the same overrides fail `holderpo recipe check` (and run_grpo, the same rule set) naming the key."""
+    from holder_nemo.recipe_check.cli import main as recipe_check
+
+    recipe_path = str(Path(__file__).resolve().parents[2] / "recipes" / recipe)
+    assert recipe_check(["check", recipe_path, *overrides, "--no-config", "--nemo-rl", "off"]) == EXIT_BAD_CONFIG
+    theirs = run_driver(tmp_path, recipe, *overrides, env={"HOLDERPO_TEST_SKIP_RECIPE_CHECK": "1"})
+    assert theirs.code == 1, theirs.log[-3000:]
+    assert nemo_rl_error in theirs.log, theirs.log[-3000:]
+    assert not list((tmp_path / "ckpt").glob("step_*"))
+
+
+def test_the_preflight_refuses_async_grpo_before_ray(run_driver, tmp_path):
+    """Async GRPO: this entry point runs grpo_train; it said so after Ray started, now before (and recipe check)."""
+    run = run_driver(tmp_path, "holderpo_qwen2.5-math-1.5b.yaml", "grpo.async_grpo.enabled=true")
+    assert_ok(run, EXIT_BAD_CONFIG)
+    assert "grpo.async_grpo.enabled: must be false" in run.log and "Setting up compute cluster" not in run.log
+    assert "Traceback" not in run.log
 
 
 def test_a_loss_section_without_token_level_loss_fails_before_ray(run_driver, tmp_path):

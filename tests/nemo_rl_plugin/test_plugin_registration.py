@@ -111,10 +111,10 @@ def test_registration_with_the_real_nemo_rl_registries():
 
         bad = {"train": {"dataset_name": "a", "env_name": "nope", "processor": "nope_p"}}
         problems = registration_problems(bad, {})
-        assert any(p.startswith("data.*.env_name: environment 'nope'") for p in problems)
-        assert any(p.startswith("data.*.processor: processor 'nope_p'") for p in problems)
+        assert any(k == "data.*.env_name" and m.startswith("environment 'nope'") for k, m in problems)
+        assert any(k == "data.*.processor" and m.startswith("processor 'nope_p'") for k, m in problems)
         assert registration_problems(math_cfg["data"], {}) == [
-            "env.holder_math: missing (data.*.env_name uses environment 'holder_math')"
+            ("env.holder_math", "missing (data.*.env_name uses environment 'holder_math')")
         ]
     finally:
         for registry, before in zip((ENV_REGISTRY, PROCESSOR_REGISTRY, ACTOR_ENVIRONMENT_REGISTRY), saved, strict=True):

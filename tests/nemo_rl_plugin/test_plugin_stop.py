@@ -132,11 +132,41 @@ def test_exit_codes_and_completed_marker(tmp_path):
     assert (tmp_path / "ckpt" / "COMPLETED").exists()
 
 
-def test_unsupported_features_name_their_keys():
-    cfg = {"grpo": {"async_grpo": {"enabled": True}}, "data_plane": {"enabled": True}}
-    problems = run_grpo.unsupported_features(cfg)
-    assert problems[0].startswith("grpo.async_grpo.enabled") and problems[1].startswith("data_plane.enabled")
-    assert run_grpo.unsupported_features({"grpo": {}, "data_plane": None}) == []
+@pytest.fixture
+def entry_point_past_the_version_gate(monkeypatch):
+    """run_grpo.main up to ``prepare`` without NeMo RL: the version gate passes, signal handlers are restored."""
+    monkeypatch.setattr(master_config, "check_nemo_rl", lambda: "0.7.0")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+def test_a_bad_recipe_is_exit_2_with_one_line_per_problem(monkeypatch, capsys, entry_point_past_the_version_gate):
+    from holder_nemo.config import ConfigError
+
+    def prepare(*_args, **_kwargs):
+        raise ConfigError([("grpo.async_grpo.enabled", "must be false"), ("cluster.num_nodes", "must be >= 1, got 0")])
+
+    monkeypatch.setattr(run_grpo, "prepare", prepare)
+    assert run_grpo.main(["--config", "r.yaml"]) == run_grpo.EXIT_BAD_CONFIG == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{run_grpo.PROG}: bad config r.yaml:",
+        f"{run_grpo.PROG}: grpo.async_grpo.enabled: must be false",
+        f"{run_grpo.PROG}: cluster.num_nodes: must be >= 1, got 0",
+    ]
+
+
+def test_a_bug_is_a_traceback_not_a_bad_config(monkeypatch, entry_point_past_the_version_gate):
+    """Only configuration errors are exit 2; a bug in our code or NeMo RL's propagates (exit 1 with its traceback)."""
+
+    def prepare(*_args, **_kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(run_grpo, "prepare", prepare)
+    with pytest.raises(TypeError, match="a bug"):
+        run_grpo.main(["--config", "r.yaml"])
 
 
 @pytest.mark.parametrize(

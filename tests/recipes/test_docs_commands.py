@@ -237,9 +237,19 @@ def _in_repo(token: str) -> str:
 
 
 def assert_recipe_check_passes(cmd: Command, recipe: str, overrides: list[str], capsys) -> None:
+    """As on the machine the command is meant for: the data the recipes name is there (``--strict`` checks it)."""
+    import tempfile
+
     from holder_nemo.recipe_check.cli import main as recipe_main
 
-    code = recipe_main(["check", _in_repo(recipe), *overrides, "--no-config"])
+    with tempfile.TemporaryDirectory() as data, pytest.MonkeyPatch.context() as patch:
+        for name in ("math_lvl3to5.jsonl", "math500.jsonl"):
+            (Path(data) / name).write_text("{}\n")
+        for split in ("train", "valid_seen"):
+            (Path(data) / "alfworld" / "json_2.1.1" / split).mkdir(parents=True)
+        patch.setenv("HOLDERPO_DATA_DIR", data)
+        patch.setenv("ALFWORLD_DATA", str(Path(data) / "alfworld"))
+        code = recipe_main(["check", _in_repo(recipe), *overrides, "--no-config"])
     err = capsys.readouterr().err
     assert code == 0, f"{cmd}: `holderpo recipe check` refuses it:\n{err}"
 
@@ -264,7 +274,7 @@ def check_holderpo(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
 
         ns = parse_args([t for t in rest if not t.startswith("--")])
         try:
-            load_config(ns.recipe, ns.overrides)
+            load_config(ns.recipe, ns.overrides, paths=False)  # the model and data of the docs are not on this machine
         except ConfigError as exc:
             pytest.fail(f"{cmd}: the recipe or its overrides are invalid: {exc}")
     elif sub == "eval":

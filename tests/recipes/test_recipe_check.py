@@ -1,4 +1,5 @@
-"""`holderpo recipe check`: every shipped recipe passes; each rule fails on a recipe that breaks it, naming the key."""
+"""`holderpo recipe check`: every shipped recipe passes; each rule fails on a recipe that breaks it, naming the key,
+exit 2 (the exit code of bad input in every holderpo command)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,20 @@ SHIPPED = sorted(RECIPES_DIR.glob("*.yaml"))
 SEVEN_B = str(RECIPES_DIR / "holderpo_qwen2.5-math-7b.yaml")
 SCALE_OUT = str(RECIPES_DIR / "holderpo_qwen2.5-32b-4n8g.yaml")
 ALFWORLD = str(RECIPES_DIR / "holderpo_alfworld_qwen2.5-1.5b.yaml")
+FAILED = 2
+
+
+@pytest.fixture(autouse=True)
+def data_here(tmp_path_factory, monkeypatch):
+    """The data the recipes name, where they name it (as on a node that mounts it): no path warnings."""
+    root = tmp_path_factory.mktemp("data")
+    for name in ("math_lvl3to5.jsonl", "math500.jsonl"):
+        (root / name).write_text('{"problem": "1 + 1", "answer": "2"}\n')
+    for split in ("train", "valid_seen"):
+        (root / "alfworld" / "json_2.1.1" / split).mkdir(parents=True)
+    monkeypatch.setenv("HOLDERPO_DATA_DIR", str(root))
+    monkeypatch.setenv("ALFWORLD_DATA", str(root / "alfworld"))
+    return root
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -101,10 +116,14 @@ BROKEN = [
     (SEVEN_B, ["grpo.num_prompts_per_step=many"], "grpo.num_prompts_per_step"),
     (SEVEN_B, ["grpo.normalize_rewards=1"], "grpo.normalize_rewards"),
     (SEVEN_B, ["cluster.num_nodes=0"], "cluster.num_nodes"),
+    (SEVEN_B, ["policy.generation.top_p=x"], "policy.generation.top_p"),
     (SEVEN_B, ["~policy.megatron_cfg.optimizer.adam_eps"], "policy.megatron_cfg.optimizer.adam_eps"),
     (SEVEN_B, ["~policy.generation.vllm_cfg.gpu_memory_utilization"], "policy.generation.vllm_cfg"),
+    (SEVEN_B, ["grpo.num_prompts_per_step=0"], "grpo.num_prompts_per_step"),
+    (SEVEN_B, ["checkpointing.save_period=0"], "checkpointing.save_period"),
     # HölderPO block
     (SEVEN_B, ["~loss_fn.holder"], "loss_fn.holder"),
+    (SEVEN_B, ["~loss_fn.holder.schedule"], "loss_fn.holder.schedule"),
     (SEVEN_B, ["loss_fn.holder.schedule.kind=exponential"], "loss_fn.holder.schedule"),
     (SEVEN_B, ["loss_fn.holder.schedule.p_min=3.0"], "loss_fn.holder.schedule"),
     (SEVEN_B, ["loss_fn.holder.schedule.steps=0"], "loss_fn.holder.schedule"),
@@ -156,6 +175,94 @@ BROKEN = [
     (SEVEN_B, ["+policy.megatron_cfg.use_linear_ce_fusion_loss=true"], "policy.megatron_cfg.use_linear_ce_fusion_loss"),
     # absent means NeMo RL's ClippedPGLossConfig default, token_level_loss: true
     (SEVEN_B, ["~loss_fn.token_level_loss"], "loss_fn.token_level_loss"),
+    # this entry point runs synchronous grpo_train
+    (SEVEN_B, ["grpo.async_grpo.enabled=true"], "grpo.async_grpo.enabled"),
+    (SEVEN_B, ["data_plane={enabled: true}"], "data_plane.enabled"),
+    # grpo.setup: dedicated generation resources (one node, then several)
+    (SEVEN_B, ["policy.generation.colocated.enabled=false"], "policy.generation.colocated.resources.gpus_per_node"),
+    (
+        SEVEN_B,
+        [
+            "policy.generation.colocated.enabled=false",
+            "policy.generation.colocated.resources.gpus_per_node=4",
+            "policy.generation.colocated.resources.num_nodes=2",
+        ],
+        "policy.generation.colocated.resources.num_nodes",
+    ),
+    (
+        SEVEN_B,
+        ["policy.generation.colocated.enabled=false", "policy.generation.colocated.resources.gpus_per_node=8"],
+        "policy.generation.colocated.resources.gpus_per_node",
+    ),
+    (SCALE_OUT, ["policy.generation.colocated.enabled=false"], "policy.generation.colocated.resources.num_nodes"),
+    (
+        SCALE_OUT,
+        [
+            "policy.generation.colocated.enabled=false",
+            "policy.generation.colocated.resources.num_nodes=1",
+            "policy.generation.colocated.resources.gpus_per_node=4",
+        ],
+        "policy.generation.colocated.resources.gpus_per_node",
+    ),
+    (
+        SCALE_OUT,
+        [
+            "policy.generation.colocated.enabled=false",
+            "policy.generation.colocated.resources.num_nodes=4",
+            "policy.generation.colocated.resources.gpus_per_node=8",
+        ],
+        "policy.generation.colocated.resources.num_nodes",
+    ),
+    # grpo.setup: keys it reads, dynamic sampling, dataloaders, backends, FP8
+    (SEVEN_B, ["~grpo.batch_multiplier"], "grpo.batch_multiplier"),
+    (SEVEN_B, ["grpo.batch_multiplier=2"], "grpo.batch_multiplier"),
+    (SEVEN_B, ["~data.use_multiple_dataloader"], "data.use_multiple_dataloader"),
+    (
+        SEVEN_B,
+        ["data.use_multiple_dataloader=true", "+data.num_prompts_per_dataloader=48"],
+        "data.num_prompts_per_dataloader",
+    ),
+    (SEVEN_B, ["policy.generation.backend=vlm"], "policy.generation.backend"),
+    (SEVEN_B, ["policy.generation.vllm_cfg.precision=fp8"], "policy.generation.vllm_cfg.precision"),
+    (SEVEN_B, ["policy.generation.vllm_cfg.kv_cache_dtype=fp8"], "policy.generation.vllm_cfg.kv_cache_dtype"),
+    # Policy.__init__
+    (SEVEN_B, ["policy.draft.enabled=true"], "policy.draft.enabled"),
+    (
+        ALFWORLD,
+        ["policy.dtensor_cfg._v2=false", "++policy.dtensor_cfg.lora_cfg={enabled: true}"],
+        "policy.dtensor_cfg.lora_cfg.enabled",
+    ),
+    (
+        ALFWORLD,
+        ["policy.dtensor_cfg._v2=false", "++policy.dtensor_cfg.dp_replicate_size=2"],
+        "policy.dtensor_cfg.dp_replicate_size",
+    ),
+    (
+        SEVEN_B,
+        [
+            "policy.megatron_cfg.pipeline_model_parallel_size=2",
+            "policy.sequence_packing.enabled=false",
+            "policy.dynamic_batching.enabled=true",
+            "+policy.dynamic_batching.train_mb_tokens=4096",
+            "+policy.dynamic_batching.sequence_length_round=64",
+        ],
+        "policy.dynamic_batching.enabled",
+    ),
+    # VllmGeneration.__init__
+    (SEVEN_B, ["policy.generation.vllm_cfg.pipeline_parallel_size=2"], "policy.generation.vllm_cfg.async_engine"),
+    (
+        SEVEN_B,
+        ["policy.generation.vllm_cfg.tensor_parallel_size=2", "policy.generation.vllm_cfg.expert_parallel_size=3"],
+        "policy.generation.vllm_cfg.expert_parallel_size",
+    ),
+    (
+        SEVEN_B,
+        ["policy.generation.vllm_cfg.expert_parallel_size=2", "policy.generation.vllm_cfg.async_engine=true"],
+        "policy.generation.vllm_cfg.async_engine",
+    ),
+    (SEVEN_B, ["policy.generation.top_k=0"], "policy.generation.top_k"),
+    (SEVEN_B, ["policy.generation.top_p=0.0"], "policy.generation.top_p"),
+    (SEVEN_B, ["policy.generation.top_p=1.5"], "policy.generation.top_p"),
     # checkpointing
     (SEVEN_B, ["checkpointing.checkpoint_dir=''"], "checkpointing.checkpoint_dir"),
     (SEVEN_B, ["checkpointing.checkpoint_dir=null"], "checkpointing.checkpoint_dir"),
@@ -170,7 +277,7 @@ BROKEN = [
 @pytest.mark.parametrize(("recipe", "overrides", "key"), BROKEN, ids=lambda v: v if isinstance(v, str) else None)
 def test_broken_recipe_fails_naming_the_key(recipe, overrides, key, capsys):
     code, _, err = _run(capsys, recipe, *overrides)
-    assert code == 1, f"{overrides} should fail"
+    assert code == FAILED, f"{overrides} should fail"
     error_lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert any(line.startswith(f"error: {key}") for line in error_lines), err
 
@@ -197,6 +304,50 @@ def test_documented_dtensor_switch_passes(recipe, capsys):
     assert [s.get("name") for s in policy.scheduler] == ["torch.optim.lr_scheduler.ConstantLR", None]
     assert policy.scheduler[0].kwargs.factor == 1.0 and list(policy.scheduler[1].milestones) == []
     assert policy.dtensor_cfg.activation_checkpointing and policy.dtensor_cfg._v2
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["policy.generation.top_k=-1"],  # VllmGeneration: -1 means no filtering
+        ["policy.generation.top_k=20"],
+        ["grpo.use_dynamic_sampling=true", "grpo.batch_multiplier=2"],
+        ["policy.generation.vllm_cfg.pipeline_parallel_size=2", "policy.generation.vllm_cfg.async_engine=true"],
+        ["policy.generation.vllm_cfg.tensor_parallel_size=2", "policy.generation.vllm_cfg.expert_parallel_size=4"],
+        ["loss_fn.ratio_clip_c=1.5"],
+        ["data.use_multiple_dataloader=true", "+data.num_prompts_per_dataloader=32"],
+    ],
+    ids=str,
+)
+def test_what_nemo_rl_accepts_passes(capsys, overrides):
+    code, _, err = _run(capsys, SEVEN_B, *overrides)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("value", ["0.5", "1.0"])
+def test_one_bad_value_is_one_error_in_one_wording(capsys, tmp_path, value):
+    """ratio_clip_c (the dual clip) must exceed 1 (NeMo RL asserts c > 1): one error, the plugin's, in both kinds of
+    recipe (the NeMo RL key table leaves loss_fn to the plugin, which owns it)."""
+    _, _, nemo_rl = _run(capsys, SEVEN_B, f"loss_fn.ratio_clip_c={value}")
+    _, _, reference = _run(capsys, str(_reference_recipe(tmp_path)), f"+loss_fn.ratio_clip_c={value}")
+    for err in (nemo_rl, reference):
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: loss_fn.ratio_clip_c: Input should be greater than 1 (got {value})"], err
+
+
+def test_local_paths_warn_on_a_login_node_and_fail_with_strict(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOLDERPO_DATA_DIR", str(tmp_path / "not_here"))
+    code, out, err = _run(capsys, SEVEN_B)
+    assert code == 0 and "OK:" in out
+    missing = str(tmp_path / "not_here" / "math_lvl3to5.jsonl")
+    assert f"warning: data.train.data_path: no such file {missing!r} here" in err
+    code, _, err = _run(capsys, SEVEN_B, "--strict")
+    assert code == FAILED and f"error: data.train.data_path: no such file {missing!r} here" in err
+    assert "error: data.validation.data_path" in err
+    # a Hugging Face Hub id (namespace/name) is not a local path; a directory with more components is
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "not_here"))
+    code, _, err = _run(capsys, ALFWORLD, "--strict")
+    assert code == FAILED and "error: data.train.data_path: no such directory" in err and "model_name" not in err
 
 
 def test_tp4_logprob_batch_rule_can_be_bypassed_as_nemo_rl_allows(capsys, monkeypatch):
@@ -248,7 +399,7 @@ def test_schedule_shorter_than_run_is_fine(capsys):
 
 def test_unknown_override_key_is_an_error(capsys):
     code, _, err = _run(capsys, SEVEN_B, "grpo.num_promts_per_step=4")
-    assert code == 1 and "num_promts_per_step" in err
+    assert code == FAILED and "num_promts_per_step" in err
 
 
 def test_report_collects_all_errors_at_once():
@@ -297,23 +448,23 @@ def test_reference_recipe_is_delegated_and_passes(tmp_path, capsys):
 def test_reference_recipe_checkpoint_dir_default_applies(tmp_path, capsys):
     path = _reference_recipe(tmp_path)
     code, _, err = _run(capsys, str(path), "checkpointing.checkpoint_dir=''")
-    assert code == 1 and "checkpointing.checkpoint_dir" in err
+    assert code == FAILED and "checkpointing.checkpoint_dir" in err
 
 
 def test_reference_recipe_batch_rule_from_its_own_schema(tmp_path, capsys):
     code, _, err = _run(capsys, str(_reference_recipe(tmp_path, policy={"train_global_batch_size": 5})))
-    assert code == 1 and "policy.train_global_batch_size" in err
+    assert code == FAILED and "policy.train_global_batch_size" in err
 
 
 def test_reference_recipe_shared_holder_block_is_checked(tmp_path, capsys):
     path = _reference_recipe(tmp_path)
     code, _, err = _run(capsys, str(path), "loss_fn.holder.schedule.kind=zigzag")
-    assert code == 1 and "error: loss_fn.holder.schedule" in err
+    assert code == FAILED and "error: loss_fn.holder.schedule" in err
 
 
 def test_reference_recipe_unknown_key(tmp_path, capsys):
     code, _, err = _run(capsys, str(_reference_recipe(tmp_path)), "+grpo.bogus=1")
-    assert code == 1 and "grpo.bogus" in err
+    assert code == FAILED and "grpo.bogus" in err
 
 
 @pytest.mark.parametrize("recipe", sorted(Path(__file__).resolve().parents[2].glob("recipes/*.yaml")), ids=str)

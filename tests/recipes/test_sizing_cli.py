@@ -23,10 +23,15 @@ BUDGET_ENV = ("SBATCH_TIMELIMIT", "SBATCH_SIGNAL", "HOLDERPO_CKPT_TIMEOUT_S", "H
 
 @pytest.fixture(autouse=True)
 def _plain_environment(monkeypatch, tmp_path):
-    """Budgets from the scripts, not from this shell; no local models/ directory from the working directory."""
+    """Budgets from the scripts, not from this shell; no local models/ directory from the working directory; the data
+    the recipes name is here (--strict also refuses missing data files)."""
     for name in BUDGET_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+    for name in ("math_lvl3to5.jsonl", "math500.jsonl"):
+        (tmp_path / "data" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "data" / name).write_text("{}\n")
+    monkeypatch.setenv("HOLDERPO_DATA_DIR", str(tmp_path / "data"))
 
 
 def _check(capsys, recipe: str, *argv: str) -> tuple[int, dict[str, str], str]:
@@ -85,7 +90,7 @@ def test_a_layout_that_cannot_fit_warns_and_strict_refuses(capsys):
     assert code == 0 and "warning: policy.megatron_cfg: sizing: the training side needs" in err
     assert _number(block["train/GPU"], r"^([\d.]+) GiB") > 80
     code, _, err = _check(capsys, SCALE_OUT, tp1, "--strict")
-    assert code == 1 and "error: policy.megatron_cfg: sizing:" in err
+    assert code == 2 and "error: policy.megatron_cfg: sizing:" in err
     code, _, err = _check(capsys, SCALE_OUT, tp1, "--gpu-memory", "141")  # fits an H200
     assert code == 0 and "policy.megatron_cfg" not in err
     code, _, err = _check(capsys, SCALE_OUT, "policy.generation.vllm_cfg.gpu_memory_utilization=0.1")
@@ -100,7 +105,7 @@ def test_a_save_that_cannot_fit_the_entrys_budgets_warns(capsys):
     assert code == 0
     assert "warning: #SBATCH --signal: sizing: one save (~1,066 s) cannot fit in slurm/holderpo_7b.sh's signal" in err
     assert "warning: HOLDERPO_SAVE_MARGIN_S: sizing:" in err and "warning: HOLDERPO_CKPT_TIMEOUT_S: sizing:" in err
-    assert _check(capsys, SEVEN_B, "--fs-bandwidth", "0.1", "--strict")[0] == 1
+    assert _check(capsys, SEVEN_B, "--fs-bandwidth", "0.1", "--strict")[0] == 2
 
 
 def test_a_step_plus_a_save_must_fit_ckpt_timeout_and_restarts(capsys, monkeypatch):

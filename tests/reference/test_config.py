@@ -65,3 +65,44 @@ def test_bad_loss_fn_key_fails_before_training(tmp_path, capsys):
     assert code == 2
     assert "loss_fn.holder.clip_mode" in capsys.readouterr().err
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def _problems(overrides: list[str], recipe=SMOKE) -> tuple[tuple[str, str], ...]:
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe, overrides)
+    return info.value.problems
+
+
+def test_cross_field_errors_name_their_keys_without_dumping_the_recipe():
+    assert _problems(["policy.train_global_batch_size=100"]) == (
+        (
+            "policy.train_global_batch_size",
+            "(100) must divide grpo.num_prompts_per_step x grpo.num_generations_per_prompt (512)",
+        ),
+        ("policy.train_micro_batch_size", "(128) must divide policy.train_global_batch_size (100)"),
+    )
+    ((key, message),) = _problems(["policy.tiny_model.num_heads=3"])
+    assert key == "policy.tiny_model.hidden_size" and "{" not in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        (["~loss_fn.holder.schedule"], ("loss_fn.holder.schedule", "required: the p schedule, e.g. ")),
+        (["~loss_fn.holder"], ("loss_fn.holder", "required: the HölderPO block")),
+        (["~loss_fn"], ("loss_fn", "required section is missing")),
+        (["+loss_fn.ratio_clip_c=0.5"], ("loss_fn.ratio_clip_c", "Input should be greater than 1 (got 0.5)")),
+        (["+loss_fn.ratio_clip_c=1.0"], ("loss_fn.ratio_clip_c", "Input should be greater than 1 (got 1.0)")),
+        (["policy.model_name=/nonexistent/model"], ("policy.model_name", "no such model directory")),
+    ],
+    ids=str,
+)
+def test_what_is_missing_or_wrong_is_said_once(overrides, problem):
+    ((key, message),) = _problems(overrides)
+    assert key == problem[0] and message.startswith(problem[1]), (key, message)
+
+
+def test_a_nemo_rl_recipe_is_named_as_such():
+    seven_b = SMOKE.parent / "holderpo_qwen2.5-math-7b.yaml"
+    ((key, message),) = _problems([], seven_b)
+    assert key == str(seven_b) and message.startswith("is a NeMo RL recipe")

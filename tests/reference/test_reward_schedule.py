@@ -86,6 +86,6 @@ def test_recipe_check_accepts_the_reward_schedule_for_reference_recipes_only_whe
     assert recipe_main(["check", str(SMOKE), *REWARD_OVERRIDES, "--no-config"]) == 0
     capsys.readouterr()
     bad_gamma = "++loss_fn.holder.schedule.gamma=-1"
-    assert recipe_main(["check", str(SMOKE), *REWARD_OVERRIDES, bad_gamma, "--no-config"]) == 1
+    assert recipe_main(["check", str(SMOKE), *REWARD_OVERRIDES, bad_gamma, "--no-config"]) == 2  # bad input
     err = capsys.readouterr().err
     assert "loss_fn.holder.schedule: PSchedule.gamma must be >= 0" in err and "1 error(s)" in err

@@ -19,7 +19,7 @@ def test_plot_redraws_from_metrics(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert plotting.main([str(tmp_path)]) == 0
     assert (tmp_path / "training.png").stat().st_size > 10_000
-    assert plotting.main([str(tmp_path / "empty")]) == 1
+    assert plotting.main([str(tmp_path / "empty")]) == 2  # bad input: a directory of no run
     assert "no metrics" in capsys.readouterr().err
 
 
@@ -42,6 +42,19 @@ def test_schedule_prints_paper_convention(tmp_path, capsys):
 def test_schedule_bad_kind_names_key(capsys):
     assert schedule_cli.main([str(SMOKE), "loss_fn.holder.schedule.kind=zigzag"]) == 2
     assert "loss_fn.holder.schedule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("~loss_fn.holder.schedule", "holderpo schedule: loss_fn.holder.schedule: required: the p schedule, e.g. "),
+        ("loss_fn.holder.schedule.kind=reward", "holderpo schedule: loss_fn.holder.schedule.kind: 'reward' follows "),
+    ],
+)
+def test_schedule_without_a_per_step_schedule_says_what_is_missing(capsys, override, line):
+    assert schedule_cli.main([str(SMOKE), override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("\n") == 1, err
 
 
 def test_compare_runs_three_special_cases_with_the_same_seed(tmp_path, capsys):

@@ -114,9 +114,10 @@ def _wait_for_steps(run_dir: Path, n: int, proc: subprocess.Popen, timeout_s: fl
     raise AssertionError(f"no {n} steps within {timeout_s} s")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])
 def test_real_signal_checkpoints_exits_75_and_resume_is_exact(uninterrupted_long, tmp_path, signum):
-    """`holderpo train` in a real subprocess gets a real signal mid-run; a second invocation finishes the run."""
+    """`holderpo train` in a real subprocess gets a real signal mid-run (SIGINT: Ctrl-C in its terminal); a second
+    invocation finishes the run."""
     run_dir = tmp_path / "run"
     args = [str(SMOKE), *tiny(SIGNAL_STEPS, run_dir, "checkpointing.save_period=100")]
     cmd = [sys.executable, "-m", "holder_nemo.cli", "train", *args]
@@ -136,3 +137,24 @@ def test_real_signal_checkpoints_exits_75_and_resume_is_exact(uninterrupted_long
     assert done.returncode == EXIT_COMPLETED, done.stderr
     assert f"resumed from {run_dir / f'step_{stopped_at}'}" in done.stderr
     assert reproducible(read_metrics(run_dir)) == reproducible(read_metrics(uninterrupted_long))
+
+
+def test_without_a_terminal_each_step_is_one_line(tmp_path, capsys):
+    """Under Slurm or CI (no TTY) there is no bar: step, reward, p, loss and time per line (the first, the last, every
+    checkpoint, else at most one each PROGRESS_LINE_INTERVAL_S)."""
+    assert main([str(SMOKE), *tiny(3, tmp_path, "checkpointing.save_period=2")]) == EXIT_COMPLETED
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("holderpo train: step ")]
+    records = read_metrics(tmp_path)
+    assert [line.split()[3] for line in lines] == ["1/3", "2/3", "3/3"]
+    for line, record in zip(lines, records, strict=True):
+        assert f"reward {record['reward_mean']:.3f}  p {record['holder_p']:+.3f}  loss {record['loss']:+.4g}" in line
+        assert line.split("  ")[-1].endswith("s/step") or line.endswith("(checkpoint)")
+    assert lines[1].endswith("(checkpoint)")
+
+
+def test_a_configured_logger_that_cannot_run_is_named_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the tensorboard package is not installed
+    assert main([str(SMOKE), *tiny(2, tmp_path, "logger.tensorboard_enabled=true")]) == EXIT_COMPLETED
+    err = capsys.readouterr().err
+    assert err.count("logger.tensorboard_enabled is true but the tensorboard package is not installed") == 1, err
+    assert not (tmp_path / "tb").exists() and len(read_metrics(tmp_path)) == 2
