@@ -319,5 +319,8 @@ def enroot_import(docker: Docker, tag: str, cache: Path = CACHE) -> Path:
     if proc.returncode:
         raise RuntimeError(f"enroot import failed: {proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     tmp.rename(out)
+    for stale in out.parent.glob(out.name.rsplit("-", 1)[0] + "-*.sqsh"):  # earlier builds of the same image
+        if stale != out:
+            stale.unlink()
     docker.timings.sizes["holder_nemo .sqsh"] = out.stat().st_size
     return out

@@ -192,15 +192,21 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 class LocalSlurm:
     """Owns the temp dir, the config and the daemon processes."""
 
-    def __init__(self, base: Path, pyxis: PyxisSettings | None = None, gpu_nodes: int | None = None) -> None:
-        """``pyxis``: the container tier's cluster (``gpu_nodes`` of ``PYXIS_NODES``, default 2, no CPU node);
-        else the plain one (the CPU node and the 4 ``GPU_NODES``)."""
+    def __init__(
+        self, base: Path, pyxis: PyxisSettings | None = None, gpu_nodes: int | Sequence[str] | None = None
+    ) -> None:
+        """``pyxis``: the container tier's cluster, no CPU node, its GPU nodes from ``PYXIS_NODES`` (``gpu_nodes``:
+        how many, default 2, or which: two pyxis clusters at once must not share a node name, which keys the
+        node's pyxis/enroot state); else the plain one (the CPU node and the first ``gpu_nodes`` of ``GPU_NODES``)."""
         self.base = base
         self.pyxis = pyxis
-        if pyxis is None:
-            self.gpu_nodes, self.cpu_nodes = GPU_NODES[: gpu_nodes or len(GPU_NODES)], (CPU_NODE,)
+        names = GPU_NODES if pyxis is None else PYXIS_NODES
+        if gpu_nodes is None or isinstance(gpu_nodes, int):
+            chosen = names[: gpu_nodes or (len(names) if pyxis is None else 2)]
         else:
-            self.gpu_nodes, self.cpu_nodes = PYXIS_NODES[: gpu_nodes or 2], ()
+            chosen = tuple(gpu_nodes)
+            assert set(chosen) <= set(names), f"unknown node names {chosen}"
+        self.gpu_nodes, self.cpu_nodes = chosen, (() if pyxis else (CPU_NODE,))
         self.nodes = (*self.cpu_nodes, *self.gpu_nodes)
         self.conf = base / "slurm.conf"
         self.procs: list[tuple[str, subprocess.Popen]] = []
@@ -409,7 +415,9 @@ PartitionName=gpu Nodes={gpus} MaxTime=INFINITE State=UP {"" if self.cpu_nodes e
 
 
 @contextmanager
-def local_slurm(base: Path, pyxis: PyxisSettings | None = None, gpu_nodes: int | None = None) -> Iterator[LocalSlurm]:
+def local_slurm(
+    base: Path, pyxis: PyxisSettings | None = None, gpu_nodes: int | Sequence[str] | None = None
+) -> Iterator[LocalSlurm]:
     cluster = LocalSlurm(base, pyxis, gpu_nodes)
     try:
         cluster.start()

@@ -270,3 +270,32 @@ def test_empty_account_becomes_the_jobs_own(tmp_path: Path) -> None:
     assert proc.stdout.splitlines()[-1] == "[(null)]", proc.stderr
     proc = run_lib(tmp_path, 'SLURM_JOB_ID=7 SLURM_JOB_ACCOUNT=proj; hp_ray_sub_account; echo "[$SLURM_JOB_ACCOUNT]"')
     assert proc.stdout.splitlines()[-1] == "[proj]"
+
+
+# ------------------------------------------------------------------------------------------ README cluster flow
+
+
+def readme_cluster_block() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    block = text.split("## On a cluster", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+
+
+@pytest.mark.slurm
+def test_readme_cluster_flow_evaluates_where_sbatch_puts_the_run(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
+    """README's cluster flow: the data extra is installed before `holderpo data prepare`, and `holderpo eval` is
+    shown the checkpoint path a default `sbatch slurm/holderpo_7b.sh` run uses (the entry's own run directory)."""
+    lines = readme_cluster_block()
+    prepare = next(i for i, line in enumerate(lines) if line.startswith("holderpo data prepare"))
+    assert any(re.search(r"pip install .*\[[a-z,]*data[a-z,]*\]", line) for line in lines[:prepare]), lines
+    eval_path = next(line.split()[2] for line in lines if line.startswith("holderpo eval"))
+    info, out, _ = submit(slurm_cluster, tmp_path, "holderpo_7b.sh", HOLDERPO_RUN_DIR="")
+    assert info["JobState"] == "COMPLETED", out
+    job = info["JobId"]
+    run_dir = Path(re.search(r"run dir (\S+);", out).group(1))
+    assert run_dir == tmp_path / "runs" / f"holderpo-7b-{job}"
+    assert (
+        f"checkpointing.checkpoint_dir={run_dir}/checkpoints"
+        in (run_dir / "logs" / f"{job}-0" / "driver.sh").read_text()
+    )
+    assert tmp_path / eval_path.replace("<jobid>", job) == run_dir / "checkpoints" / "step_500"
