@@ -118,7 +118,7 @@ hp_ray_head_node() {
 # holder_nemo the image carries; the workers', named ray-worker, only start. Sets HP_RAY_SUB, HP_CODE_ROOT and
 # HP_IMAGE_CODE_* (the image's holder_nemo, if any); refuses a NeMo RL other than HP_NEMO_RL_VERSION.x.
 hp_prepare_containers() {
-  local dir=$HOLDERPO_LOG_DIR/nemo_rl_release head version copy="" worker_pid="" rc=0 workers
+  local dir=$HOLDERPO_LOG_DIR/nemo_rl_release head version copy="" worker_pid="" rc=0 workers sum_pid
   mkdir -p "$dir"
   head=$(hp_ray_head_node)
   if [[ -n "${NEMO_RL_HOME:-}" ]]; then
@@ -130,6 +130,9 @@ hp_prepare_containers() {
     hp_log "ray.sub from the image: $HOLDERPO_CONTAINER_IMAGE:$HOLDERPO_NEMO_RL_IN_IMAGE"
   fi
   workers=$((SLURM_JOB_NUM_NODES - 1))
+  # The image's checksum (provenance) while the nodes import it: the first time, reading a large image takes a while.
+  hp_image_sha256 "$HOLDERPO_CONTAINER_IMAGE" >"$dir/image_sha256" &
+  sum_pid=$!
   hp_log "starting the containers: ray-head on $head, ray-worker on the $workers other node(s), all at once"
   if ((workers > 0)); then
     srun --nodes="$workers" --ntasks="$workers" --ntasks-per-node=1 --exclude="$head" \
@@ -147,6 +150,7 @@ hp_prepare_containers() {
           >"$2/image_holder_nemo.env"
       fi' prepare "$copy" "$dir" || rc=$?
   if [[ -n "$worker_pid" ]] && ! wait "$worker_pid"; then rc=1; fi
+  wait "$sum_pid" || true
   ((rc == 0)) || hp_refuse "could not start $HOLDERPO_CONTAINER_IMAGE on every node${copy:+ or copy $copy/ray.sub out" \
     "of it} (set HOLDERPO_NEMO_RL_IN_IMAGE, or NEMO_RL_HOME to a NeMo RL checkout of the container's version)"
   version=$(sed -nE 's/^(MAJOR|MINOR|PATCH) *= *([0-9]+).*/\2/p' "$dir/package_info.py" | paste -sd.)
@@ -209,7 +213,7 @@ hp_record_provenance() {
     printf 'image=%s\n' "$HOLDERPO_CONTAINER_IMAGE"
     if [[ -f "$HOLDERPO_CONTAINER_IMAGE" ]]; then
       printf 'image_bytes=%s\nimage_sha256=%s\n' "$(stat -c %s "$HOLDERPO_CONTAINER_IMAGE")" \
-        "$(hp_image_sha256 "$HOLDERPO_CONTAINER_IMAGE")"
+        "$(cat "$dir/image_sha256" 2>/dev/null)"
     else
       printf 'image_sha256=unknown (a registry reference: pin it with @sha256:<digest>, or import it to a .sqsh)\n'
     fi

@@ -27,8 +27,10 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -118,8 +120,6 @@ def bring_up_seconds(job_log: str, attempt: int) -> float:
     stamps = re.findall(r"\[holderpo\]\[([0-9T:-]+)Z\]\[\+\d+s\] (starting the containers|driver: )", job_log)
     starts = [s for s, what in stamps if what.startswith("starting")]
     drivers = [s for s, what in stamps if what.startswith("driver")]
-    from datetime import datetime
-
     return (datetime.fromisoformat(drivers[attempt]) - datetime.fromisoformat(starts[attempt])).total_seconds()
 
 
@@ -152,6 +152,10 @@ def test_7b_entry_under_pyxis_checkpoints_stops_requeues_and_resumes_exactly(
         # While the job runs, each node holds this job's named containers (pyxis_<job>_<name>), nothing else.
         assert containers_on(nodes[0]) == [f"pyxis_{job}_ray-head"], containers_on(nodes[0])
         assert containers_on(nodes[1]) == [f"pyxis_{job}_ray-worker"], containers_on(nodes[1])
+        for node, name in zip(nodes, ("ray-head", "ray-worker"), strict=True):
+            rootfs = pyxis_runtime_path(node) / "data" / f"pyxis_{job}_{name}"
+            du = subprocess.run(["du", "-sb", str(rootfs)], capture_output=True, text=True).stdout.split()[0]
+            record_timing(f"bytes unpacked on {node} ({name})", int(du))
         wait_for(lambda: newest_step(ckpt) >= period, 300, "the first checkpoint")
         pyxis_cluster.run(["scancel", "--signal=USR1", "--batch", job])
         wait_requeued(pyxis_cluster, job, 1)
@@ -181,10 +185,15 @@ def test_7b_entry_under_pyxis_checkpoints_stops_requeues_and_resumes_exactly(
         assert provenance["ray_sub"] == "image:/opt/nemo-rl/ray.sub" and provenance["nemo_rl_version"] == "0.7.0"
         assert "PYTHONPATH" not in (attempt(n) / "driver.sh").read_text()  # the image's holder_nemo, not a checkout
         record_timing(f"7b bring-up attempt {n} (s)", bring_up_seconds(out, n))
-    # ray.sub's head and worker steps reused the containers the entry had started (one import per node).
+    # The first step on each node (the entry's container start, one import per node) began at the same time on
+    # both; ray.sub's head and worker steps then reused those containers.
+    first = {}
     for node in nodes:
         log = slurmd_log(pyxis_cluster, node)
         assert re.search(rf"\[{job}\.\d+\] pyxis: reusing existing container", log), log[-3000:]
+        stamp = re.search(rf"\[([0-9T:.-]+)\] launch task StepId={job}\.\d+ request", log).group(1)
+        first[node] = datetime.fromisoformat(stamp)
+    assert abs((first[nodes[0]] - first[nodes[1]]).total_seconds()) < 5, first
     wait_for(lambda: not any(containers_on(n) for n in nodes), 120, "pyxis' epilog to remove the job's containers")
     assert sockets.seen and not sockets.off_loopback, sockets.off_loopback[:20]
     assert not job_pids(pyxis_cluster, job)
