@@ -143,6 +143,14 @@ class Docker:
     def has_image(self, tag: str) -> bool:
         return self.run("image", "inspect", tag, check=False).returncode == 0
 
+    def remove_other_tags(self, tag: str) -> None:
+        """Untag earlier builds of ``tag``'s repository (their layers go once nothing else uses them)."""
+        repository = tag.rsplit(":", 1)[0]
+        tags = self.run("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository).stdout.split()
+        for other in tags:
+            if other != tag:
+                self.run("rmi", other, check=False)
+
     def image_size(self, tag: str) -> int:
         return int(self.run("image", "inspect", "-f", "{{.Size}}", tag).stdout.strip())
 
@@ -281,6 +289,7 @@ def standin_image(docker: Docker, nemo_rl_tree: Path | None, cache: Path = CACHE
     with docker.timings.step("docker build of the NeMo RL stand-in"):
         docker.build(tag, context, context / "Dockerfile", {"BASE_IMAGE": base}, cache / "standin-build.log")
     shutil.rmtree(context, ignore_errors=True)
+    docker.remove_other_tags(tag)
     docker.timings.sizes["stand-in image"] = docker.image_size(tag)
     return tag
 
@@ -297,6 +306,7 @@ def holder_nemo_image(docker: Docker, base: str, cache: Path = CACHE) -> tuple[s
     with docker.timings.step("docker build of containers/Dockerfile"):
         docker.build(tag, REPO, REPO / "containers" / "Dockerfile",
                      {"NEMO_RL_IMAGE": base, "HOLDER_NEMO_EXTRAS": "", "GIT_SHA": sha or "unknown"}, log)  # fmt: skip
+    docker.remove_other_tags(tag)
     docker.timings.sizes["holder_nemo image"] = docker.image_size(tag)
     return tag, log
 

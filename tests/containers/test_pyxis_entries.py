@@ -11,8 +11,9 @@ contract on the image's Python 3.11 CPU torch. Faked, and why:
 * ``srun`` is ``stand_ins/srun`` in pass-through mode (``HOLDERPO_TEST_SRUN_PYXIS=real``): it keeps every pyxis flag,
   drops ``--mpi=pmix`` (this cluster's PMIx cannot start two slurmd's PMIx servers on one host) and applies Slurm
   26.05's GPU option rule, which 22.05 does not enforce;
-* ``ray`` inside the image is ``stand_ins/ray`` (first on the image's PATH): ``ray start`` on the node's own
-  loopback address, no-op ``ray stop`` (both "nodes" share this host);
+* ``ray`` inside the image is ``stand_ins/ray`` (first on the image's PATH, and mounted over it from this checkout):
+  ``ray start`` on the node's own loopback address, ``ray stop`` of this node's and job's Ray processes only (both
+  "nodes" share this host);
 * the GPU training is ``tests/slurm/cpu_driver.py`` (``HOLDERPO_DRIVER``): it joins ray.sub's Ray cluster from the
   head container on Python 3.13 and runs a task on each node, then hands the training to the image's Python 3.11
   worker venv (``exec``).
@@ -53,7 +54,8 @@ from slurm_runs import (
 )
 from test_nemo_rl_entry import SocketWatch, ray_sub_ports
 
-pytestmark = [pytest.mark.container, pytest.mark.slurm, pytest.mark.slow]
+# Each test builds on the image fixtures (minutes, once) and runs jobs through several container starts.
+pytestmark = [pytest.mark.container, pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(3600)]
 STAND_INS = REPO / "tests" / "slurm" / "stand_ins"
 WORKER_PYTHON = "/opt/ray_venvs/nemo_rl.models.policy.workers.dtensor_policy_worker_v2.DTensorPolicyWorkerV2/bin/python"
 TIMINGS = Path(os.environ.get("HOLDERPO_TEST_CONTAINER_TIMINGS", "/var/tmp/holderpo-test-containers/tier.json"))
@@ -76,7 +78,8 @@ def pyxis_env(tmp: Path, run_dir: Path, image: Path, **extra: str) -> dict[str, 
         "HOLDERPO_TEST_REAL_SRUN": shutil.which("srun") or "/usr/bin/srun",
         "HOLDERPO_TEST_SRUN_PYXIS": "real",
         "HOLDERPO_CONTAINER_IMAGE": str(image),
-        "HOLDERPO_CONTAINER_MOUNTS": f"{tests_slurm}:{tests_slurm}",  # cpu_driver.py
+        # cpu_driver.py; and the current stand-in `ray` over the image's copy (a change to it needs no new image)
+        "HOLDERPO_CONTAINER_MOUNTS": f"{tests_slurm}:{tests_slurm},{STAND_INS}/ray:/usr/local/holderpo-test/bin/ray",
         "HOLDERPO_DRIVER": f"/opt/nemo_rl_venv/bin/python {CPU_DRIVER} --ray",
         "HOLDERPO_TEST_TRAIN_PYTHON": WORKER_PYTHON,
         "HOLDERPO_RECIPE": "/opt/holder_nemo/recipes/smoke_cpu.yaml",  # the image's copy

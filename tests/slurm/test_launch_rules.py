@@ -299,3 +299,51 @@ def test_readme_cluster_flow_evaluates_where_sbatch_puts_the_run(slurm_cluster: 
         in (run_dir / "logs" / f"{job}-0" / "driver.sh").read_text()
     )
     assert tmp_path / eval_path.replace("<jobid>", job) == run_dir / "checkpoints" / "step_500"
+
+
+IMAGE_SRUN = r"""
+srun() {  # a step "in the image": --container-image runs it in a mount namespace whose /opt is $IMAGE_OPT
+  local args=() image=""
+  for a in "$@"; do case "$a" in --container-image=*) image=1 ;; --*) ;; *) args+=("$a") ;; esac; done
+  if [[ -n "$image" ]]; then
+    unshare --mount --propagation private bash -c 'mount --bind "$IMAGE_OPT" /opt && exec "$@"' bash "${args[@]}"
+  else
+    "${args[@]}"
+  fi
+}
+"""
+
+
+@pytest.mark.parametrize("with_nemo_rl_home", [True, False], ids=["NEMO_RL_HOME", "ray.sub from the image"])
+def test_the_images_holder_nemo_runs_whatever_nemo_rl_home_says(tmp_path: Path, with_nemo_rl_home: bool) -> None:
+    """The derived image (it carries /opt/holder_nemo): its holder_nemo runs, also when NEMO_RL_HOME gives ray.sub
+    (NEMO_RL_HOME only says where ray.sub comes from); the checkout is neither mounted nor put on PYTHONPATH, and
+    attempt.env names the image's code. The "image" is a directory bound over /opt in the step's own mount
+    namespace (the stub srun below), so the entry's own step script runs as it does in a container."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "true"]).returncode:
+        pytest.skip("needs unshare --mount (root) to give a step its own /opt")
+    opt = tmp_path / "image-opt"
+    (opt / "holder_nemo" / "holder_nemo").mkdir(parents=True)
+    (opt / "holder_nemo" / "holder_nemo" / "__init__.py").write_text('__version__ = "9.9.9"\n')
+    shutil.copytree(stand_in_tree(tmp_path), opt / "nemo-rl")
+    body = r"""
+SLURM_JOB_ID=7 SLURM_JOB_NUM_NODES=1 SLURM_JOB_NODELIST=x HOLDERPO_LOG_DIR=$DIR/attempt HP_RESTART=0
+HOLDERPO_CONTAINER_IMAGE=/img.sqsh HOLDERPO_NEMO_RL_IN_IMAGE=/opt/nemo-rl HOLDERPO_DRIVER="python -m x"
+HOLDER_NEMO_GIT_SHA=abc123 HOLDERPO_CACHE_DIR=$DIR/cache
+mkdir -p "$HOLDERPO_LOG_DIR" "$HOLDERPO_CACHE_DIR"; : >"$HOLDERPO_LOG_DIR/attempt.env"
+[[ -z "$NRH" ]] || NEMO_RL_HOME=$NRH
+hp_prepare_containers
+hp_record_provenance
+hp_write_driver_script /opt/holder_nemo/recipes/r.yaml
+echo "mounts=${HP_MOUNT_PATHS[*]}"
+"""
+    env = {"NODES": "n1", "IMAGE_OPT": str(opt), "NRH": str(tmp_path / "nemo-rl") if with_nemo_rl_home else "",
+           "HOLDER_NEMO_GIT_SHA": "abc123"}  # fmt: skip
+    proc = run_lib(tmp_path, IMAGE_SRUN + body, **env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    attempt = tmp_path / "attempt"
+    provenance = read_env_file(attempt / "attempt.env")
+    assert (provenance["holder_nemo_source"], provenance["holder_nemo_version"]) == ("image:/opt/holder_nemo", "9.9.9")
+    assert provenance["holder_nemo_git_sha"] == "abc123"
+    assert "PYTHONPATH" not in (attempt / "driver.sh").read_text()
+    assert str(REPO) not in proc.stdout.split("mounts=")[-1]

@@ -13,8 +13,8 @@ they form, and ``holderpo train`` with its stop contract as the driver. Faked, a
 * ``srun`` is ``stand_ins/srun``: parses the options as srun does, applies Slurm 26.05's GPU option rule, drops the
   pyxis (``--container-*``) and PMIx flags this cluster cannot honour and says so in the log, with each step's
   account and container name (no enroot/pyxis here; the real thing is ``tests/containers/test_pyxis_entries.py``);
-* ``ray`` is ``stand_ins/ray``: each node's own loopback address for ``ray start``, and a no-op ``ray stop`` (it
-  would kill every Ray process on this shared host);
+* ``ray`` is ``stand_ins/ray``: each node's own loopback address for ``ray start``, and a ``ray stop`` of this
+  node's Ray processes of the job only (the real one would kill every Ray process on this shared host);
 * the GPU job: ``cpu_driver.py`` instead of ``python -m holder_nemo.nemo_rl.run_grpo`` (``HOLDERPO_DRIVER``, same
   arguments): it joins the Ray cluster and runs a task on each node, then runs ``holderpo train`` on CPU.
 
