@@ -1,7 +1,7 @@
 """Speed and size of the container path (docs/performance.md, "The container path"): image build, enroot import,
 bring-up per attempt, bytes unpacked per node.
 
-    python benchmarks/bench_container_path.py [--cold]
+    python benchmarks/bench_container_path.py [--cold] [--no-import]
 
 Builds (or reuses) the container tier's images with ``tests/containers/images.py`` and prints each step's time and
 each product's size; ``--cold`` builds everything from nothing in a fresh cache (its own dockerd), as CI does on a
@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO / "tests" / "containers"))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="build from nothing in a fresh cache (then remove it)")
+    parser.add_argument("--no-import", action="store_true", help="stop after the Docker build (what CI runs)")
     args = parser.parse_args(argv)
     cold = Path(tempfile.mkdtemp(prefix="holderpo-cold-", dir="/var/tmp")) if args.cold else None
     if cold:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         with images.docker_daemon(images.CACHE) as docker:
             standin = images.standin_image(docker, Path(tree) if tree else None, images.CACHE)
             tag, _ = images.holder_nemo_image(docker, standin, images.CACHE)
-            if shutil.which("enroot"):
+            if shutil.which("enroot") and not args.no_import:
                 images.enroot_import(docker, tag, images.CACHE)
             total = time.monotonic() - start
             report = {"seconds": docker.timings.seconds, "bytes": docker.timings.sizes, "total_s": round(total, 1)}

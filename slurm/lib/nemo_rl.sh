@@ -186,7 +186,8 @@ hp_image_sha256() {
   local image=$1 key sums=$HOLDERPO_CACHE_DIR/image_sha256 sum
   [[ -f "$image" ]] || return 0
   key="$(stat -c '%s %Y' "$image") $image"
-  sum=$(awk -v k="$key" 'substr($0, 66) == k { s = $1 } END { print s }' "$sums" 2>/dev/null)
+  sum=""
+  [[ ! -r "$sums" ]] || sum=$(awk -v k="$key" 'substr($0, 66) == k { s = $1 } END { print s }' "$sums")
   if [[ -z "$sum" ]]; then
     sum=$(sha256sum "$image" | cut -d' ' -f1)
     echo "$sum $key" >>"$sums"

@@ -226,9 +226,10 @@ def test_32b_entry_on_two_nodes_reusing_them_runs_its_own_containers(
     check_ray_cluster_in_containers(attempt, list(pyxis_cluster.gpu_nodes))
     assert [r["step"] for r in read_metrics(run_dir / "checkpoints")] == [1, 2, 3]
     for node in pyxis_cluster.gpu_nodes:  # the first step of this job on each node created its container
-        steps = re.findall(rf"\[{job}\.(\d+)\] pyxis: (reusing existing container \w+|importing image)", slurmd_log(
-            pyxis_cluster, node))  # fmt: skip
-        assert steps and "importing" in steps[0][1], steps
+        log = slurmd_log(pyxis_cluster, node)
+        pattern = rf"\[{job}\.(\d+)\] pyxis: (reusing existing container \w+|creating container filesystem)"
+        steps = re.findall(pattern, log)
+        assert steps and "creating" in steps[0][1] and all("reusing" in s for _, s in steps[1:]), steps
     record_timing("32b bring-up attempt 0 (s)", bring_up_seconds(out, 0))
 
 
@@ -258,4 +259,4 @@ def test_global_container_scope_is_refused_before_bring_up(
         assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), out[-4000:]
         assert "pyxis runs with container_scope=global (the default in " in out and "container_scope=job" in out
         assert not list(run_dir.glob("logs/*/nemo_rl_release"))  # refused before any container was started
-        assert f"[{job}." not in slurmd_log(cluster, "hpx-gpu3")  # no step of the refused job ran
+        assert f"] [{job}." not in slurmd_log(cluster, "hpx-gpu3")  # no step of the refused job ran
