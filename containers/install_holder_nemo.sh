@@ -12,6 +12,9 @@
 #   imports the loss (policy workers call it; they see holder_nemo through PYTHONPATH, which NeMo RL forwards).
 # Paths (defaults: the v0.7.0 image): HOLDER_NEMO_SRC [/opt/holder_nemo], NEMO_RL_DRIVER_PYTHON
 # [/opt/nemo_rl_venv/bin/python], NEMO_RL_VENV_DIR [/opt/ray_venvs], UV [uv].
+# HOLDER_NEMO_CHECK_DRIVER_MODULES (unset in the NGC image): the modules the driver must import instead of the loss
+#   and the entry point, for a base whose driver venv has no torch (the test tier's stand-in of the NGC image:
+#   tests/containers/nemo_rl_standin/Dockerfile); the worker venvs are still checked for the loss.
 set -euo pipefail
 
 src=${HOLDER_NEMO_SRC:-/opt/holder_nemo}
@@ -56,6 +59,10 @@ EOF
 
 check() {
   local modules=(holder_nemo.nemo_rl.loss holder_nemo.nemo_rl.run_grpo) more name python found=0
+  if [[ -n "${HOLDER_NEMO_CHECK_DRIVER_MODULES:-}" ]]; then
+    read -r -a modules <<<"$HOLDER_NEMO_CHECK_DRIVER_MODULES"
+    echo "driver check limited to ${modules[*]} (HOLDER_NEMO_CHECK_DRIVER_MODULES: a base without torch in the driver)"
+  fi
   for name in "${extras[@]}"; do
     read -r -a more <<<"${extra_modules[$name]:-}"
     modules+=("${more[@]}")

@@ -1,7 +1,7 @@
 #!/bin/bash
 #SBATCH --job-name=holderpo-32b
 #SBATCH --nodes=4
-#SBATCH --gpus-per-node=8
+#SBATCH --gres=gpu:8
 #SBATCH --exclusive
 #SBATCH --mem=0
 #SBATCH --time=06:00:00

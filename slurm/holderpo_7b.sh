@@ -1,7 +1,7 @@
 #!/bin/bash
 #SBATCH --job-name=holderpo-7b
 #SBATCH --nodes=1
-#SBATCH --gpus-per-node=8
+#SBATCH --gres=gpu:8
 #SBATCH --exclusive
 #SBATCH --mem=0
 #SBATCH --time=04:00:00

@@ -38,6 +38,7 @@ HOLDERPO_TRAIN=${HOLDERPO_TRAIN:-holderpo}
 HOLDERPO_CKPT_TIMEOUT_S=${HOLDERPO_CKPT_TIMEOUT_S:-90}
 
 # `holderpo train` writes step_N/ and, once all steps are done, COMPLETED in the run directory itself.
+hp_refuse_run_layout_overrides "checkpointing.checkpoint_dir=the run directory (HOLDERPO_RUN_DIR)" -- "$@"
 hp_init_attempt ""
 
 read -r -a extra_srun_args <<<"${HOLDERPO_SRUN_ARGS:-}"

@@ -7,6 +7,11 @@ run than the one its checkpoints and logs describe. ``check_resume_config`` comp
 stored one key by key and refuses any difference outside a short list of operational keys (logging, checkpoint
 retention and cadence, worker counts), printing each key with both values, unless the user accepts the change
 explicitly (``--accept-config-change``); an accepted change is recorded in the run directory's change log.
+
+A run is what it computes, not where it is kept: the run directory's own location
+(``checkpointing.checkpoint_dir``: the run was moved, or named ``relrun`` once and ``/abs/relrun`` or ``relrun/``
+the next time) is not compared, and every other path (data files, a local model, ...) is compared after resolving
+it, so one file spelt two ways is the same value.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import datetime
 import fnmatch
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +30,13 @@ from holder_nemo.config.errors import ConfigError
 
 ACCEPT_FLAG = "--accept-config-change"
 CHANGE_LOG = "holderpo_config_changes.jsonl"
+# Where the run lives: never part of what makes the run (a resume may find it elsewhere).
+RUN_LOCATION_KEYS = ("checkpointing.checkpoint_dir",)
+# Keys whose string values are paths (the last key component), compared after resolving. model_name and a
+# tokenizer's name may be Hugging Face ids ("Qwen/Qwen2.5-Math-7B"); resolved the same way on both sides, two ids
+# compare equal only when their text is (as before), and an id equals a local path only when that path is where a
+# loader would look first (the directory of that name under the working directory).
+_PATH_KEY = re.compile(r"(^|_)(dir|path|file|root|home|model_name)$|^name$")
 _ABSENT = "<absent>"
 
 
@@ -66,17 +79,37 @@ def _is_operational(key: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+def _is_path_key(key: str) -> bool:
+    parts = key.split(".")
+    return bool(_PATH_KEY.search(parts[-1])) and (parts[-1] != "name" or "tokenizer" in parts[:-1])
+
+
+def resolved_path(value: str) -> str:
+    """``value`` as an absolute, normalised path (``~`` expanded, relative to the working directory, symlinks
+    followed): ``relrun``, ``./relrun/`` and ``$PWD/relrun`` are one path."""
+    return os.path.realpath(os.path.expanduser(value))
+
+
+def same_value(key: str, before: Any, after: Any) -> bool:
+    """Equal values, or, under a path key, two strings naming the same path."""
+    if before == after:
+        return True
+    if isinstance(before, str) and isinstance(after, str) and before and after and _is_path_key(key):
+        return resolved_path(before) == resolved_path(after)
+    return False
+
+
 def config_changes(
     stored: Mapping[str, Any], current: Mapping[str, Any], operational: Iterable[str] = ()
 ) -> list[ConfigChange]:
-    """Keys whose values differ between ``stored`` and ``current`` (absent on one side counts), sorted, except the
-    ``operational`` ones."""
-    operational = tuple(operational)
+    """Keys whose values differ between ``stored`` and ``current`` (absent on one side counts; paths compared after
+    resolving), sorted, except the ``operational`` ones and the run's own location (``RUN_LOCATION_KEYS``)."""
+    ignored = (*operational, *RUN_LOCATION_KEYS)
     old, new = flatten(stored), flatten(current)
     changes = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if before != after and not _is_operational(key, operational):
+        if not same_value(key, before, after) and not _is_operational(key, ignored):
             changes.append(ConfigChange(key, before, after))
     return changes
 

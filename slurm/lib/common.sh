@@ -89,7 +89,9 @@ hp_init_attempt() {
       "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     printf 'allocation_end_epoch=%s\nnodes=%s\n' "$(hp_job_end_epoch)" "${SLURM_JOB_NODELIST:-}"
     printf 'wandb_run_id=%s\nwandb_mode=%s\n' "$WANDB_RUN_ID" "$WANDB_MODE"
-    printf 'git_sha=%s\n' "$(git -C "$HOLDERPO_HOME" rev-parse HEAD 2>/dev/null || echo unknown)"
+    # The checkout that launched the job; what runs is recorded by the entry (hp_record_provenance).
+    printf 'checkout=%s\ncheckout_git_sha=%s\n' "$HOLDERPO_HOME" \
+      "$(git -C "$HOLDERPO_HOME" rev-parse HEAD 2>/dev/null || echo unknown)"
   } >"$HOLDERPO_LOG_DIR/attempt.env"
   # No writer can be running (this job owns the run directory): a temporary NeMo RL checkpoint left by a killed
   # save is garbage, and the next save of that step would otherwise write into it.
@@ -101,6 +103,31 @@ hp_init_attempt() {
   done
   HP_START_STEP=$(hp_newest_step)
   hp_log "newest complete checkpoint at start: step $HP_START_STEP (-1: none)"
+}
+
+# hp_refuse_run_layout_overrides KEY=WHERE... -- OVERRIDES...: refuse a recipe override of a key the entry sets
+# itself (each KEY=WHERE names the key and what the entry sets it to). The batch shell watches the checkpoint
+# directory for progress and completion and mounts the run directory in the containers: an override passed after
+# the entry's own value would win in the driver and silently split the run across two places.
+hp_refuse_run_layout_overrides() {
+  local -A owned=()
+  local pair arg key
+  while (($#)) && [[ "$1" != -- ]]; do
+    pair=$1
+    owned[${pair%%=*}]=${pair#*=}
+    shift
+  done
+  shift || true
+  for arg in "$@"; do
+    key=${arg#\~}
+    key=${key#++}
+    key=${key#+}
+    key=${key%%=*}
+    [[ -n "${owned[$key]:-}" ]] || continue
+    hp_refuse "override '$arg' refused: this entry sets $key to ${owned[$key]}, and the batch shell watches and" \
+      "mounts that place; another value would split the run. Choose the run directory with HOLDERPO_RUN_DIR (or" \
+      "HOLDERPO_RUNS_ROOT); the cluster shape follows the allocation (sbatch --nodes, --gres=gpu:N)"
+  done
 }
 
 # hp_claim_run_dir: one live job per run directory. RUN_DIR/owner_job holds the owning job id (created with

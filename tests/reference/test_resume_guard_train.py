@@ -35,3 +35,17 @@ def test_changed_recipe_is_refused_before_the_completed_shortcut_unless_accepted
     (line,) = (tmp_path / CHANGE_LOG).read_text().splitlines()
     keys = [c["key"] for c in json.loads(line)["changes"]]
     assert keys == ["grpo.max_num_steps", "loss_fn.holder.schedule.steps"]
+
+
+def test_the_same_run_spelt_differently_or_moved_resumes(tmp_path, monkeypatch, capsys):
+    """checkpoint_dir=relrun, then =/abs/relrun and =relrun/ (same directory), then the run directory moved: each
+    resumes the run (here: finds it complete) instead of refusing it as a changed recipe."""
+    monkeypatch.chdir(tmp_path)
+    assert main([str(SMOKE), *tiny(2, "relrun")]) == EXIT_COMPLETED  # relative to the working directory
+    for spelling in (tmp_path / "relrun", "relrun/"):
+        assert main([str(SMOKE), *tiny(2, spelling)]) == EXIT_COMPLETED, capsys.readouterr().err
+        assert "already complete" in capsys.readouterr().out
+    (tmp_path / "relrun").rename(tmp_path / "moved")
+    assert main([str(SMOKE), *tiny(2, tmp_path / "moved")]) == EXIT_COMPLETED, capsys.readouterr().err
+    assert "already complete" in capsys.readouterr().out
+    assert len(read_metrics(tmp_path / "moved")) == 2

@@ -16,6 +16,11 @@ driver's contract with the launcher, so everything around it runs for real:
    file / SIGUSR1 / SIGTERM -> checkpoint at the step boundary, exit 75; 0 complete (``COMPLETED`` written); 2 bad
    config.
 
+In the container tier (``tests/containers``) the driver runs in the image's driver venv, Python 3.13, which has Ray
+but no torch (PyPI has no CPU torch for 3.13): with ``HOLDERPO_TEST_TRAIN_PYTHON`` set (the image's Ray worker venv,
+Python 3.11 with the CPU torch), step 2 replaces this process (``exec``, so signals reach it directly) by this same
+script under that interpreter, without ``--ray``. ``ray_cluster.json`` and the driver log say which Python ran what.
+
 Test-only pacing, ``HOLDERPO_TEST_STEP_S=SECONDS``: each training step takes at least that long (a sleep before it;
 the maths is untouched), so a test can act mid-run however fast the machine is.
 
@@ -64,6 +69,7 @@ def ray_check(out: Path) -> None:
             for node in nodes
         ]
         report = {
+            "driver_python": sys.version.split()[0],
             "driver_ip": node_ip,
             "nodes": [{"ip": node["NodeManagerAddress"], "resources": node["Resources"]} for node in nodes],
             "tasks": ray.get(pinned, timeout=300),
@@ -124,6 +130,11 @@ def main(argv: list[str]) -> int:
     recipe, overrides = argv[1], [a for a in argv[2:] if not NEMO_RL_ONLY.match(a)]
     if use_ray:
         ray_check(Path(os.environ["HOLDERPO_LOG_DIR"]) / "ray_cluster.json")
+    train_python = os.environ.get("HOLDERPO_TEST_TRAIN_PYTHON")
+    if train_python and Path(train_python).resolve() != Path(sys.executable).resolve():
+        print(f"cpu_driver: Python {sys.version.split()[0]} hands the training to {train_python}", flush=True)
+        os.execv(train_python, [train_python, __file__, *argv])
+    print(f"cpu_driver: training on Python {sys.version.split()[0]} ({sys.executable})", flush=True)
     if os.environ.get("HOLDERPO_TEST_STEP_S"):
         pace_steps(float(os.environ["HOLDERPO_TEST_STEP_S"]))
     attempt = os.environ.get("SLURM_RESTART_COUNT") or "0"

@@ -1,4 +1,4 @@
-"""A real, private Slurm cluster on loopback for the tests: munged + slurmctld + 5 slurmd, all in one temp dir.
+"""A real, private Slurm cluster on loopback for the tests: munged + slurmctld + several slurmd, all in one temp dir.
 
 Debian's slurm-wlm and munge binaries, nothing written outside the temp dir (every client reads ``SLURM_CONF``;
 munged gets its own key and socket). Nodes, all on 127.0.0.1, one slurmd each (``slurmd -N``):
@@ -25,6 +25,16 @@ What makes one host behave like separate nodes (each said where it is done):
   (``ensure_node_names_resolve``: appended once, only for the tests that need it), so resolving them sends no DNS
   query off the machine and Ray registers each node under its own address.
 
+With ``pyxis=PyxisSettings(...)`` (the container tier, ``tests/containers``) the cluster loads the real pyxis
+SPANK plugin (``/usr/local/lib/slurm/spank_pyxis.so``, built from NVIDIA/pyxis v0.24.0 outside the repository;
+docs/containers.md) and its GPU nodes are the ``pyxis_nodes`` (``hpx-gpu1..3``, no CPU node). Several slurmd on one
+host would share enroot's data directory and corrupt each other's containers, so each node gets its own pyxis
+``runtime_path`` (``/run/pyxis-<node>``): one slurm.conf per node that differs only in ``PlugStackConfig``
+(``DebugFlags=NO_CONF_HASH`` lets slurmctld accept them), and an enroot.conf drop-in (``ENROOT_DROPIN``) that derives
+enroot's runtime, cache and data paths from the ``PYXIS_RUNTIME_PATH`` pyxis gives every enroot call (from the node
+name in pyxis' epilog, which has no ``PYXIS_RUNTIME_PATH``). ``KillWait=30``: with 5 s, pyxis' removal of a
+container is itself killed and leaks it.
+
 ``cred_expire=5`` (default 120 s): Slurm holds a requeued job until its old credentials expire, so requeued jobs
 start again after a few seconds instead of two minutes, without touching the job.
 
@@ -45,6 +55,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,29 +63,91 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "scontrol", "squeue", "scancel", "sinfo")
 GPU_NODES = ("hp-gpu1", "hp-gpu2", "hp-gpu3", "hp-gpu4")
 CPU_NODE = "hp-cpu1"
+PYXIS_NODES = ("hpx-gpu1", "hpx-gpu2", "hpx-gpu3")  # the container tier's cluster: other names, other runtime paths
 # Each node's own address, all on loopback: Ray keeps an address other than 127.0.0.1 as the node's IP (it replaces
-# 127.0.0.1 and localhost by the host's interface address), so two "nodes" get two distinct 127.0.1.x addresses.
-NODE_IPS = {CPU_NODE: "127.0.1.10", **{node: f"127.0.1.{i}" for i, node in enumerate(GPU_NODES, start=1)}}
+# 127.0.0.1 and localhost by the host's interface address), so two "nodes" get two distinct 127.0.x.y addresses.
+NODE_IPS = {
+    CPU_NODE: "127.0.1.10",
+    **{node: f"127.0.1.{i}" for i, node in enumerate(GPU_NODES, start=1)},
+    **{node: f"127.0.2.{i}" for i, node in enumerate(PYXIS_NODES, start=1)},
+}
+PYXIS_PLUGIN = Path("/usr/local/lib/slurm/spank_pyxis.so")
+ENROOT_DROPIN = Path("/usr/local/etc/enroot/enroot.conf.d/90-holderpo-test-nodes.conf")
+# enroot evaluates each value (eval echo): paths below the node's pyxis runtime_path when it is one of ours
+# (/run/pyxis-hpx-*), else empty, which leaves enroot's defaults in place for everything else on this host.
+ENROOT_DROPIN_TEXT = """# holder_nemo tests (tests/slurm/local_slurm.py): several slurmd "nodes" on one host,
+# each with its own enroot state under its pyxis runtime_path. Empty (enroot's defaults) outside those test clusters.
+""" + "".join(
+    f"{var} $(p=${{PYXIS_RUNTIME_PATH:-${{SLURM_SCRIPT_CONTEXT:+/run/pyxis-${{SLURMD_NODENAME:-}}}}}}; "
+    f'case "$p" in /run/pyxis-hpx-?*) echo "$p/{sub}" ;; esac)\n'
+    for var, sub in (("ENROOT_RUNTIME_PATH", "runtime"), ("ENROOT_CACHE_PATH", "cache"), ("ENROOT_DATA_PATH", "data"))
+)
 HOSTS_FILE = Path("/etc/hosts")
 HOSTS_MARK = "# holder_nemo tests/slurm/local_slurm.py: a local Slurm node"
 
 EPILOG = """#!{python}
 # Epilog of the test cluster (tests/slurm/local_slurm.py): what proctrack/cgroup does on a real cluster. Kill every
-# process on this node still carrying this job's id and this cluster's SLURM_CONF in its environment.
+# process on this node still carrying this job's id and one of this cluster's SLURM_CONF in its environment.
 import os, signal
-want = {{b"SLURM_JOB_ID=" + os.environ["SLURM_JOB_ID"].encode(), b"SLURM_CONF={conf}",
+want = {{b"SLURM_JOB_ID=" + os.environ["SLURM_JOB_ID"].encode(),
          b"SLURMD_NODENAME=" + os.environ.get("SLURMD_NODENAME", "").encode()}}
+confs = {confs!r}
 for pid in filter(str.isdigit, os.listdir("/proc")):
     if int(pid) in (os.getpid(), os.getppid()):
         continue
     try:
         with open(f"/proc/{{pid}}/environ", "rb") as fh:
             env = set(fh.read().split(b"\\0"))
-        if want <= env:
+        if want <= env and env & confs:
             os.kill(int(pid), signal.SIGKILL)
     except (OSError, ProcessLookupError):
         pass
 """
+
+
+@dataclass(frozen=True)
+class PyxisSettings:
+    """pyxis' plugstack options for a test cluster (``container_scope``: ``job`` or pyxis' default ``global``)."""
+
+    container_scope: str = "job"
+
+    def plugstack_line(self, node: str) -> str:
+        options = [f"runtime_path={pyxis_runtime_path(node)}"]
+        if self.container_scope != "global":  # global is pyxis' default: written as a site that never set it
+            options.append(f"container_scope={self.container_scope}")
+        return f"required {PYXIS_PLUGIN} {' '.join(options)}\n"
+
+
+def pyxis_runtime_path(node: str) -> Path:
+    return Path(f"/run/pyxis-{node}")
+
+
+def missing_pyxis() -> str | None:
+    """Why the pyxis clusters cannot run here (None when enroot and pyxis are installed)."""
+    if shutil.which("enroot") is None or not PYXIS_PLUGIN.exists():
+        return (f"enroot and/or pyxis not installed ({PYXIS_PLUGIN}); they are built from fetched sources "
+                "(NVIDIA/enroot v4.1.2, NVIDIA/pyxis v0.24.0), see docs/containers.md")  # fmt: skip
+    return None
+
+
+def install_enroot_dropin() -> None:
+    """Write ENROOT_DROPIN (idempotent; see its text)."""
+    if not ENROOT_DROPIN.exists() or ENROOT_DROPIN.read_text() != ENROOT_DROPIN_TEXT:
+        ENROOT_DROPIN.parent.mkdir(parents=True, exist_ok=True)
+        ENROOT_DROPIN.write_text(ENROOT_DROPIN_TEXT)
+
+
+def remove_pyxis_state(nodes: Sequence[str]) -> None:
+    """Every container and image pyxis/enroot left under the nodes' runtime paths (unmounting what is mounted)."""
+    for node in nodes:
+        root = pyxis_runtime_path(node)
+        if not root.exists():
+            continue
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(f"{root}/")]  # fmt: skip
+        for mount in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def missing_binaries() -> list[str]:
@@ -119,8 +192,22 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 class LocalSlurm:
     """Owns the temp dir, the config and the daemon processes."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(
+        self, base: Path, pyxis: PyxisSettings | None = None, gpu_nodes: int | Sequence[str] | None = None
+    ) -> None:
+        """``pyxis``: the container tier's cluster, no CPU node, its GPU nodes from ``PYXIS_NODES`` (``gpu_nodes``:
+        how many, default 2, or which: two pyxis clusters at once must not share a node name, which keys the
+        node's pyxis/enroot state); else the plain one (the CPU node and the first ``gpu_nodes`` of ``GPU_NODES``)."""
         self.base = base
+        self.pyxis = pyxis
+        names = GPU_NODES if pyxis is None else PYXIS_NODES
+        if gpu_nodes is None or isinstance(gpu_nodes, int):
+            chosen = names[: gpu_nodes or (len(names) if pyxis is None else 2)]
+        else:
+            chosen = tuple(gpu_nodes)
+            assert set(chosen) <= set(names), f"unknown node names {chosen}"
+        self.gpu_nodes, self.cpu_nodes = chosen, (() if pyxis else (CPU_NODE,))
+        self.nodes = (*self.cpu_nodes, *self.gpu_nodes)
         self.conf = base / "slurm.conf"
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.private_ray_tmp = False  # set by start(): whether each node has its own /tmp/ray
@@ -138,12 +225,25 @@ class LocalSlurm:
             dev = b / "fakedev" / f"nvidia{n}"
             if not dev.exists():
                 os.mknod(dev, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # a char device with /dev/null's numbers
-        ctld_port, cpu_port, *gpu_ports = _free_ports(2 + len(GPU_NODES))
+        ctld_port, cpu_port, *gpu_ports = _free_ports(2 + len(self.gpu_nodes))
         epilog = b / "epilog.py"
-        epilog.write_text(EPILOG.format(python=sys.executable, conf=self.conf))
+        confs = {f"SLURM_CONF={conf}".encode() for conf in self.confs()}
+        epilog.write_text(EPILOG.format(python=sys.executable, confs=confs))
         epilog.chmod(0o755)
+        gpus = ",".join(self.gpu_nodes)
+        cpu_lines = f"""NodeName={CPU_NODE} NodeHostname=localhost NodeAddr=127.0.0.1 Port={cpu_port} CPUs=8 \
+RealMemory=8192 State=UNKNOWN
+PartitionName=cpu Nodes={CPU_NODE} Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=cpu-urgent Nodes={CPU_NODE} MaxTime=INFINITE State=UP PriorityTier=2
+"""
+        pyxis_lines = ""
+        if self.pyxis is not None:
+            (b / "plugstack").mkdir(exist_ok=True)
+            for node in self.gpu_nodes:
+                (b / "plugstack" / f"{node}.conf").write_text(self.pyxis.plugstack_line(node))
+            pyxis_lines = f"DebugFlags=NO_CONF_HASH\nPlugStackConfig={b}/plugstack/{self.gpu_nodes[0]}.conf\n"
         self.conf.write_text(
-            f"""ClusterName=holderpoci
+            f"""ClusterName={"holderpoci" if self.pyxis is None else "holderpx"}
 SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
@@ -170,20 +270,33 @@ JobCompType=jobcomp/filetxt
 JobCompLoc={b}/log/jobcomp.txt
 AccountingStorageType=accounting_storage/none
 MinJobAge=600
-KillWait=5
+KillWait={5 if self.pyxis is None else 30}
 Epilog={epilog}
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 DefMemPerCPU=256
-NodeName={CPU_NODE} NodeHostname=localhost NodeAddr=127.0.0.1 Port={cpu_port} CPUs=8 RealMemory=8192 State=UNKNOWN
-NodeName={",".join(GPU_NODES)} NodeHostname=localhost NodeAddr=127.0.0.1 Port=[{",".join(map(str, gpu_ports))}] \
-CPUs=64 Sockets=2 CoresPerSocket=32 ThreadsPerCore=1 RealMemory=1000000 Gres=gpu:8 State=UNKNOWN
-PartitionName=cpu Nodes={CPU_NODE} Default=YES MaxTime=INFINITE State=UP PriorityTier=1
-PartitionName=cpu-urgent Nodes={CPU_NODE} MaxTime=INFINITE State=UP PriorityTier=2
-PartitionName=gpu Nodes={",".join(GPU_NODES)} MaxTime=INFINITE State=UP
+{pyxis_lines}{cpu_lines if self.cpu_nodes else ""}NodeName={gpus} NodeHostname=localhost NodeAddr=127.0.0.1 \
+Port=[{",".join(map(str, gpu_ports))}] CPUs=64 Sockets=2 CoresPerSocket=32 ThreadsPerCore=1 RealMemory=1000000 \
+Gres=gpu:8 State=UNKNOWN
+PartitionName=gpu Nodes={gpus} MaxTime=INFINITE State=UP {"" if self.cpu_nodes else "Default=YES"}
 """
         )
-        (b / "gres.conf").write_text(f"NodeName={','.join(GPU_NODES)} Name=gpu File={b}/fakedev/nvidia[0-7]\n")
+        (b / "gres.conf").write_text(f"NodeName={gpus} Name=gpu File={b}/fakedev/nvidia[0-7]\n")
+        if self.pyxis is not None:  # one slurm.conf per node, differing only in PlugStackConfig
+            text = self.conf.read_text()
+            for node in self.gpu_nodes:
+                self.node_conf(node).write_text(
+                    text.replace(f"PlugStackConfig={b}/plugstack/{self.gpu_nodes[0]}.conf",
+                                 f"PlugStackConfig={b}/plugstack/{node}.conf")
+                )  # fmt: skip
+
+    def confs(self) -> list[Path]:
+        """Every slurm.conf of this cluster (a job's processes carry their node's in SLURM_CONF)."""
+        return [self.conf, *(self.node_conf(node) for node in self.gpu_nodes)]
+
+    def node_conf(self, node: str) -> Path:
+        """The slurm.conf this node's slurmd reads."""
+        return self.conf if self.pyxis is None else self.base / f"slurm-{node}.conf"
 
     def _spawn(self, name: str, argv: Sequence[str]) -> None:
         log = open(self.base / "log" / f"{name}.stdout", "ab")  # noqa: SIM115 (closed with the process)
@@ -209,8 +322,11 @@ PartitionName=gpu Nodes={",".join(GPU_NODES)} MaxTime=INFINITE State=UP
         self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-i", "-f", str(self.conf)])
         probe = ["unshare", "--mount", "--propagation", "private", "true"]
         self.private_ray_tmp = shutil.which("unshare") is not None and subprocess.run(probe).returncode == 0
-        for node in (CPU_NODE, *GPU_NODES):
-            slurmd = [_binary("slurmd"), "-D", "-f", str(self.conf), "-N", node]
+        if self.pyxis is not None:
+            install_enroot_dropin()
+            remove_pyxis_state(self.gpu_nodes)
+        for node in self.nodes:
+            slurmd = [_binary("slurmd"), "-D", "-f", str(self.node_conf(node)), "-N", node]
             if self.private_ray_tmp:  # the node's own /tmp/ray: a bind mount in a mount namespace of its own
                 ray_tmp = b / "nodes" / node / "tmp-ray"
                 ray_tmp.mkdir(parents=True, exist_ok=True)
@@ -228,7 +344,7 @@ PartitionName=gpu Nodes={",".join(GPU_NODES)} MaxTime=INFINITE State=UP
         if out.returncode:
             return False
         states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
-        return set(states) == {CPU_NODE, *GPU_NODES} and set(states.values()) == {"idle"}
+        return set(states) == set(self.nodes) and set(states.values()) == {"idle"}
 
     # ------------------------------------------------------------------------------------------- teardown
     def stop(self, grace: float = 15.0) -> None:
@@ -252,6 +368,8 @@ PartitionName=gpu Nodes={",".join(GPU_NODES)} MaxTime=INFINITE State=UP
                     proc.kill()
                 proc.wait(timeout=grace)
         self.procs.clear()
+        if self.pyxis is not None:
+            remove_pyxis_state(self.gpu_nodes)
 
     def running_jobs(self) -> list[str]:
         out = self.run(["squeue", "-h", "-t", "RUNNING,COMPLETING,CONFIGURING", "-o", "%i"], check=False, timeout=15)
@@ -297,8 +415,10 @@ PartitionName=gpu Nodes={",".join(GPU_NODES)} MaxTime=INFINITE State=UP
 
 
 @contextmanager
-def local_slurm(base: Path) -> Iterator[LocalSlurm]:
-    cluster = LocalSlurm(base)
+def local_slurm(
+    base: Path, pyxis: PyxisSettings | None = None, gpu_nodes: int | Sequence[str] | None = None
+) -> Iterator[LocalSlurm]:
+    cluster = LocalSlurm(base, pyxis, gpu_nodes)
     try:
         cluster.start()
         yield cluster
@@ -336,13 +456,15 @@ def ensure_node_names_resolve() -> str | None:
 
 def job_pids(cluster: LocalSlurm, job_id: str) -> set[int]:
     """Every process of this cluster's job ``job_id`` on this host (by its environment, as the Epilog finds them)."""
-    want = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_CONF={cluster.conf}".encode()}
+    want = f"SLURM_JOB_ID={job_id}".encode()
+    confs = {f"SLURM_CONF={conf}".encode() for conf in cluster.confs()}
     pids = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/environ", "rb") as fh:
-                if want <= set(fh.read().split(b"\0")):
-                    pids.add(int(pid))
+                env = set(fh.read().split(b"\0"))
+            if want in env and env & confs:
+                pids.add(int(pid))
         except OSError:
             continue
     return pids

@@ -10,10 +10,11 @@ Real: Slurm (2 "nodes" of the ``gpu`` partition, 8 fake GPUs each, each with its
 as it is copied out of the image on a cluster), its head and worker steps, ``ray start``, the 2-node Ray cluster
 they form, and ``holderpo train`` with its stop contract as the driver. Faked, and why:
 
-* ``srun`` is ``stand_ins/srun``: drops the pyxis (``--container-*``) and PMIx flags this cluster cannot honour and
-  says so in the log (no enroot/pyxis here); no container is started;
-* ``ray`` is ``stand_ins/ray``: each node's own loopback address for ``ray start``, and a no-op ``ray stop`` (it
-  would kill every Ray process on this shared host);
+* ``srun`` is ``stand_ins/srun``: parses the options as srun does, applies Slurm 26.05's GPU option rule, drops the
+  pyxis (``--container-*``) and PMIx flags this cluster cannot honour and says so in the log, with each step's
+  account and container name (no enroot/pyxis here; the real thing is ``tests/containers/test_pyxis_entries.py``);
+* ``ray`` is ``stand_ins/ray``: each node's own loopback address for ``ray start``, and a ``ray stop`` of this
+  node's Ray processes of the job only (the real one would kill every Ray process on this shared host);
 * the GPU job: ``cpu_driver.py`` instead of ``python -m holder_nemo.nemo_rl.run_grpo`` (``HOLDERPO_DRIVER``, same
   arguments): it joins the Ray cluster and runs a task on each node, then runs ``holderpo train`` on CPU.
 
@@ -93,15 +94,8 @@ def free_port_block(count: int) -> int:
     raise RuntimeError("no free port block")
 
 
-def entry_env(cluster: LocalSlurm, tmp: Path, run_dir: Path, python: Path, **extra: str) -> dict[str, str]:
-    """The submitting shell's environment: stand-ins first on PATH, ray.sub's ports (free ones: this host is shared),
-    the CPU driver, and the run's settings."""
-    if not cluster.private_ray_tmp:
-        pytest.skip("the nodes cannot get their own /tmp/ray (unshare --mount failed): ray.sub would clean the "
-                    "host's /tmp/ray")  # fmt: skip
-    problem = ensure_node_names_resolve()
-    if problem:
-        pytest.skip(problem)
+def ray_sub_ports() -> dict[str, str]:
+    """ray.sub's port settings, on a block of free ports (this host is shared; every "node" is on it)."""
     b = free_port_block(80)
     ports = {
         "PORT": b,
@@ -116,6 +110,18 @@ def entry_env(cluster: LocalSlurm, tmp: Path, run_dir: Path, python: Path, **ext
         "MIN_WORKER_PORT": b + 20,
         "MAX_WORKER_PORT": b + 79,
     }  # fmt: skip  (ray.sub gives the head each per-node port + 1)
+    return {name: str(port) for name, port in ports.items()}
+
+
+def entry_env(cluster: LocalSlurm, tmp: Path, run_dir: Path, python: Path, **extra: str) -> dict[str, str]:
+    """The submitting shell's environment: stand-ins first on PATH, ray.sub's ports (free ones: this host is shared),
+    the CPU driver, and the run's settings."""
+    if not cluster.private_ray_tmp:
+        pytest.skip("the nodes cannot get their own /tmp/ray (unshare --mount failed): ray.sub would clean the "
+                    "host's /tmp/ray")  # fmt: skip
+    problem = ensure_node_names_resolve()
+    if problem:
+        pytest.skip(problem)
     return {
         "PATH": f"{STAND_INS}:{os.environ['PATH']}",
         "HOLDERPO_TEST_REAL_SRUN": shutil.which("srun") or "/usr/bin/srun",
@@ -127,7 +133,7 @@ def entry_env(cluster: LocalSlurm, tmp: Path, run_dir: Path, python: Path, **ext
         "HOLDERPO_CACHE_DIR": str(tmp / "cache"),
         "RAY_AUTH_MODE": "disabled",
         "OMP_NUM_THREADS": "1",
-        **{name: str(port) for name, port in ports.items()},
+        **ray_sub_ports(),
         **extra,
     }
 
@@ -250,7 +256,9 @@ def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: Lo
     for n in range(4):
         log = (attempt(n) / "ray.sub.log").read_text()
         assert "ray.sub started" in log and "head: cluster ready, launching driver" in log.replace("'", "")
-        assert "[stand-in srun] no pyxis/PMIx in the test cluster: dropped" in log
+        # ray.sub's head step got its container name (an empty account would have swallowed it: -A is unquoted).
+        assert "[stand-in srun] account='(null)' container-name=ray-head dropped: " in log, log[-3000:]
+        assert "[stand-in srun] account='(null)' container-name=ray-worker dropped: " in log
         assert filecmp.cmp(attempt(n) / "nemo_rl_release" / "ray.sub", tree / "ray.sub", shallow=False)
         check_ray_cluster(attempt(n), nodes)
     assert "ray.sub from the image" in out and "NeMo RL 0.7.0 ray.sub" in out
@@ -276,6 +284,8 @@ def test_driver_failing_at_start_fails_the_job_with_its_code(slurm_cluster: Loca
     assert (result["exit_code"], result["reason"]) == ("2", "driver failed")
     assert "no_such_key" in (attempt / "driver.log").read_text()
     assert f"ray.sub from NEMO_RL_HOME={tree}" in out
+    log = (attempt / "ray.sub.log").read_text()
+    assert "[stand-in srun] account='(null)' container-name=ray-head dropped: " in log, log[-3000:]
     assert not job_pids(slurm_cluster, job)
 
 
@@ -288,7 +298,12 @@ def test_ray_sub_of_another_nemo_rl_version_is_refused(slurm_cluster: LocalSlurm
     (tree / "nemo_rl").mkdir(parents=True)
     (tree / "nemo_rl" / "package_info.py").write_text("MAJOR = 0\nMINOR = 6\nPATCH = 2\n")
     (tree / "ray.sub").write_text('#!/bin/bash\necho "stand-in ray.sub ran: $COMMAND"\n')
-    env = {"HOLDERPO_CONTAINER_IMAGE": str(tmp_path / "image.sqsh"), "NEMO_RL_HOME": str(tree)}
+    env = {
+        "HOLDERPO_CONTAINER_IMAGE": str(tmp_path / "image.sqsh"),
+        "NEMO_RL_HOME": str(tree),
+        "PATH": f"{STAND_INS}:{os.environ['PATH']}",
+        "HOLDERPO_TEST_REAL_SRUN": shutil.which("srun") or "srun",
+    }
     opts = ["--partition=gpu", "--nodes=1", f"--output={tmp_path}/%x-%j.out"]
 
     def run(run_dir: Path, **extra: str) -> tuple[dict[str, str], str]:

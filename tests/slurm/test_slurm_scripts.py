@@ -291,7 +291,7 @@ def test_gpu_scripts_fit_fake_8_gpu_nodes(slurm_cluster: LocalSlurm, tmp_path: P
     assert re.search(r"to start at .* on nodes hp-gpu\[?\d", ok.stderr), ok.stderr
     # The same script asking for more GPUs per node than the nodes have is refused: the check is not vacuous.
     too_big = slurm_cluster.run(
-        ["sbatch", "--test-only", "--partition=gpu", "--gpus-per-node=16", str(path)], check=False, cwd=tmp_path
+        ["sbatch", "--test-only", "--partition=gpu", "--gres=gpu:16", str(path)], check=False, cwd=tmp_path
     )
     assert too_big.returncode != 0 and "Requested node configuration is not available" in too_big.stderr
 
