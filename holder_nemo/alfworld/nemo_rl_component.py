@@ -142,4 +142,5 @@ class PerStepTraining:
             ),
             stop=stop,
             dataloader=session.dataloader,
+            progress=getattr(session, "progress", None),
         )

@@ -122,6 +122,7 @@ class PerStepLoop:
             EntropyBonusLoss(loss_fn, self.settings.entropy_coeff) if self.settings.entropy_coeff else loss_fn
         )
         self.refit, self.stop, self.dataloader = kw["refit"], kw.get("stop"), kw.get("dataloader")
+        self.progress = kw.get("progress")
         self.train_games = list(kw["train_games"])
         if not self.train_games:
             raise ValueError("train_games: empty")
@@ -150,6 +151,8 @@ class PerStepLoop:
     def validate(self, step: int) -> None:
         self.generate_mode()
         self.validator.run(step, self.state)
+        if self.progress is not None:
+            self.progress.completed("validation", step)
 
     def rows(self, step: int) -> tuple[list, TokenizedBatch, dict]:
         """Play the step's games; (episodes, tokenized per-step rows, NeMo RL train data with log-probs)."""
@@ -253,6 +256,7 @@ def alfworld_per_step_train(
     stop=None,
     set_temperature: Callable[[float], float] | None = None,
     dataloader: Any = None,
+    progress: Any = None,
 ) -> str | None:
     """Train until ``grpo.max_num_steps`` or a stop request (module docstring); returns the stop reason or None.
 
@@ -274,10 +278,12 @@ def alfworld_per_step_train(
             vLLM workers (``generation_settings.vllm_temperature_setter``).
         dataloader: ``setup``'s train dataloader, saved with every checkpoint because ``setup`` restores it when a
             run resumes (the run entry point passes it).
+        progress: ``holder_nemo.nemo_rl.progress.ProgressRecorder``; each validation is recorded there (steps and
+            checkpoints are recorded by the entry point's own hooks).
     """
     loop = PerStepLoop(
         policy, policy_generation, tokenizer, loss_fn, logger, checkpointer, grpo_save_state, master_config,
         train_games=train_games, val_games=val_games, refit=refit, stop=stop, set_temperature=set_temperature,
-        dataloader=dataloader,
+        dataloader=dataloader, progress=progress,
     )  # fmt: skip
     return loop.run()

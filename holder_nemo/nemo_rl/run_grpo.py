@@ -12,7 +12,14 @@ and Hydra overrides, ``MasterConfig``, ``init_ray``, tokenizer, generation confi
    the global step: resume-exact p, ``steps.py``);
 3. ``train``: ``grpo_train`` under the stop contract (``stop.py``: SIGUSR1/SIGTERM/``$HOLDERPO_STOP_FILE`` ->
    checkpoint after the current step and exit 75; optional save-and-exit before the Slurm allocation ends), or the
-   training loop a component supplies in its place (ALFWorld's per-step layout) on the same session.
+   training loop a component supplies in its place (ALFWorld's per-step layout) on the same session. A stop that
+   comes during the final step does not stop the run: it completes (exit 0).
+
+Restarts: the run resumes from the newest complete ``step_N`` (NeMo RL's rule). Before that, the entry point removes
+what a killed save or checkpoint retention left (``resume.tidy_checkpoint_dir``), completes NeMo RL's retention, and
+writes ``COMPLETED`` at once when ``step_N`` is already the final step (a driver killed before writing it).
+Progress: with ``$HOLDERPO_PROGRESS_FILE`` set, every completed step, validation and checkpoint is recorded there for
+the batch shell's progress watchdog (``progress.py``).
 
 Exit codes: 0 run complete (``COMPLETED`` written in ``checkpointing.checkpoint_dir``), 75 checkpointed on request
 (requeue to resume), 2 bad config or arguments, 3 no usable NeMo RL, 1 anything else.
@@ -62,10 +69,31 @@ def unsupported_features(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def exit_code_after_training(stop_reason: str | None, checkpointing: dict[str, Any]) -> int:
-    """0 (complete, ``COMPLETED`` written), 75 (stopped with a checkpoint) or 1 (stopped without one)."""
+def final_step(config: Any, dataloader_len: int | None, own_loop: bool) -> int:
+    """The global step at which the training loop ends by itself.
+
+    ``grpo.max_num_steps``; for ``grpo_train`` with one dataloader and no dynamic sampling, the end of the last of
+    ``grpo.max_num_epochs`` epochs when that comes first (NeMo RL's ``is_last_step``: each epoch is one step per
+    batch then). A component's own loop (``own_loop``) runs ``grpo.max_num_steps`` steps.
+    """
+    grpo, data = config.grpo, config.data
+    last = int(grpo["max_num_steps"])
+    if own_loop or dataloader_len is None or data.get("use_multiple_dataloader") or grpo.get("use_dynamic_sampling"):
+        return last
+    return min(last, int(grpo["max_num_epochs"]) * dataloader_len)
+
+
+def exit_code_after_training(stop_reason: str | None, checkpointing: dict[str, Any], *, finished: bool = False) -> int:
+    """0 (complete, ``COMPLETED`` written), 75 (stopped with a checkpoint) or 1 (stopped without one).
+
+    ``finished``: the loop trained its final step. A stop requested during it changes nothing that step does (NeMo
+    RL saves the final step anyway), so the run is complete, not stopped: exit 75 would pay one more attempt, with
+    its whole set-up, only to write ``COMPLETED``.
+    """
     enabled = bool(checkpointing.get("enabled"))
-    if stop_reason is not None:
+    if stop_reason is not None and finished:
+        print(f"holder_nemo: stop requested ({stop_reason}) during the final step: the run is complete", flush=True)
+    elif stop_reason is not None:
         if not enabled:
             print(f"holder_nemo: stopped ({stop_reason}) but checkpointing.enabled is false: nothing saved", flush=True)
             return EXIT_FAILED
@@ -122,7 +150,7 @@ def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept
     """
     from holder_nemo.nemo_rl import components as comp
     from holder_nemo.nemo_rl.loss import HolderPOLossFn
-    from holder_nemo.nemo_rl.resume import COMPLETED_FILE, guard_resume
+    from holder_nemo.nemo_rl.resume import COMPLETED_FILE, guard_resume, tidy_checkpoint_dir
 
     raw, config = _checked_master_config(config_path, overrides)
     loss_fn = HolderPOLossFn(config.loss_fn)
@@ -140,7 +168,22 @@ def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept
         marker = Path(checkpoint_dir) / COMPLETED_FILE
         if changes and marker.exists() and not dry_run:
             marker.unlink()  # an accepted change (e.g. more steps) reopens a finished run
+        if not dry_run:
+            for path in tidy_checkpoint_dir(Path(checkpoint_dir)):
+                print(f"holder_nemo: removed {path} (left by a save or a checkpoint deletion that was cut short)")
+            _finish_checkpoint_retention(config.checkpointing)
     return Prepared(config, loss_fn, registered, training, datasets)
+
+
+def _finish_checkpoint_retention(checkpointing: dict[str, Any]) -> None:
+    """NeMo RL's own retention (``keep_top_k``), as ``finalize_checkpoint`` runs it after every rename: a driver
+    killed between a rename and the end of that pass left checkpoints an uninterrupted run would have deleted, and
+    nothing deletes them when no save follows (the final step)."""
+    if not checkpointing.get("enabled") or checkpointing.get("keep_top_k") is None:
+        return
+    from nemo_rl.utils.checkpoint import CheckpointManager
+
+    CheckpointManager(checkpointing).remove_old_checkpoints()
 
 
 # ------------------------------------------------------------------------------------------------- 2. setup
@@ -164,11 +207,13 @@ class Session:
     checkpointer: Any
     grpo_state: dict
     master_config: Any
+    steps: Any  # steps.StepScheduledTrain: the step hook on policy.train (completed_steps)
+    progress: Any  # progress.ProgressRecorder
 
 
-def setup(prepared: Prepared) -> Session:
-    """Ray, tokenizer, generation config, data (the component's, or ``setup_response_data``), ``grpo.setup`` and
-    the step hook, in NeMo RL's ``examples/run_grpo.py`` order."""
+def setup(prepared: Prepared, progress: Any) -> Session:
+    """Ray, tokenizer, generation config, data (the component's, or ``setup_response_data``), ``grpo.setup``, the
+    step hook and the progress record's hooks, in NeMo RL's ``examples/run_grpo.py`` order."""
     from nemo_rl.algorithms import grpo
     from nemo_rl.algorithms.utils import get_tokenizer
     from nemo_rl.data.utils import setup_response_data
@@ -176,6 +221,7 @@ def setup(prepared: Prepared) -> Session:
     from nemo_rl.models.generation import configure_generation_config
     from nemo_rl.utils.logger import get_next_experiment_dir
 
+    from holder_nemo.nemo_rl.progress import recording_checkpoints
     from holder_nemo.nemo_rl.steps import install_step_schedule
 
     config, loss_fn = prepared.config, prepared.loss_fn
@@ -196,14 +242,18 @@ def setup(prepared: Prepared) -> Session:
     setup_out = grpo.setup(config, tokenizer, dataset, val_dataset)
     policy, generation, dataloader, val_dataloader = setup_out[0], setup_out[1], setup_out[4], setup_out[5]
     logger, checkpointer, state, master_config = setup_out[7:11]
-    schedule = install_step_schedule(policy, loss_fn, state, logger)
+    schedule = install_step_schedule(
+        policy, loss_fn, state, logger, on_step_done=lambda step: progress.completed("step", step)
+    )
+    recording_checkpoints(checkpointer, progress)
     print(
         f"holder_nemo: HölderPO loss, {loss_fn.schedule}, resuming after step {schedule.completed_steps} "
         f"(next p = {loss_fn.p:.6g})",
         flush=True,
     )
     return Session(policy, generation, tokenizer, loss_fn, dataset, val_dataset, dataloader, val_dataloader,
-                   task_to_env, val_task_to_env, logger, checkpointer, state, master_config)  # fmt: skip
+                   task_to_env, val_task_to_env, logger, checkpointer, state, master_config, schedule,
+                   progress)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- 3. train
@@ -211,14 +261,16 @@ def setup(prepared: Prepared) -> Session:
 
 def train(session: Session, training: Any, stop: Any) -> None:
     """``grpo_train`` with the stop-aware timeout checker, or the component's loop on the same session."""
+    session.progress.training_started()
     if training is not None:
         training.train(session, stop)
         return
     from nemo_rl.algorithms import grpo
 
+    from holder_nemo.nemo_rl.progress import recording_validations
     from holder_nemo.nemo_rl.stop import patched_timeout_checker
 
-    with patched_timeout_checker(grpo, stop):
+    with patched_timeout_checker(grpo, stop), recording_validations(grpo, session.progress):
         grpo.grpo_train(
             session.policy,
             session.policy_generation,
@@ -246,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NO_NEMO_RL
     print(f"holder_nemo: NeMo RL {version}")
 
-    from holder_nemo.nemo_rl.resume import COMPLETED_FILE
+    from holder_nemo.nemo_rl.progress import ProgressRecorder
+    from holder_nemo.nemo_rl.resume import COMPLETED_FILE, latest_complete_step, write_completed_marker
     from holder_nemo.nemo_rl.stop import StopRequest, slurm_deadline
 
     stop = StopRequest.from_env()
@@ -264,16 +317,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(f"holder_nemo: config OK (dry run); HölderPO {loss_fn.schedule}, clip_mode {loss_fn.clip.mode}")
         return EXIT_COMPLETED
+    progress = ProgressRecorder.from_env()
+    progress.start()
     checkpoint_dir = config.checkpointing.get("checkpoint_dir")
+    newest = latest_complete_step(Path(checkpoint_dir)) if checkpoint_dir else None
+    marker_missing = checkpoint_dir and not (Path(checkpoint_dir) / COMPLETED_FILE).exists()
+    final = newest is not None and newest >= config.grpo["max_num_steps"]
+    if marker_missing and config.checkpointing["enabled"] and final:
+        print(f"holder_nemo: step_{newest} is the final step (grpo.max_num_steps): the run is complete", flush=True)
+        write_completed_marker(Path(checkpoint_dir))  # the driver that saved it stopped before this
     if checkpoint_dir and (Path(checkpoint_dir) / COMPLETED_FILE).exists():
         print(f"holder_nemo: run already complete ({Path(checkpoint_dir) / COMPLETED_FILE} exists); nothing to do")
         return EXIT_COMPLETED
     if not config.checkpointing["enabled"]:
         print("holder_nemo: WARNING checkpointing.enabled is false: a stop request cannot save the run", flush=True)
-    session = setup(prepared)
+    session = setup(prepared, progress)
     stop.install_signal_handlers()  # Ray and friends may have replaced them during setup
     train(session, prepared.training, stop)
-    return exit_code_after_training(stop.fired, session.master_config.checkpointing)
+    own_loop = prepared.training is not None
+    last = final_step(session.master_config, _length(session.dataloader), own_loop)
+    finished = session.steps.completed_steps >= last
+    return exit_code_after_training(stop.fired, session.master_config.checkpointing, finished=finished)
+
+
+def _length(dataloader: Any) -> int | None:
+    try:
+        return len(dataloader)
+    except TypeError:
+        return None
 
 
 if __name__ == "__main__":

@@ -51,14 +51,15 @@ def kill_target(name: str) -> dict[str, Any] | None:
 def event(name: str, **fields: Any) -> None:
     """Record ``name`` (fields must be JSON-serialisable); hold here for the test's SIGKILL when it is the target.
 
-    ``n`` in a kill spec counts the occurrences of the event in this driver process (1 = the first).
+    A kill spec matches an event of its name whose fields have the spec's values; ``n`` (default 1) picks the n-th
+    such event of this driver process.
     """
     path = os.environ.get(EVENTS_ENV)
-    _COUNTS[name] = _COUNTS.get(name, 0) + 1
     target = kill_target(name)
-    held = target is not None and all(
-        (_COUNTS[name] if key == "n" else fields.get(key)) == value for key, value in target.items() if key != "event"
-    )
+    held = False
+    if target is not None and all(fields.get(k) == v for k, v in target.items() if k not in ("event", "n")):
+        _COUNTS[name] = _COUNTS.get(name, 0) + 1
+        held = _COUNTS[name] == target.get("n", 1)
     if path:
         record = {"event": name, "pid": os.getpid(), "time": time.time(), **fields, **({"held": True} if held else {})}
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
