@@ -5,8 +5,10 @@ NeMo RL's ``grpo.setup`` always resumes from the newest ``step_N`` of ``checkpoi
 resolved recipe of the run in ``checkpoint_dir/holderpo_recipe.json`` and, when a complete checkpoint exists,
 refuses a recipe that differs in anything that changes the run (``holder_nemo.config.resume_guard``).
 
-A driver can die at any moment (``kill -9``, a lost node); ``tidy_checkpoint_dir`` removes what NeMo RL's
-``CheckpointManager`` leaves when it dies in a save or in its retention, which NeMo RL itself never cleans up.
+A driver can die at any moment (``kill -9``, a lost node). The next one resumes from the newest ``step_N``, which NeMo
+RL names only once a save is complete; before that, ``repair_checkpoint_dir`` removes what NeMo RL's
+``CheckpointManager`` leaves when killed in a save or in its retention (it never cleans that up itself) and finishes
+that retention, and ``run_complete`` notices a final checkpoint whose driver died before writing ``COMPLETED``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,36 @@ def tidy_checkpoint_dir(checkpoint_dir: Path) -> list[Path]:
             shutil.rmtree(path)
             removed.append(path)
     return removed
+
+
+def repair_checkpoint_dir(checkpoint_dir: Path, checkpointing: Mapping[str, Any]) -> None:
+    """``tidy_checkpoint_dir``, then NeMo RL's own retention (``keep_top_k``), as ``finalize_checkpoint`` runs it after
+    every rename: a driver killed between a rename and the end of that pass left checkpoints an uninterrupted run
+    would have deleted, which nothing deletes when no save follows (the final step)."""
+    for path in tidy_checkpoint_dir(checkpoint_dir):
+        print(f"holder_nemo: removed {path} (left by a save or a checkpoint deletion that was cut short)", flush=True)
+    if checkpointing.get("enabled") and checkpointing.get("keep_top_k") is not None and checkpoint_dir.is_dir():
+        from nemo_rl.utils.checkpoint import CheckpointManager
+
+        CheckpointManager(checkpointing).remove_old_checkpoints()
+
+
+def run_complete(checkpointing: Mapping[str, Any], max_num_steps: int) -> bool:
+    """Whether the run's ``COMPLETED`` marker exists; written first when the newest ``step_N`` is the final step (its
+    driver died between the final save and the marker), so that no whole attempt runs only to write it."""
+    if not checkpointing.get("checkpoint_dir"):
+        return False
+    checkpoint_dir = Path(checkpointing["checkpoint_dir"])
+    if (checkpoint_dir / COMPLETED_FILE).exists():
+        return True
+    newest = latest_complete_step(checkpoint_dir)
+    if not checkpointing.get("enabled") or newest is None or newest < max_num_steps:
+        return False
+    print(
+        f"holder_nemo: step_{newest} is the final step (grpo.max_num_steps {max_num_steps}): run complete", flush=True
+    )
+    write_completed_marker(checkpoint_dir)
+    return True
 
 
 def guard_resume(config: dict[str, Any], checkpoint_dir: Path, *, accept: bool, write: bool) -> list[ConfigChange]:

@@ -12,14 +12,11 @@ and Hydra overrides, ``MasterConfig``, ``init_ray``, tokenizer, generation confi
    the global step: resume-exact p, ``steps.py``);
 3. ``train``: ``grpo_train`` under the stop contract (``stop.py``: SIGUSR1/SIGTERM/``$HOLDERPO_STOP_FILE`` ->
    checkpoint after the current step and exit 75; optional save-and-exit before the Slurm allocation ends), or the
-   training loop a component supplies in its place (ALFWorld's per-step layout) on the same session. A stop that
-   comes during the final step does not stop the run: it completes (exit 0).
+   training loop a component supplies in its place (ALFWorld's per-step layout) on the same session. A stop during
+   the final step completes the run. Every completed step, validation and checkpoint goes to the progress record
+   (``progress.py``).
 
-Restarts: the run resumes from the newest complete ``step_N`` (NeMo RL's rule). Before that, the entry point removes
-what a killed save or checkpoint retention left (``resume.tidy_checkpoint_dir``), completes NeMo RL's retention, and
-writes ``COMPLETED`` at once when ``step_N`` is already the final step (a driver killed before writing it).
-Progress: with ``$HOLDERPO_PROGRESS_FILE`` set, every completed step, validation and checkpoint is recorded there for
-the batch shell's progress watchdog (``progress.py``).
+A restarted driver first repairs what a killed one left in the checkpoint directory (``resume.py``).
 
 Exit codes: 0 run complete (``COMPLETED`` written in ``checkpointing.checkpoint_dir``), 75 checkpointed on request
 (requeue to resume), 2 bad config or arguments, 3 no usable NeMo RL, 1 anything else.
@@ -36,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_NO_NEMO_RL, EXIT_STOPPED = 0, 1, 2, 3, 75
+from holder_nemo.nemo_rl.stop import EXIT_COMPLETED, exit_code_after_training, final_step
+
+EXIT_BAD_CONFIG, EXIT_NO_NEMO_RL = 2, 3
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -67,43 +66,6 @@ def unsupported_features(config: dict[str, Any]) -> list[str]:
     if (config.get("data_plane") or {}).get("enabled"):
         problems.append("data_plane.enabled: the TransferQueue trainer is not supported by the HölderPO entry point")
     return problems
-
-
-def final_step(config: Any, dataloader_len: int | None, own_loop: bool) -> int:
-    """The global step at which the training loop ends by itself.
-
-    ``grpo.max_num_steps``; for ``grpo_train`` with one dataloader and no dynamic sampling, the end of the last of
-    ``grpo.max_num_epochs`` epochs when that comes first (NeMo RL's ``is_last_step``: each epoch is one step per
-    batch then). A component's own loop (``own_loop``) runs ``grpo.max_num_steps`` steps.
-    """
-    grpo, data = config.grpo, config.data
-    last = int(grpo["max_num_steps"])
-    if own_loop or dataloader_len is None or data.get("use_multiple_dataloader") or grpo.get("use_dynamic_sampling"):
-        return last
-    return min(last, int(grpo["max_num_epochs"]) * dataloader_len)
-
-
-def exit_code_after_training(stop_reason: str | None, checkpointing: dict[str, Any], *, finished: bool = False) -> int:
-    """0 (complete, ``COMPLETED`` written), 75 (stopped with a checkpoint) or 1 (stopped without one).
-
-    ``finished``: the loop trained its final step. A stop requested during it changes nothing that step does (NeMo
-    RL saves the final step anyway), so the run is complete, not stopped: exit 75 would pay one more attempt, with
-    its whole set-up, only to write ``COMPLETED``.
-    """
-    enabled = bool(checkpointing.get("enabled"))
-    if stop_reason is not None and finished:
-        print(f"holder_nemo: stop requested ({stop_reason}) during the final step: the run is complete", flush=True)
-    elif stop_reason is not None:
-        if not enabled:
-            print(f"holder_nemo: stopped ({stop_reason}) but checkpointing.enabled is false: nothing saved", flush=True)
-            return EXIT_FAILED
-        print(f"holder_nemo: checkpointed and stopped ({stop_reason}); exit {EXIT_STOPPED}", flush=True)
-        return EXIT_STOPPED
-    if enabled and checkpointing.get("checkpoint_dir"):
-        from holder_nemo.nemo_rl.resume import write_completed_marker
-
-        write_completed_marker(Path(checkpointing["checkpoint_dir"]))
-    return EXIT_COMPLETED
 
 
 # ------------------------------------------------------------------------------------------- 1. prepare (no Ray)
@@ -150,7 +112,7 @@ def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept
     """
     from holder_nemo.nemo_rl import components as comp
     from holder_nemo.nemo_rl.loss import HolderPOLossFn
-    from holder_nemo.nemo_rl.resume import COMPLETED_FILE, guard_resume, tidy_checkpoint_dir
+    from holder_nemo.nemo_rl.resume import COMPLETED_FILE, guard_resume, repair_checkpoint_dir
 
     raw, config = _checked_master_config(config_path, overrides)
     loss_fn = HolderPOLossFn(config.loss_fn)
@@ -169,21 +131,8 @@ def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept
         if changes and marker.exists() and not dry_run:
             marker.unlink()  # an accepted change (e.g. more steps) reopens a finished run
         if not dry_run:
-            for path in tidy_checkpoint_dir(Path(checkpoint_dir)):
-                print(f"holder_nemo: removed {path} (left by a save or a checkpoint deletion that was cut short)")
-            _finish_checkpoint_retention(config.checkpointing)
+            repair_checkpoint_dir(Path(checkpoint_dir), config.checkpointing)
     return Prepared(config, loss_fn, registered, training, datasets)
-
-
-def _finish_checkpoint_retention(checkpointing: dict[str, Any]) -> None:
-    """NeMo RL's own retention (``keep_top_k``), as ``finalize_checkpoint`` runs it after every rename: a driver
-    killed between a rename and the end of that pass left checkpoints an uninterrupted run would have deleted, and
-    nothing deletes them when no save follows (the final step)."""
-    if not checkpointing.get("enabled") or checkpointing.get("keep_top_k") is None:
-        return
-    from nemo_rl.utils.checkpoint import CheckpointManager
-
-    CheckpointManager(checkpointing).remove_old_checkpoints()
 
 
 # ------------------------------------------------------------------------------------------------- 2. setup
@@ -299,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"holder_nemo: NeMo RL {version}")
 
     from holder_nemo.nemo_rl.progress import ProgressRecorder
-    from holder_nemo.nemo_rl.resume import COMPLETED_FILE, latest_complete_step, write_completed_marker
+    from holder_nemo.nemo_rl.resume import run_complete
     from holder_nemo.nemo_rl.stop import StopRequest, slurm_deadline
 
     stop = StopRequest.from_env()
@@ -319,32 +268,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_COMPLETED
     progress = ProgressRecorder.from_env()
     progress.start()
-    checkpoint_dir = config.checkpointing.get("checkpoint_dir")
-    newest = latest_complete_step(Path(checkpoint_dir)) if checkpoint_dir else None
-    marker_missing = checkpoint_dir and not (Path(checkpoint_dir) / COMPLETED_FILE).exists()
-    final = newest is not None and newest >= config.grpo["max_num_steps"]
-    if marker_missing and config.checkpointing["enabled"] and final:
-        print(f"holder_nemo: step_{newest} is the final step (grpo.max_num_steps): the run is complete", flush=True)
-        write_completed_marker(Path(checkpoint_dir))  # the driver that saved it stopped before this
-    if checkpoint_dir and (Path(checkpoint_dir) / COMPLETED_FILE).exists():
-        print(f"holder_nemo: run already complete ({Path(checkpoint_dir) / COMPLETED_FILE} exists); nothing to do")
+    if run_complete(config.checkpointing, config.grpo["max_num_steps"]):
+        print(f"holder_nemo: run already complete ({config.checkpointing['checkpoint_dir']}); nothing to do")
         return EXIT_COMPLETED
     if not config.checkpointing["enabled"]:
         print("holder_nemo: WARNING checkpointing.enabled is false: a stop request cannot save the run", flush=True)
     session = setup(prepared, progress)
     stop.install_signal_handlers()  # Ray and friends may have replaced them during setup
     train(session, prepared.training, stop)
-    own_loop = prepared.training is not None
-    last = final_step(session.master_config, _length(session.dataloader), own_loop)
+    last = final_step(session.master_config, session.dataloader, own_loop=prepared.training is not None)
     finished = session.steps.completed_steps >= last
     return exit_code_after_training(stop.fired, session.master_config.checkpointing, finished=finished)
-
-
-def _length(dataloader: Any) -> int | None:
-    try:
-        return len(dataloader)
-    except TypeError:
-        return None
 
 
 if __name__ == "__main__":

@@ -32,8 +32,7 @@ from nemo_rl.models.generation.megatron import MegatronGeneration
 from ray import cloudpickle
 
 from holder_nemo.nemo_rl import HolderPOLossFn, install_step_schedule
-from holder_nemo.nemo_rl.run_grpo import exit_code_after_training, final_step
-from holder_nemo.nemo_rl.stop import StopRequest, patched_timeout_checker
+from holder_nemo.nemo_rl.stop import StopRequest, exit_code_after_training, final_step, patched_timeout_checker
 
 MAX_STEPS = 6
 
@@ -165,7 +164,7 @@ def one_job(stop_file: Path, save_state: dict, stop_after_step: int | None) -> d
         for call in logger.log_metrics.call_args_list
         if call.kwargs.get("prefix") == "holder"
     ]
-    finished = schedule.completed_steps >= final_step(cfg, len(loader), own_loop=False)  # as run_grpo.main
+    finished = schedule.completed_steps >= final_step(cfg, loader, own_loop=False)  # as run_grpo.main
     code = exit_code_after_training(stop.fired, cfg.checkpointing, finished=finished)
     return {"seen": seen, "saves": saves, "fired": stop.fired, "exit": code, "logged": holder_p_logged,
             "state": dict(save_state)}  # fmt: skip
