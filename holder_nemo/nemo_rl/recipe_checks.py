@@ -17,7 +17,9 @@ Rules (each has a test with a recipe that breaks it, in ``tests/recipes/test_rec
   linear-CE fusion (it hands the loss precomputed log-probs, which NeMo RL's GRPO loss path does not support);
 * checkpoint directory set when checkpointing is on; ``metric_name`` is ``val:...``/``train:...`` or null;
   ``model_save_format`` null unless the backend is DTensor v2 (``Policy.save_checkpoint`` raises at the first save
-  otherwise), and one of ``torch_save`` / ``safetensors`` with DTensor v2.
+  otherwise), and one of ``torch_save`` / ``safetensors`` with DTensor v2; with DTensor v2 and checkpointing on,
+  ``checkpointing.is_async: false``: its worker otherwise saves asynchronously and NeMo RL renames ``tmp_step_N`` to
+  ``step_N`` before the files are written (a driver that stops or dies then leaves a half-written ``step_N``).
 """
 
 from __future__ import annotations
@@ -180,6 +182,16 @@ def check_checkpointing(cfg: Mapping, report: Report) -> None:
             report.error(
                 "checkpointing.model_save_format",
                 f"must be 'torch_save', 'safetensors' or null with DTensor v2, got {save_format!r}",
+            )
+        # The v2 worker builds Automodel's Checkpointer with is_async=True and passes checkpointing.is_async only
+        # when the recipe sets it; its save_checkpoint returns once the DCP write is handed to a background process,
+        # and grpo_train's finalize_checkpoint renames the directory at once (NeMo RL v0.7.0 never waits for it).
+        if enabled(cfg, "checkpointing.enabled") and get(cfg, "checkpointing.is_async") is not False:
+            report.error(
+                "checkpointing.is_async",
+                "must be false with DTensor v2: NeMo RL v0.7.0 renames tmp_step_N to step_N without waiting for the "
+                "worker's asynchronous save, so a stop or a crash right after leaves step_N half-written, got "
+                f"{get(cfg, 'checkpointing.is_async')!r}",
             )
     elif save_format is not None:
         # Policy.save_checkpoint (lm_policy.py) raises at the first save: only the DTensor v2 worker takes a format;

@@ -36,6 +36,7 @@ OPERATIONAL_KEYS = (
     "checkpointing.keep_top_k",
     "checkpointing.save_period",
     "checkpointing.checkpoint_must_save_by",
+    "checkpointing.is_async",
     "checkpointing.metric_name",
     "checkpointing.higher_is_better",
     "data.num_workers",
