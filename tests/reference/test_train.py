@@ -136,3 +136,14 @@ def test_real_signal_checkpoints_exits_75_and_resume_is_exact(uninterrupted_long
     assert done.returncode == EXIT_COMPLETED, done.stderr
     assert f"resumed from {run_dir / f'step_{stopped_at}'}" in done.stderr
     assert reproducible(read_metrics(run_dir)) == reproducible(read_metrics(uninterrupted_long))
+
+
+def test_progress_record_for_the_hang_watchdog(tmp_path, monkeypatch):
+    """`holderpo train` keeps the progress record the Slurm entry's watchdog reads (holder_nemo.nemo_rl.progress)."""
+    progress = tmp_path / "progress.json"
+    monkeypatch.setenv("HOLDERPO_PROGRESS_FILE", str(progress))
+    assert main([str(SMOKE), *tiny(4, tmp_path / "run", "checkpointing.save_period=2")]) == EXIT_COMPLETED
+    record = json.loads(progress.read_text())
+    assert record["counts"] == {"step": 4, "validation": 0, "checkpoint": 2}  # saves at step 2 and the last
+    assert record["last"]["kind"] == "checkpoint" and record["last"]["step"] == 4
+    assert record["timeout_s"] >= 1800
