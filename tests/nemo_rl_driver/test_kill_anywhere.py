@@ -111,6 +111,7 @@ def checkpoint_contents(path: Path, run_dir: Path) -> dict:
     }
 
 
+@pytest.mark.timeout(5400)  # 22 launches, each paying Ray, imports and grpo.setup (the tier's default is 1200 s)
 def test_kill_9_twenty_times_finishes_equal_to_an_uninterrupted_run(run_driver, tmp_path):
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
     straight = run_driver(straight_dir, RECIPE, *SETTINGS)
