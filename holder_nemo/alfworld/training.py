@@ -100,7 +100,7 @@ def _check_alfworld_section(alfworld: Mapping[str, Any]) -> None:
             "alfworld.sample_layout",
             "no longer a setting: ALFWorld always trains one row per environment step "
             "(the paper's layout); NeMo RL v0.7's per-episode multi-turn rollout cannot train it "
-            f"(docs/alfworld.md, 'Sample layout'); delete the key, got {alfworld['sample_layout']!r}"
+            f"(docs/alfworld.md, 'Sample layout'); delete the key, got {alfworld['sample_layout']!r}",
         )
     unknown = sorted(set(alfworld) - set(ALFWORLD_KEYS))
     if unknown:
@@ -158,7 +158,7 @@ class PerStepSettings:
                 raise ConfigError(
                     key,
                     f"must be {value} for ALFWorld's per-step layout (the loop computes verl-agent's "
-                    f"advantage itself and would ignore it), got {got!r}"
+                    f"advantage itself and would ignore it), got {got!r}",
                 )
         grpo, policy, ckpt = section(config, "grpo"), section(config, "policy"), section(config, "checkpointing")
         generation = policy["generation"]
@@ -429,6 +429,8 @@ class PerStepLoop:
             vLLM workers (``vllm_temperature_setter``, resolved now so a missing hook fails at start-up).
         dataloader: ``setup``'s train dataloader, saved with every checkpoint because ``setup`` restores it when a
             run resumes.
+        progress: ``holder_nemo.nemo_rl.progress.ProgressRecorder``; each validation is recorded there (steps and
+            checkpoints are recorded by the entry point's own hooks).
     """
 
     def __init__(
@@ -448,6 +450,7 @@ class PerStepLoop:
         stop: Any = None,
         set_temperature: Callable[[float], float] | None = None,
         dataloader: Any = None,
+        progress: Any = None,
     ) -> None:
         from holder_nemo.alfworld.entropy import EntropyBonusLoss
         from holder_nemo.nemo_rl.steps import StepScheduledTrain, install_step_schedule
@@ -455,7 +458,7 @@ class PerStepLoop:
         self.settings = s = PerStepSettings.from_config(config)
         self.policy, self.generation, self.tokenizer, self.logger = policy, generation, tokenizer, logger
         self.checkpointer, self.state, self.config = checkpointer, state, config
-        self.refit, self.stop, self.dataloader = refit, stop, dataloader
+        self.refit, self.stop, self.dataloader, self.progress = refit, stop, dataloader, progress
         self.loss_fn = EntropyBonusLoss(loss_fn, s.entropy_coeff) if s.entropy_coeff else loss_fn
         self.train_games, self.val_games = list(train_games), list(val_games)
         if not self.train_games:
@@ -582,6 +585,8 @@ class PerStepLoop:
                 fh.write(json.dumps(nan_to_none(record), allow_nan=False) + "\n")
         rows = {f"validation step {step}": summary, f"best so far (step {best['step']})": best["summary"]}
         print(format_table(rows, with_paper=False), flush=True)
+        if self.progress is not None:
+            self.progress.completed("validation", step)
 
     def log(self, step: int, episodes: list, batch: TokenizedBatch, data: dict, results: dict) -> None:
         s, rows = self.settings, len(batch.advantages)
@@ -676,4 +681,5 @@ class PerStepTraining:
             ),
             stop=stop,
             dataloader=session.dataloader,
+            progress=getattr(session, "progress", None),
         ).run()

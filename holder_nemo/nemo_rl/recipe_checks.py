@@ -20,7 +20,10 @@ the entry point's pre-flight (``run_grpo.prepare``). Every problem is reported w
 * the recipe's components (``env.<name>._component_``): their own rules;
 * the schedule length against the run (warning); checkpointing (directory, ``metric_name``, ``model_save_format``);
 * local data files and model directories the recipe names: a warning where they are absent (a login node), an error
-  with ``strict`` (``--strict``, and the entry point, which runs where the data must be).
+  with ``strict`` (``--strict``, and the entry point, which runs where the data must be);
+* DTensor v2 with checkpointing on needs ``checkpointing.is_async: false``: its worker otherwise saves asynchronously
+  and NeMo RL renames ``tmp_step_N`` to ``step_N`` before the files are written (a driver that stops or dies then
+  leaves a half-written ``step_N``).
 """
 
 from __future__ import annotations
@@ -331,6 +334,16 @@ def check_checkpointing(cfg: Mapping, report: Report) -> None:
             report.error(
                 "checkpointing.model_save_format",
                 f"must be 'torch_save', 'safetensors' or null with DTensor v2, got {save_format!r}",
+            )
+        # The v2 worker builds Automodel's Checkpointer with is_async=True and passes checkpointing.is_async only
+        # when the recipe sets it; its save_checkpoint returns once the DCP write is handed to a background process,
+        # and grpo_train's finalize_checkpoint renames the directory at once (NeMo RL v0.7.0 never waits for it).
+        if ckpt.get("enabled") is True and ckpt.get("is_async") is not False:
+            report.error(
+                "checkpointing.is_async",
+                "must be false with DTensor v2: NeMo RL v0.7.0 renames tmp_step_N to step_N without waiting for the "
+                "worker's asynchronous save, so a stop or a crash right after leaves step_N half-written, got "
+                f"{ckpt.get('is_async')!r}",
             )
     elif save_format is not None:
         # Policy.save_checkpoint (lm_policy.py) raises at the first save: only the DTensor v2 worker takes a format;

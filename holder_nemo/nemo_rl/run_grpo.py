@@ -15,7 +15,11 @@ overrides, ``MasterConfig``, ``init_ray``, tokenizer, generation config, ``setup
    the global step: resume-exact p, ``steps.py``);
 3. ``train``: ``grpo_train`` under the stop contract (``stop.py``: SIGUSR1/SIGTERM/``$HOLDERPO_STOP_FILE`` ->
    checkpoint after the current step and exit 75; optional save-and-exit before the Slurm allocation ends), or the
-   training loop a component supplies in its place (ALFWorld's per-step layout) on the same session.
+   training loop a component supplies in its place (ALFWorld's per-step layout) on the same session. A stop during
+   the final step completes the run. Every completed step, validation and checkpoint goes to the progress record
+   (``progress.py``).
+
+A restarted driver first repairs what a killed one left in the checkpoint directory (``resume.py``).
 
 Exit codes: 0 run complete (``COMPLETED`` written in ``checkpointing.checkpoint_dir``), 75 checkpointed on request
 (requeue to resume), 2 bad config or arguments, 3 no usable NeMo RL, 1 anything else (a traceback).
@@ -33,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError, make_run_dir, print_problems
+from holder_nemo.nemo_rl.stop import EXIT_COMPLETED, exit_code_after_training, final_step
 
-EXIT_COMPLETED, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_NO_NEMO_RL, EXIT_STOPPED = 0, 1, EXIT_BAD_INPUT, 3, 75
+EXIT_BAD_CONFIG, EXIT_NO_NEMO_RL = EXIT_BAD_INPUT, 3
 PROG = "holder_nemo.nemo_rl.run_grpo"
 
 
@@ -56,22 +61,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         help="load and validate the config with NeMo RL (MasterConfig + the HölderPO loss), print it, exit; no Ray",
     )
     return parser.parse_known_args(argv)
-
-
-def exit_code_after_training(stop_reason: str | None, checkpointing: dict[str, Any]) -> int:
-    """0 (complete, ``COMPLETED`` written), 75 (stopped with a checkpoint) or 1 (stopped without one)."""
-    enabled = bool(checkpointing.get("enabled"))
-    if stop_reason is not None:
-        if not enabled:
-            print(f"holder_nemo: stopped ({stop_reason}) but checkpointing.enabled is false: nothing saved", flush=True)
-            return EXIT_FAILED
-        print(f"holder_nemo: checkpointed and stopped ({stop_reason}); exit {EXIT_STOPPED}", flush=True)
-        return EXIT_STOPPED
-    if enabled and checkpointing.get("checkpoint_dir"):
-        from holder_nemo.nemo_rl.resume import write_completed_marker
-
-        write_completed_marker(Path(checkpointing["checkpoint_dir"]))
-    return EXIT_COMPLETED
 
 
 # ------------------------------------------------------------------------------------------- 1. prepare (no Ray)
@@ -122,7 +111,7 @@ def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept
     """
     from holder_nemo.nemo_rl import components as comp
     from holder_nemo.nemo_rl.loss import HolderPOLossFn
-    from holder_nemo.nemo_rl.resume import COMPLETED_FILE, guard_resume
+    from holder_nemo.nemo_rl.resume import COMPLETED_FILE, guard_resume, repair_checkpoint_dir
 
     raw, config = _checked_master_config(config_path, overrides, strict=not dry_run)
     loss_fn = HolderPOLossFn(config.loss_fn)
@@ -142,6 +131,8 @@ def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept
         marker = Path(checkpoint_dir) / COMPLETED_FILE
         if changes and marker.exists() and not dry_run:
             marker.unlink()  # an accepted change (e.g. more steps) reopens a finished run
+        if not dry_run:
+            repair_checkpoint_dir(Path(checkpoint_dir), config.checkpointing)
     return Prepared(config, loss_fn, registered, training, datasets)
 
 
@@ -166,11 +157,13 @@ class Session:
     checkpointer: Any
     grpo_state: dict
     master_config: Any
+    steps: Any  # steps.StepScheduledTrain: the step hook on policy.train (completed_steps)
+    progress: Any  # progress.ProgressRecorder
 
 
-def setup(prepared: Prepared) -> Session:
-    """Ray, tokenizer, generation config, data (the component's, or ``setup_response_data``), ``grpo.setup`` and
-    the step hook, in NeMo RL's ``examples/run_grpo.py`` order."""
+def setup(prepared: Prepared, progress: Any) -> Session:
+    """Ray, tokenizer, generation config, data (the component's, or ``setup_response_data``), ``grpo.setup``, the
+    step hook and the progress record's hooks, in NeMo RL's ``examples/run_grpo.py`` order."""
     from nemo_rl.algorithms import grpo
     from nemo_rl.algorithms.utils import get_tokenizer
     from nemo_rl.data.utils import setup_response_data
@@ -178,6 +171,7 @@ def setup(prepared: Prepared) -> Session:
     from nemo_rl.models.generation import configure_generation_config
     from nemo_rl.utils.logger import get_next_experiment_dir
 
+    from holder_nemo.nemo_rl.progress import recording_checkpoints
     from holder_nemo.nemo_rl.steps import install_step_schedule
 
     config, loss_fn = prepared.config, prepared.loss_fn
@@ -198,14 +192,18 @@ def setup(prepared: Prepared) -> Session:
     setup_out = grpo.setup(config, tokenizer, dataset, val_dataset)
     policy, generation, dataloader, val_dataloader = setup_out[0], setup_out[1], setup_out[4], setup_out[5]
     logger, checkpointer, state, master_config = setup_out[7:11]
-    schedule = install_step_schedule(policy, loss_fn, state, logger)
+    schedule = install_step_schedule(
+        policy, loss_fn, state, logger, on_step_done=lambda step: progress.completed("step", step)
+    )
+    recording_checkpoints(checkpointer, progress)
     print(
         f"holder_nemo: HölderPO loss, {loss_fn.schedule}, resuming after step {schedule.completed_steps} "
         f"(next p = {loss_fn.p:.6g})",
         flush=True,
     )
     return Session(policy, generation, tokenizer, loss_fn, dataset, val_dataset, dataloader, val_dataloader,
-                   task_to_env, val_task_to_env, logger, checkpointer, state, master_config)  # fmt: skip
+                   task_to_env, val_task_to_env, logger, checkpointer, state, master_config, schedule,
+                   progress)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- 3. train
@@ -213,14 +211,16 @@ def setup(prepared: Prepared) -> Session:
 
 def train(session: Session, training: Any, stop: Any) -> None:
     """``grpo_train`` with the stop-aware timeout checker, or the component's loop on the same session."""
+    session.progress.training_started()
     if training is not None:
         training.train(session, stop)
         return
     from nemo_rl.algorithms import grpo
 
+    from holder_nemo.nemo_rl.progress import recording_validations
     from holder_nemo.nemo_rl.stop import patched_timeout_checker
 
-    with patched_timeout_checker(grpo, stop):
+    with patched_timeout_checker(grpo, stop), recording_validations(grpo, session.progress):
         grpo.grpo_train(
             session.policy,
             session.policy_generation,
@@ -248,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NO_NEMO_RL
     print(f"holder_nemo: NeMo RL {version}")
 
-    from holder_nemo.nemo_rl.resume import COMPLETED_FILE
+    from holder_nemo.nemo_rl.progress import ProgressRecorder
+    from holder_nemo.nemo_rl.resume import run_complete
     from holder_nemo.nemo_rl.stop import StopRequest, slurm_deadline
 
     stop = StopRequest.from_env()
@@ -266,16 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(f"holder_nemo: config OK (dry run); HölderPO {loss_fn.schedule}, clip_mode {loss_fn.clip.mode}")
         return EXIT_COMPLETED
-    checkpoint_dir = config.checkpointing.get("checkpoint_dir")
-    if checkpoint_dir and (Path(checkpoint_dir) / COMPLETED_FILE).exists():
-        print(f"holder_nemo: run already complete ({Path(checkpoint_dir) / COMPLETED_FILE} exists); nothing to do")
+    progress = ProgressRecorder.from_env()
+    progress.start()
+    if run_complete(config.checkpointing, config.grpo["max_num_steps"]):
+        print(f"holder_nemo: run already complete ({config.checkpointing['checkpoint_dir']}); nothing to do")
         return EXIT_COMPLETED
     if not config.checkpointing["enabled"]:
         print("holder_nemo: WARNING checkpointing.enabled is false: a stop request cannot save the run", flush=True)
-    session = setup(prepared)
+    session = setup(prepared, progress)
     stop.install_signal_handlers()  # Ray and friends may have replaced them during setup
     train(session, prepared.training, stop)
-    return exit_code_after_training(stop.fired, session.master_config.checkpointing)
+    last = final_step(session.master_config, session.dataloader, own_loop=prepared.training is not None)
+    finished = session.steps.completed_steps >= last
+    return exit_code_after_training(stop.fired, session.master_config.checkpointing, finished=finished)
 
 
 if __name__ == "__main__":

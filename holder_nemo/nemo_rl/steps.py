@@ -31,14 +31,23 @@ class StepScheduledTrain:
         train: the policy's original bound ``train`` method.
         completed_steps: steps already completed (``grpo_save_state["total_steps"]`` after ``setup()``).
         logger: optional NeMo RL ``Logger`` (anything with ``log_metrics(metrics, step, prefix=...)``).
+        on_step_done: optional ``f(step)`` called once ``train`` has returned for that global step (the progress
+            record, ``progress.py``).
     """
 
-    def __init__(self, train: Callable[..., Any], completed_steps: int, logger: Any | None = None) -> None:
+    def __init__(
+        self,
+        train: Callable[..., Any],
+        completed_steps: int,
+        logger: Any | None = None,
+        on_step_done: Callable[[int], None] | None = None,
+    ) -> None:
         if isinstance(completed_steps, bool) or not isinstance(completed_steps, int) or completed_steps < 0:
             raise ValueError(f"completed_steps must be an integer >= 0, got {completed_steps!r}")
         self.wrapped = train
         self.completed_steps = completed_steps
         self.logger = logger
+        self.on_step_done = on_step_done
         self.history: list[tuple[int, float]] = []  # (step, p) of every call, for logs and tests
 
     def __call__(self, data: Any, loss_fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -51,6 +60,8 @@ class StepScheduledTrain:
                 self.logger.log_metrics({"p": p}, step, prefix="holder")
         result = self.wrapped(data, loss_fn, *args, **kwargs)
         self.completed_steps = step
+        if self.on_step_done is not None:
+            self.on_step_done(step)
         return result
 
 
@@ -65,11 +76,15 @@ def completed_steps_from_state(grpo_save_state: Mapping[str, Any] | None) -> int
 
 
 def install_step_schedule(
-    policy: Any, loss_fn: _SteppableLoss, grpo_save_state: Mapping[str, Any] | None, logger: Any | None = None
+    policy: Any,
+    loss_fn: _SteppableLoss,
+    grpo_save_state: Mapping[str, Any] | None,
+    logger: Any | None = None,
+    on_step_done: Callable[[int], None] | None = None,
 ) -> StepScheduledTrain:
     """Wrap ``policy.train`` (instance attribute, the class is untouched) and seed the loss with the next step."""
     completed = completed_steps_from_state(grpo_save_state)
-    wrapper = StepScheduledTrain(policy.train, completed, logger)
+    wrapper = StepScheduledTrain(policy.train, completed, logger, on_step_done)
     policy.train = wrapper
     loss_fn.set_step(completed + 1)
     return wrapper

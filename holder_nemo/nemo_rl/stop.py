@@ -10,6 +10,9 @@ been reached, stopping training early"). While ``grpo_train`` runs, ``patched_ti
 ``TimeoutChecker`` in ``nemo_rl.algorithms.grpo`` at a subclass whose ``check_save`` is also True when a stop was
 requested, or when the next step would end within ``margin`` seconds of the Slurm allocation's end (absolute clock,
 unlike ``checkpoint_must_save_by``, which counts from the start of ``grpo_train``).
+
+Outcome (``exit_code_after_training``): 75 after a stop with a checkpoint, 0 with ``COMPLETED`` when the loop ended
+by itself, or when the stop came during its final step (``final_step``), which is saved all the same.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from holder_nemo.config.errors import ConfigError
 
+EXIT_COMPLETED, EXIT_FAILED, EXIT_STOPPED = 0, 1, 75
 STOP_FILE_ENV = "HOLDERPO_STOP_FILE"
 SAVE_MARGIN_ENV = "HOLDERPO_SLURM_SAVE_MARGIN_S"
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -138,3 +142,40 @@ def slurm_deadline(env: Mapping[str, str] | None = None) -> float | None:
         print(f"holder_nemo: {SAVE_MARGIN_ENV} is set but no Slurm job end time was found", file=sys.stderr)
         return None
     return end - margin
+
+
+def final_step(config: Any, dataloader: Any, own_loop: bool) -> int:
+    """The global step at which the training loop ends by itself.
+
+    ``grpo.max_num_steps``; for ``grpo_train`` with one dataloader and no dynamic sampling, the end of the last of
+    ``grpo.max_num_epochs`` epochs when that comes first (NeMo RL's ``is_last_step``: each epoch is one step per
+    batch then). A component's own loop (``own_loop``) runs ``grpo.max_num_steps`` steps.
+    """
+    grpo, data = config.grpo, config.data
+    last = int(grpo["max_num_steps"])
+    if own_loop or not hasattr(dataloader, "__len__") or data.get("use_multiple_dataloader"):
+        return last
+    return last if grpo.get("use_dynamic_sampling") else min(last, int(grpo["max_num_epochs"]) * len(dataloader))
+
+
+def exit_code_after_training(stop_reason: str | None, checkpointing: dict[str, Any], *, finished: bool = False) -> int:
+    """0 (complete, ``COMPLETED`` written), 75 (stopped with a checkpoint) or 1 (stopped without one).
+
+    ``finished``: the loop trained its final step. A stop requested during it changes nothing that step does (NeMo
+    RL saves the final step anyway), so the run is complete, not stopped: exit 75 would pay one more attempt, with
+    its whole set-up, only to write ``COMPLETED``.
+    """
+    enabled = bool(checkpointing.get("enabled"))
+    if stop_reason is not None and finished:
+        print(f"holder_nemo: stop requested ({stop_reason}) during the final step: the run is complete", flush=True)
+    elif stop_reason is not None:
+        if not enabled:
+            print(f"holder_nemo: stopped ({stop_reason}) but checkpointing.enabled is false: nothing saved", flush=True)
+            return EXIT_FAILED
+        print(f"holder_nemo: checkpointed and stopped ({stop_reason}); exit {EXIT_STOPPED}", flush=True)
+        return EXIT_STOPPED
+    if enabled and checkpointing.get("checkpoint_dir"):
+        from holder_nemo.nemo_rl.resume import write_completed_marker
+
+        write_completed_marker(Path(checkpointing["checkpoint_dir"]))
+    return EXIT_COMPLETED

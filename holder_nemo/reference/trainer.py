@@ -22,6 +22,7 @@ import torch
 from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError
 from holder_nemo.core import Reduce
 from holder_nemo.nemo_rl import HolderPOLossFn
+from holder_nemo.nemo_rl.progress import ProgressRecorder
 from holder_nemo.nemo_rl.stop import StopRequest
 from holder_nemo.reference import checkpoint as ckpt
 from holder_nemo.reference.config import ReferenceConfig
@@ -73,6 +74,8 @@ class ReferenceRecipe:
         # code) is the NeMo RL entry point's, so the request object is shared too.
         self.stop = StopRequest.from_env()
         self.stop.install_signal_handlers(interrupt=True)  # Ctrl-C stops like SIGTERM: checkpoint, exit 75
+        self.progress = ProgressRecorder.from_env()  # $HOLDERPO_PROGRESS_FILE: the batch shell's hang watchdog
+        self.progress.start()
         if cfg.reference.num_threads:
             torch.set_num_threads(cfg.reference.num_threads)
         # Seed before building the model: a fresh run's weights come from grpo.seed; a resumed run overwrites both.
@@ -146,9 +149,11 @@ class ReferenceRecipe:
         show_bar = self.cfg.logger.progress_bar and sys.stderr.isatty()
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not show_bar, unit="step")
         last_line = -float("inf")
+        self.progress.training_started()
         while self.step < self.max_steps:
             metrics = self._train_step(self.step + 1)
             self.step += 1
+            self.progress.completed("step", self.step)
             self.metrics_log.write(metrics)
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", p=f"{metrics['holder_p']:+.2f}")
@@ -293,6 +298,7 @@ class ReferenceRecipe:
             keep_last_k=self.cfg.checkpointing.keep_last_k,
         )
         self.last_saved_step = self.step
+        self.progress.completed("checkpoint", self.step)
 
     def _finish(self) -> None:
         records = self.metrics_log.read()

@@ -18,10 +18,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from kill_points import Kill
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -186,6 +187,8 @@ class DriverRun:
     log: str
     run_dir: Path
     log_dir: Path | None
+    events: list[dict] = field(default_factory=list)  # this launch's trace points (kill_points), in order
+    seconds: float = 0.0
 
     def tensorboard(self, tag: str) -> dict[int, float]:
         """{step: value} of a scalar NeMo RL logged (``train/...``, ``holder/p``) in this launch's log directory
@@ -203,6 +206,38 @@ class DriverRun:
         return values
 
 
+def _read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def _kill_when_due(proc: subprocess.Popen, kill: Kill, events_path: Path, started: float, timeout: float) -> None:
+    """Watch the launch's event log; SIGKILL the driver process when ``kill`` says (unless it ended first)."""
+    due: float | None = started + kill.after_s if kill.after_s is not None else None
+    offset, seen = 0, 0
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now - started > timeout:
+            return  # the caller's wait fails the test
+        if due is None and events_path.exists():
+            with open(events_path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            offset += len(complete)
+            mine = [e for e in map(json.loads, complete.decode().splitlines()) if e["pid"] == proc.pid]
+            seen += len(mine)
+            if kill.at is not None and any(e.get("held") for e in mine):
+                due = now
+            elif kill.after_events is not None and seen >= kill.after_events:
+                due = now + kill.delay
+        if due is not None and now >= due:
+            os.kill(proc.pid, signal.SIGKILL)
+            return
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def run_driver(ray_cluster, hub_cache, maths_data):
     """``run_driver(run_dir, recipe, *overrides, signal_at_step=k, env={...})`` -> DriverRun.
@@ -211,8 +246,12 @@ def run_driver(ray_cluster, hub_cache, maths_data):
     that decides what is trained is the recipe's own.
     """
 
-    def run(run_dir: Path, recipe: str, *overrides: str, signal_at_step: int = 0, env=None, timeout=900, data=None):
+    def run(
+        run_dir: Path, recipe: str, *overrides: str, signal_at_step: int = 0, env=None, timeout=900, data=None,
+        kill: Kill | None = None,
+    ):  # fmt: skip
         run_dir.mkdir(parents=True, exist_ok=True)
+        events_path = run_dir / "events.jsonl"
         trace_path = run_dir / f"trace-{time.monotonic_ns()}.json"
         data = data or maths_data
         argv = [
@@ -234,18 +273,32 @@ def run_driver(ray_cluster, hub_cache, maths_data):
             "TORCH_CUDA_ARCH_LIST": "9.0",  # set in the NGC image; NeMo RL's Megatron path requires it
             "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
             "HOLDERPO_TEST_SIGNAL_AT_STEP": str(signal_at_step),
+            "HOLDERPO_TEST_EVENTS": str(events_path),
+            "HOLDERPO_TEST_KILL_AT": json.dumps(kill.at) if kill is not None and kill.at else "",
             **(env or {}),
         }
         before = set((run_dir / "logs").glob("exp_*"))
-        proc = subprocess.Popen(
-            [sys.executable, str(HERE / "driver.py"), str(trace_path), "--", *argv],
-            env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=run_dir,
-        )  # fmt: skip
+        log_path = run_dir / f"{trace_path.stem}.log"
+        started = time.monotonic()
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, str(HERE / "driver.py"), str(trace_path), "--", *argv],
+                env=child_env, stdout=log_file, stderr=subprocess.STDOUT, text=True, cwd=run_dir,
+            )  # fmt: skip
         ray_cluster["watch"].watch(proc.pid)
-        log, _ = proc.communicate(timeout=timeout)
-        (run_dir / f"{trace_path.stem}.log").write_text(log)
+        try:
+            if kill is not None:
+                _kill_when_due(proc, kill, events_path, started, timeout)
+            proc.wait(timeout=max(1.0, timeout - (time.monotonic() - started)))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        seconds = time.monotonic() - started
+        log = log_path.read_text()
         trace = json.loads(trace_path.read_text()) if trace_path.exists() else {}
         new_logs = sorted(set((run_dir / "logs").glob("exp_*")) - before)
-        return DriverRun(proc.returncode, trace, log, run_dir, new_logs[-1] if new_logs else None)
+        events = [e for e in _read_events(events_path) if e["pid"] == proc.pid]
+        return DriverRun(proc.returncode, trace, log, run_dir, new_logs[-1] if new_logs else None, events, seconds)
 
     return run

@@ -18,7 +18,9 @@ the ``weights_path`` / ``optimizer_path`` that ``grpo.setup`` resolved. vLLM's `
 chosen deterministically from the prompt, and its log-probs use the ``theta`` last refitted into it, so
 ``token_mult_prob_error`` is 1 exactly when refit really happened.
 
-Every call is appended to ``TRACE`` (written as JSON by the driver) for the tests to assert on.
+Every call is appended to ``TRACE`` (written as JSON by the driver) for the tests to assert on, and the moments
+a ``kill -9`` test aims at (each global batch of a step, each generation, each stage of a save) are trace points
+(``kill_points.event``: a durable log, and the place where the driver is held for its SIGKILL).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import kill_points
 import ray
 import torch
 from nemo_rl.distributed.batched_data_dict import BatchedDataDict
@@ -44,6 +47,21 @@ STATE: dict[str, Any] = {"theta": torch.zeros(K, dtype=torch.float64), "optimize
 # Set by the driver: stop (SIGUSR1 to this process) while training this global step, as a Slurm signal would.
 SIGNAL_AT_STEP = int(os.environ.get("HOLDERPO_TEST_SIGNAL_AT_STEP", "0") or 0)
 CRASH_AT_SAVE = os.environ.get("HOLDERPO_TEST_CRASH_AT_SAVE") == "1"
+# What the generation serves: "validation" while NeMo RL's validate runs (set by driver.py), else "train".
+PHASE = {"name": "train"}
+
+
+def values_digest(*tensors: torch.Tensor) -> str:
+    """A short hash of tensors' values: which prompts a step or a validation saw (the data position)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_step(weights_path: str) -> int:
+    """N of ``.../tmp_step_N/policy/weights``."""
+    return int(re.search(r"step_(\d+)", weights_path).group(1))
 
 
 def base_logprob(ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -145,6 +163,8 @@ class FakeActor:
             raise RuntimeError("stand-in worker: checkpoint write failed (HOLDERPO_TEST_CRASH_AT_SAVE)")
         if self.rank != 0:
             return None
+        step = checkpoint_step(weights_path)
+        kill_points.event("save_begin", step=step)
         TRACE["save_checkpoint"].append(
             {"weights_path": weights_path, "optimizer_path": optimizer_path, "kwargs": sorted(kwargs)}
         )
@@ -155,16 +175,19 @@ class FakeActor:
             (weights / "iter_0000000").mkdir(parents=True, exist_ok=True)
             common = {"model": model, **({"optimizer": optimizer} if optimizer_path else {})}
             torch.save(common, weights / "iter_0000000" / "common.pt")
+            kill_points.event("save_weights_written", step=step)  # Megatron writes its tracker file last
             (weights / "latest_checkpointed_iteration.txt").write_text("0")
         else:  # DTensor: weights and optimizer directories
             (weights / "model").mkdir(parents=True, exist_ok=True)
             torch.save(model, weights / "model" / "shard_0.pt")
+            kill_points.event("save_weights_written", step=step)
             if optimizer_path:
                 Path(optimizer_path).mkdir(parents=True, exist_ok=True)
                 torch.save(optimizer, Path(optimizer_path) / "optim_0.pt")
         tokenizer_path = kwargs.get("tokenizer_path")
         if tokenizer_path:
             Path(tokenizer_path).mkdir(parents=True, exist_ok=True)
+        kill_points.event("save_end", step=step)
         return None
 
     def load_from_checkpoint(self) -> None:
@@ -174,6 +197,7 @@ class FakeActor:
         entry["optimizer_path"] = optimizer and str(optimizer)
         TRACE["policy_init"].append(entry)
         if not weights:
+            kill_points.event("policy_init", **entry)
             return
         weights = Path(weights)
         if "Megatron" in self.fqn:
@@ -187,6 +211,7 @@ class FakeActor:
                     "optimizer_steps"
                 ]
         entry.update(theta=STATE["theta"].tolist(), optimizer_steps=STATE["optimizer_steps"])
+        kill_points.event("policy_init", **entry)
 
     # --------------------------------------------------------------------------------------------------- vLLM
     def do_update_weights_via_ipc_zmq(self, *args: Any, **kwargs: Any) -> bool:
@@ -229,6 +254,8 @@ class FakeActor:
             logprobs[i, : int(lengths[i])] = 0.0
             logprobs[i, int(lengths[i]) + len(responses[i]) :] = 0.0
         TRACE["generate"].append({"rows": len(responses), "temperature": self.cfg["temperature"], "greedy": greedy})
+        prompts, outputs = values_digest(input_ids, lengths), values_digest(output_ids)
+        kill_points.event("generate", phase=PHASE["name"], rank=self.rank, prompts=prompts, responses=outputs)
         return BatchedDataDict(
             {
                 "output_ids": output_ids,
@@ -291,6 +318,7 @@ def train_all_ranks(
     step = getattr(loss_fn, "step", None)
     if SIGNAL_AT_STEP and step == SIGNAL_AT_STEP:
         os.kill(os.getpid(), signal.SIGUSR1)  # as `scancel --signal=USR1` would, while this step trains
+    kill_points.event("train_begin", step=step, data=values_digest(*(s["input_ids"] for s in shards)))
     for g in range(n_batches):
         batches = [s.get_batch(batch_idx=g, batch_size=local_gbs) for s in shards]
         seqs = torch.tensor(sum(float(b["sample_mask"].sum()) for b in batches))
@@ -319,6 +347,7 @@ def train_all_ranks(
             STATE["theta"] = (STATE["theta"] - LR * grad).detach()
             STATE["optimizer_steps"] += 1
         losses.append(batch_loss)
+        kill_points.event("train_batch", step=step, batch=g + 1, of=n_batches)
     TRACE["train"].append(
         {
             "step": step,
@@ -328,6 +357,7 @@ def train_all_ranks(
             "losses": losses,
         }
     )
+    kill_points.event("train_end", **TRACE["train"][-1])
     results = []
     for rank in range(dp):
         mb_metrics: dict[str, list] = {}

@@ -32,6 +32,15 @@ MATHS_RECIPES = [
     "holderpo_qwen2.5-32b-4n8g.yaml",
 ]
 EXIT_STOPPED, EXIT_BAD_CONFIG = 75, 2
+# Size-only overrides for tests about the stop contract rather than a recipe: 4 prompts x 4 generations per step in
+# two optimizer updates of 8, validation on 8 prompts.
+SMALL_STEPS = (
+    "grpo.num_prompts_per_step=4",
+    "grpo.num_generations_per_prompt=4",
+    "policy.train_global_batch_size=8",
+    "grpo.max_val_samples=8",
+    "grpo.val_batch_size=8",
+)
 
 
 def schedule_of(run) -> PSchedule:
@@ -263,6 +272,26 @@ def test_completed_run_and_extending_it(run_driver, tmp_path):
     extended = run_driver(tmp_path, recipe, "grpo.max_num_steps=3", "--accept-config-change")
     assert_ok(extended, 0)
     assert [t["step"] for t in extended.trace["train"]] == [3]
+
+
+def test_a_stop_during_the_final_step_completes_the_run(run_driver, tmp_path):
+    """Issue 21, defect 5: a SIGUSR1 during the last step (2 of 2). NeMo RL saves step_2 (it would anyway) and
+    returns; the run is complete: exit 0 with COMPLETED, not 75 and one more attempt (Ray, model load, vLLM) only to
+    write it. The progress record the batch shell's watchdog reads is written by the hooks on NeMo RL's grpo_train."""
+    progress = tmp_path / "progress.json"
+    run = run_driver(tmp_path, "holderpo_qwen2.5-math-1.5b.yaml", "grpo.max_num_steps=2", *SMALL_STEPS,
+                     signal_at_step=2, env={"HOLDERPO_PROGRESS_FILE": str(progress)})  # fmt: skip
+    assert_ok(run, 0)
+    assert "SIGUSR1 received" in run.log and "during the final step: the run is complete" in run.log
+    assert (tmp_path / "ckpt" / "COMPLETED").is_file()
+    assert nemo_rl_checkpoint(run, 2)["total_steps"] == 2
+    assert [t["step"] for t in run.trace["train"]] == [1, 2] and len(run.trace["save_checkpoint"]) == 1
+    record = json.loads(progress.read_text())
+    # Two steps; validation at the end (val_at_end); the final checkpoint renamed last.
+    assert record["counts"] == {"step": 2, "validation": 1, "checkpoint": 1}
+    assert record["last"]["kind"] == "checkpoint" and record["last"]["step"] == 2
+    assert record["training_started"] >= record["started"] and record["first_step_s"] > 0
+    assert record["timeout_s"] >= record["longest_gap_s"] > 0
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_to_resume_from(run_driver, tmp_path):

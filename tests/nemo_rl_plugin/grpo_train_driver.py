@@ -6,6 +6,8 @@ generation backend, the environment, the logger, the checkpointer and the memory
 ``MagicMock``s and the rollout is patched, because the real ones need GPUs, vLLM and Ray. The policy's ``train``
 ships the loss object through cloudpickle, as Ray does, and records the p the "worker" sees. Prints one JSON line.
 
+Then a fresh run stopped during its final step, which must complete (exit 0, ``COMPLETED``), not exit 75.
+
 Usage: python grpo_train_driver.py STOP_FILE
 """
 
@@ -30,8 +32,7 @@ from nemo_rl.models.generation.megatron import MegatronGeneration
 from ray import cloudpickle
 
 from holder_nemo.nemo_rl import HolderPOLossFn, install_step_schedule
-from holder_nemo.nemo_rl.run_grpo import exit_code_after_training
-from holder_nemo.nemo_rl.stop import StopRequest, patched_timeout_checker
+from holder_nemo.nemo_rl.stop import StopRequest, exit_code_after_training, final_step, patched_timeout_checker
 
 MAX_STEPS = 6
 
@@ -138,7 +139,7 @@ def one_job(stop_file: Path, save_state: dict, stop_after_step: int | None) -> d
     tokenizer.pad_token_id = 0
 
     loss_fn = HolderPOLossFn(cfg.loss_fn)
-    install_step_schedule(policy, loss_fn, save_state, logger)
+    schedule = install_step_schedule(policy, loss_fn, save_state, logger)
     stop = StopRequest(stop_file=stop_file)
     rollout = (batch(), {"mean_gen_tokens_per_sample": 2.0, "max_gen_tokens": 2, "min_gen_tokens": 2})
     seq_err = dict.fromkeys(
@@ -163,7 +164,8 @@ def one_job(stop_file: Path, save_state: dict, stop_after_step: int | None) -> d
         for call in logger.log_metrics.call_args_list
         if call.kwargs.get("prefix") == "holder"
     ]
-    code = exit_code_after_training(stop.fired, cfg.checkpointing)
+    finished = schedule.completed_steps >= final_step(cfg, loader, own_loop=False)  # as run_grpo.main
+    code = exit_code_after_training(stop.fired, cfg.checkpointing, finished=finished)
     return {"seen": seen, "saves": saves, "fired": stop.fired, "exit": code, "logged": holder_p_logged,
             "state": dict(save_state)}  # fmt: skip
 
@@ -175,7 +177,11 @@ def main() -> None:
     # the requeued job resumes from what the checkpoint recorded (grpo_train filled save_state before saving)
     second = one_job(stop_file, dict(first["state"]), stop_after_step=None)
     completed = (stop_file.parent / "ckpt" / "COMPLETED").exists()
-    print(json.dumps({"first": first, "second": second, "completed": completed}))
+    # Another run, stopped during its final step: grpo_train saves that step (it would anyway) and returns.
+    (stop_file.parent / "ckpt" / "COMPLETED").unlink()
+    final = one_job(stop_file, grpo._default_grpo_save_state(), stop_after_step=MAX_STEPS)
+    final["completed"] = (stop_file.parent / "ckpt" / "COMPLETED").exists()
+    print(json.dumps({"first": first, "second": second, "completed": completed, "stopped_at_final_step": final}))
 
 
 if __name__ == "__main__":

@@ -213,7 +213,8 @@ def test_entry_point_rejects_bad_loss_key_before_ray():
 
 def test_real_grpo_train_stops_checkpoints_and_resumes_with_exact_p(tmp_path):
     """NeMo RL's own grpo_train loop (GPU pieces stood in, see grpo_train_driver.py): a stop file appearing during
-    step 3 -> checkpoint at step 3 and exit 75; the requeued job resumes at step 4 with p(4) and finishes with 0."""
+    step 3 -> checkpoint at step 3 and exit 75; the requeued job resumes at step 4 with p(4) and finishes with 0.
+    A stop during the final step completes the run (exit 0, COMPLETED), not exit 75 and one more attempt."""
     result = _run([sys.executable, str(Path(__file__).with_name("grpo_train_driver.py")), str(tmp_path / "STOP")])
     assert result.returncode == 0, result.stderr[-4000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -225,6 +226,9 @@ def test_real_grpo_train_stops_checkpoints_and_resumes_with_exact_p(tmp_path):
     assert second["seen"] == [[k, expected[k]] for k in (4, 5, 6)] == second["logged"]
     assert second["saves"] == [6] and second["fired"] is None and second["exit"] == 0
     assert out["completed"]
+    final = out["stopped_at_final_step"]
+    assert final["saves"] == [6] and final["fired"].startswith("stop file")
+    assert final["exit"] == 0 and final["completed"]
 
 
 DRY_RUN_ALL = textwrap.dedent(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from holder_nemo.nemo_rl import master_config, run_grpo
+from holder_nemo.nemo_rl import stop as stop_module
 from holder_nemo.nemo_rl.slurm_time import (
     checkpoint_must_save_by,
     format_duration,
@@ -125,10 +126,10 @@ def test_slurm_deadline_env():
 
 def test_exit_codes_and_completed_marker(tmp_path):
     ckpt = {"enabled": True, "checkpoint_dir": str(tmp_path / "ckpt")}
-    assert run_grpo.exit_code_after_training("SIGTERM", ckpt) == 75
+    assert stop_module.exit_code_after_training("SIGTERM", ckpt) == 75
     assert not (tmp_path / "ckpt" / "COMPLETED").exists()
-    assert run_grpo.exit_code_after_training("SIGTERM", {"enabled": False}) == 1
-    assert run_grpo.exit_code_after_training(None, ckpt) == 0
+    assert stop_module.exit_code_after_training("SIGTERM", {"enabled": False}) == 1
+    assert stop_module.exit_code_after_training(None, ckpt) == 0
     assert (tmp_path / "ckpt" / "COMPLETED").exists()
 
 
@@ -167,6 +168,70 @@ def test_a_bug_is_a_traceback_not_a_bad_config(monkeypatch, entry_point_past_the
     monkeypatch.setattr(run_grpo, "prepare", prepare)
     with pytest.raises(TypeError, match="a bug"):
         run_grpo.main(["--config", "r.yaml"])
+
+
+def test_a_stop_during_the_final_step_completes_the_run(tmp_path, capsys):
+    """Defect 5 of issue 21: the final step is saved anyway; a stop then means complete, not one more attempt."""
+    ckpt = {"enabled": True, "checkpoint_dir": str(tmp_path / "ckpt")}
+    assert stop_module.exit_code_after_training("SIGUSR1", ckpt, finished=True) == 0
+    assert (tmp_path / "ckpt" / "COMPLETED").exists()
+    assert "stop requested (SIGUSR1) during the final step: the run is complete" in capsys.readouterr().out
+    assert stop_module.exit_code_after_training("SIGUSR1", {"enabled": False}, finished=True) == 0
+
+
+def test_final_step_is_the_loops_own_end():
+    def config(**grpo):
+        base = {"max_num_steps": 500, "max_num_epochs": 20, "use_dynamic_sampling": False}
+        return types.SimpleNamespace(grpo={**base, **grpo}, data={"use_multiple_dataloader": False})
+
+    assert stop_module.final_step(config(), dataloader=range(66), own_loop=False) == 500
+    assert stop_module.final_step(config(max_num_epochs=2), dataloader=range(66), own_loop=False) == 132  # epochs first
+    assert stop_module.final_step(config(max_num_epochs=2), dataloader=range(66), own_loop=True) == 500  # its own loop
+    # Dynamic sampling may use several batches per step: the epochs bound no step count, max_num_steps does.
+    assert stop_module.final_step(config(max_num_epochs=2, use_dynamic_sampling=True), range(66), own_loop=False) == 500
+    assert stop_module.final_step(config(max_num_epochs=2), dataloader=None, own_loop=False) == 500
+
+
+def test_a_final_checkpoint_without_its_marker_is_a_complete_run(tmp_path, capsys):
+    """A driver killed between the final save and COMPLETED: the next one writes the marker without a set-up."""
+    from holder_nemo.nemo_rl.resume import run_complete
+
+    ckpt = {"enabled": True, "checkpoint_dir": str(tmp_path / "ckpt")}
+    assert not run_complete(ckpt, 6)  # no checkpoint yet
+    (tmp_path / "ckpt" / "step_4").mkdir(parents=True)
+    assert not run_complete(ckpt, 6) and not (tmp_path / "ckpt" / "COMPLETED").exists()
+    (tmp_path / "ckpt" / "step_6").mkdir()
+    assert not run_complete({**ckpt, "enabled": False}, 6)
+    assert run_complete(ckpt, 6) and (tmp_path / "ckpt" / "COMPLETED").is_file()
+    assert "step_6 is the final step" in capsys.readouterr().out
+    assert run_complete(ckpt, 6) and not run_complete({"enabled": True, "checkpoint_dir": None}, 6)
+
+
+def test_tidy_removes_what_a_killed_save_or_retention_left(tmp_path):
+    """What NeMo RL v0.7.0's CheckpointManager leaves when its process is killed, and what must stay."""
+    from holder_nemo.nemo_rl.resume import latest_complete_step, tidy_checkpoint_dir
+
+    ckpt = tmp_path / "ckpt"
+
+    def checkpoint(name, info=True):
+        (ckpt / name / "policy" / "weights").mkdir(parents=True)
+        if info:
+            (ckpt / name / "training_info.json").write_text('{"total_steps": 1}')
+
+    checkpoint("step_4")  # complete, the newest
+    checkpoint("step_2", info=False)  # retention's rmtree cut short after training_info.json went
+    checkpoint("step_3")  # complete, older (kept: retention is NeMo RL's to apply, with its keep_top_k)
+    checkpoint("tmp_step_5")  # a save that never reached the rename
+    checkpoint("tmp_step_3", info=False)
+    (ckpt / "holderpo_recipe.json").write_text("{}")
+    removed = tidy_checkpoint_dir(ckpt)
+    assert sorted(p.name for p in removed) == ["step_2", "tmp_step_3", "tmp_step_5"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["holderpo_recipe.json", "step_3", "step_4"]
+    assert latest_complete_step(ckpt) == 4
+    # The newest step_N is never removed, whatever it holds (NeMo RL resumes from it and reports its own error).
+    checkpoint("step_6", info=False)
+    assert tidy_checkpoint_dir(ckpt) == [] and latest_complete_step(ckpt) == 6
+    assert tidy_checkpoint_dir(tmp_path / "missing") == []
 
 
 @pytest.mark.parametrize(

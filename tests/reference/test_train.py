@@ -158,3 +158,14 @@ def test_a_configured_logger_that_cannot_run_is_named_once(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert err.count("logger.tensorboard_enabled is true but the tensorboard package is not installed") == 1, err
     assert not (tmp_path / "tb").exists() and len(read_metrics(tmp_path)) == 2
+
+
+def test_progress_record_for_the_hang_watchdog(tmp_path, monkeypatch):
+    """`holderpo train` keeps the progress record the Slurm entry's watchdog reads (holder_nemo.nemo_rl.progress)."""
+    progress = tmp_path / "progress.json"
+    monkeypatch.setenv("HOLDERPO_PROGRESS_FILE", str(progress))
+    assert main([str(SMOKE), *tiny(4, tmp_path / "run", "checkpointing.save_period=2")]) == EXIT_COMPLETED
+    record = json.loads(progress.read_text())
+    assert record["counts"] == {"step": 4, "validation": 0, "checkpoint": 2}  # saves at step 2 and the last
+    assert record["last"]["kind"] == "checkpoint" and record["last"]["step"] == 4
+    assert record["timeout_s"] >= 1800
