@@ -32,7 +32,7 @@ grpo:
 
 # The NeMo RL plugin's loss section (holder_nemo.nemo_rl.HolderPOLossFn validates it).
 loss_fn:
-  ratio_clip_min: 0.2
+  ratio_clip_min: 0.2                   # the paper's sequence clip (docs/recipes.md, "Clip epsilon")
   ratio_clip_max: 0.2
   # no KL term, as in the paper's maths runs
   reference_policy_kl_penalty: 0.0
