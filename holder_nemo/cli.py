@@ -14,7 +14,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("holder_nemo.reference.train", "CPU-capable reference GRPO run with annealed-p HölderPO"),
     "plot": ("holder_nemo.reference.plotting", "redraw the training figure of a run directory"),
     "schedule": ("holder_nemo.reference.schedule_cli", "print and plot p over a recipe's run"),
-    "compare": ("holder_nemo.reference.compare", "GRPO vs GSPO vs annealed HölderPO on one seed and task"),
     "study": ("holder_nemo.study.cli", "multi-seed study of p schedules vs GRPO/GSPO/GMPO with 95 % CIs"),
     "convert-smollm2": (
         "holder_nemo.reference.smollm2",

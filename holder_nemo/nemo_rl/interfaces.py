@@ -29,15 +29,12 @@ class MirrorLossInputType(enum.Enum):
 
 
 def _nemo_rl_enum(name: str) -> Any | None:
-    """``nemo_rl``'s enum class, or None when nemo_rl (or, before v0.6, the ``loss`` package) is absent."""
+    """``nemo_rl``'s enum class, or None when nemo_rl is absent."""
     try:
-        from nemo_rl.algorithms.loss import interfaces  # v0.6+
+        from nemo_rl.algorithms.loss import interfaces  # v0.6+ (older versions are refused by the version gate)
     except ImportError:
-        try:
-            from nemo_rl.algorithms import interfaces  # v0.4 / v0.5: LossType only
-        except ImportError:
-            return None
-    return getattr(interfaces, name, None)
+        return None
+    return getattr(interfaces, name)
 
 
 def loss_type(name: str) -> enum.Enum:

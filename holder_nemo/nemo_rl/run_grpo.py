@@ -187,13 +187,25 @@ def setup(prepared: Prepared, progress: Any) -> Session:
     )
     data = prepared.datasets or setup_response_data(tokenizer, config.data, config.env)
     dataset, val_dataset, task_to_env, val_task_to_env = data
-    # grpo.setup returns (policy, generation, gym, clusters, dataloader, val_dataloader, ClippedPGLossFn, logger,
-    # checkpointer, save state, master config, teachers, aliases); the loss it built is replaced by ours.
-    setup_out = grpo.setup(config, tokenizer, dataset, val_dataset)
-    policy, generation, dataloader, val_dataloader = setup_out[0], setup_out[1], setup_out[4], setup_out[5]
-    logger, checkpointer, state, master_config = setup_out[7:11]
+    # Every value grpo.setup returns, named as in NeMo RL's examples/run_grpo.py; the loss it built (ClippedPGLossFn)
+    # is replaced by ours, and this entry point runs no NeMo Gym, distillation teachers or async GRPO.
+    (
+        policy,
+        policy_generation,
+        _nemo_gym,
+        _clusters,
+        dataloader,
+        val_dataloader,
+        _clipped_pg_loss_fn,
+        logger,
+        checkpointer,
+        grpo_state,
+        master_config,
+        _teacher_worker_groups,
+        _alias_to_group_alias,
+    ) = grpo.setup(config, tokenizer, dataset, val_dataset)
     schedule = install_step_schedule(
-        policy, loss_fn, state, logger, on_step_done=lambda step: progress.completed("step", step)
+        policy, loss_fn, grpo_state, logger, on_step_done=lambda step: progress.completed("step", step)
     )
     recording_checkpoints(checkpointer, progress)
     print(
@@ -201,8 +213,8 @@ def setup(prepared: Prepared, progress: Any) -> Session:
         f"(next p = {loss_fn.p:.6g})",
         flush=True,
     )
-    return Session(policy, generation, tokenizer, loss_fn, dataset, val_dataset, dataloader, val_dataloader,
-                   task_to_env, val_task_to_env, logger, checkpointer, state, master_config, schedule,
+    return Session(policy, policy_generation, tokenizer, loss_fn, dataset, val_dataset, dataloader, val_dataloader,
+                   task_to_env, val_task_to_env, logger, checkpointer, grpo_state, master_config, schedule,
                    progress)  # fmt: skip
 
 

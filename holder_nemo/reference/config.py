@@ -7,7 +7,8 @@ schema (``holder_nemo.nemo_rl.config.HolderPOLossConfig``), declared once for bo
 
 Entry points for other tools (e.g. ``holderpo recipe check``): ``is_reference_recipe(cfg)``,
 ``validate_reference_config(cfg) -> ReferenceConfig`` (raises ``ConfigError``, one problem per key) and
-``missing_paths(config)`` (local files the recipe names that do not exist).
+``missing_paths(config)`` (local files the recipe names that do not exist); ``default_recipe_path()`` (the recipe of
+``holderpo train`` without arguments).
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 
 from holder_nemo.config.errors import ConfigError, problems_from_pydantic
 from holder_nemo.nemo_rl.config import MEAN_REWARD_KNOWN, HolderPOLossConfig, required_in_recipes
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+DEFAULT_RECIPE = "smoke_cpu.yaml"
+
+
+def default_recipe_path() -> Path:
+    """``recipes/smoke_cpu.yaml`` of the source tree (checkouts, editable installs), else the copy a wheel carries as
+    package data (``holder_nemo/recipes/``, mapped from the top-level ``recipes/`` by setup.py)."""
+    source_tree = _PACKAGE.parent / "recipes" / DEFAULT_RECIPE
+    return source_tree if source_tree.is_file() else _PACKAGE / "recipes" / DEFAULT_RECIPE
 
 
 class _Section(BaseModel):

@@ -27,14 +27,18 @@ from holder_nemo.config import ConfigError, load_recipe, print_problems
 from holder_nemo.config.errors import make_run_dir
 from holder_nemo.config.resume_guard import ACCEPT_FLAG, CHANGE_LOG, check_resume_config, record_accepted_changes
 from holder_nemo.reference import checkpoint as ckpt
-from holder_nemo.reference.config import ReferenceConfig, is_reference_recipe, missing_paths, validate_reference_config
-from holder_nemo.reference.default_recipe import default_recipe_path
-from holder_nemo.reference.metrics_log import summarize
+from holder_nemo.reference.config import (
+    ReferenceConfig,
+    default_recipe_path,
+    is_reference_recipe,
+    missing_paths,
+    validate_reference_config,
+)
 from holder_nemo.reference.trainer import COMPLETED_FILE, EXIT_BAD_CONFIG, EXIT_COMPLETED, EXIT_STOPPED, ReferenceRecipe
 
 # Keys a resumed run may change freely (they do not change what is trained): logging, checkpoint cadence/retention.
 OPERATIONAL_KEYS = ("logger", "checkpointing.save_period", "checkpointing.keep_last_k")
-__all__ = ["EXIT_BAD_CONFIG", "EXIT_COMPLETED", "EXIT_STOPPED", "ReferenceRecipe", "default_recipe_path", "summarize"]
+__all__ = ["EXIT_BAD_CONFIG", "EXIT_COMPLETED", "EXIT_STOPPED", "ReferenceRecipe"]
 PROG = "holderpo train"
 EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once, without a checkpoint (the shell's code for SIGINT)
 

@@ -9,14 +9,18 @@ Outputs in the study directory:
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from holder_nemo.study.spec import ARMS, BASELINE_ARM
+from holder_nemo.reference.metrics_log import read_metrics
+from holder_nemo.study.runner import RunSpec, run_cpu_seconds
+from holder_nemo.study.spec import ARMS, BASELINE_ARM, TASKS
 from holder_nemo.study.stats import (
-    Interval,
+    excludes_zero,
     final_reward,
     mean_interval,
     paired_differences,
@@ -26,18 +30,17 @@ from holder_nemo.study.stats import (
 )
 
 JSON_FILE, MARKDOWN_FILE, FIGURE_FILE = "study.json", "study.md", "study.png"
-LEVEL = 0.95
 
-# (metrics.jsonl key, name in the report): means over a run's steps, then intervals over seeds
+# (metrics.jsonl key, name in study.json, column in study.md, digits): means over a run's steps, then over seeds
 DIAGNOSTICS = (
-    ("holder_p", "p"),
-    ("holder/jensen_gap", "jensen_gap"),
-    ("holder/effective_tokens", "effective_tokens"),
-    ("response_length_mean", "response_tokens"),
-    ("holder/seq_clip_frac_low", "seq_clip_low"),
-    ("holder/seq_clip_frac_high", "seq_clip_high"),
-    ("holder/token_clip_frac", "token_clip"),
-    ("holder/kl_to_old", "kl_to_old"),
+    ("holder_p", "p", "p", 2),
+    ("holder/jensen_gap", "jensen_gap", "Jensen gap", 5),
+    ("holder/effective_tokens", "effective_tokens", "effective tokens", 2),
+    ("response_length_mean", "response_tokens", "response tokens", 2),
+    ("holder/seq_clip_frac_low", "seq_clip_low", "seq clip low", 4),
+    ("holder/seq_clip_frac_high", "seq_clip_high", "seq clip high", 4),
+    ("holder/token_clip_frac", "token_clip", "token clip", 4),
+    ("holder/kl_to_old", "kl_to_old", "KL(old‖new)", 5),
 )
 
 
@@ -57,25 +60,21 @@ def run_summary(records: list[dict[str, Any]], threshold: float) -> dict[str, An
         "steps_to_threshold": step,
         "reached_threshold": reached,
     }
-    for key, name in DIAGNOSTICS:
+    for key, name, _, _ in DIAGNOSTICS:
         values = [r[key] for r in records if isinstance(r.get(key), int | float)]
         out[name] = float(np.mean(values)) if values else float("nan")
     return out
-
-
-def _interval(values: list[float]) -> dict[str, float]:
-    return mean_interval(values, LEVEL).to_dict()
 
 
 def arm_results(per_seed: dict[int, dict[str, Any]], baseline: dict[int, dict[str, Any]] | None) -> dict[str, Any]:
     """Intervals over seeds of one arm's run summaries, and its paired differences against the baseline arm."""
     seeds = sorted(per_seed)
     out: dict[str, Any] = {"seeds": seeds, "n_reached_threshold": sum(per_seed[s]["reached_threshold"] for s in seeds)}
-    for metric in ("final_reward", "auc", "steps_to_threshold", *(name for _, name in DIAGNOSTICS)):
-        out[metric] = _interval([per_seed[s][metric] for s in seeds])
+    for metric in ("final_reward", "auc", "steps_to_threshold", *(name for _, name, _, _ in DIAGNOSTICS)):
+        out[metric] = mean_interval([per_seed[s][metric] for s in seeds])
     if baseline is not None:
         out["vs_grpo"] = {
-            metric: _interval(
+            metric: mean_interval(
                 paired_differences(
                     {s: v[metric] for s, v in per_seed.items()}, {s: v[metric] for s, v in baseline.items()}
                 )
@@ -92,11 +91,11 @@ def curves(records_by_seed: dict[int, list[dict[str, Any]]], window: int) -> dic
         [trailing_mean([r["reward_mean"] for r in recs[:steps]], window) for recs in records_by_seed.values()]
     )
     ps = np.array([[r["holder_p"] for r in recs[:steps]] for recs in records_by_seed.values()])
-    bands = [mean_interval(rewards[:, t], LEVEL) for t in range(steps)]
+    bands = [mean_interval(rewards[:, t]) for t in range(steps)]
     return {
         "step": list(range(1, steps + 1)),
-        "reward_mean": [b.mean for b in bands],
-        "reward_half_width": [0.0 if np.isnan(b.half_width) else b.half_width for b in bands],
+        "reward_mean": [b["mean"] for b in bands],
+        "reward_half_width": [0.0 if np.isnan(b["half_width"]) else b["half_width"] for b in bands],
         "p_mean": ps.mean(0).tolist(),
         "p_min": ps.min(0).tolist(),
         "p_max": ps.max(0).tolist(),
@@ -134,11 +133,7 @@ def _fmt(interval: dict[str, float], digits: int = 3, signed: bool = False) -> s
 def _marked(interval: dict[str, float], digits: int = 3) -> str:
     """A paired difference; bold when its 95 % interval excludes 0."""
     text = _fmt(interval, digits, signed=True)
-    return (
-        f"**{text}**"
-        if Interval(interval["mean"], interval["half_width"], int(interval["n"])).excludes_zero()
-        else text
-    )
+    return f"**{text}**" if excludes_zero(interval) else text
 
 
 def markdown(study: dict[str, Any]) -> str:
@@ -195,14 +190,11 @@ def _task_tables(task: str, t: dict[str, Any], arms: dict[str, Any]) -> list[str
         "exp(entropy of the token weights) against the response length; sequence- and token-clip fractions; "
         "KL(old ‖ new) per token.",
         "",
-        "| arm | p | Jensen gap | effective tokens | response tokens | seq clip low | seq clip high | token clip "
-        "| KL(old‖new) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| arm | " + " | ".join(column for _, _, column, _ in DIAGNOSTICS) + " |",
+        "|---" * (len(DIAGNOSTICS) + 1) + "|",
     ]
-    digits = {"p": 2, "jensen_gap": 5, "effective_tokens": 2, "response_tokens": 2, "seq_clip_low": 4,
-              "seq_clip_high": 4, "token_clip": 4, "kl_to_old": 5}  # fmt: skip
     for arm, r in arms.items():
-        lines.append(f"| {_label(arm)} | " + " | ".join(_fmt(r[k], d) for k, d in digits.items()) + " |")
+        lines.append(f"| {_label(arm)} | " + " | ".join(_fmt(r[name], d) for _, name, _, d in DIAGNOSTICS) + " |")
     return [*lines, ""]
 
 
@@ -221,9 +213,7 @@ def _arms_settings_and_time(study: dict[str, Any]) -> list[str]:
         "## Time",
         "",
         f"{timing['runs']} runs, {timing['cpu_s']:.0f} CPU-seconds in the runs "
-        f"({timing['cpu_s'] / 60:.1f} CPU-minutes), "
-        f"{timing['study_wall_s']:.0f} s of study wall time over {timing['invocations']} invocation(s) with "
-        f"{timing['jobs']} worker(s).",
+        f"({timing['cpu_s'] / 60:.1f} CPU-minutes) with {timing['jobs']} worker(s).",
         "",
         f"![study]({FIGURE_FILE})",
         "",
@@ -269,14 +259,41 @@ def plot(study_curves: dict[str, dict[str, Any]], labels: dict[str, str], out: P
     return out
 
 
-def write_report(out_dir: Path, study: dict[str, Any], study_curves: dict[str, dict[str, Any]]) -> list[Path]:
-    """study.json, study.md and study.png in ``out_dir``; returns their paths."""
+def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], jobs: int) -> list[Path]:
+    """Summarise every finished run of ``specs`` into study.json, study.md and study.png in ``out_dir``; returns
+    their paths. Unfinished runs are left out (and named); raises SystemExit when no run has finished."""
+    records: dict[str, dict[str, dict[int, list[dict[str, Any]]]]] = {}
+    finished = [spec for spec in specs if spec.completed()]
+    for spec in finished:
+        records.setdefault(spec.task, {}).setdefault(spec.arm, {})[spec.seed] = read_metrics(spec.run_dir)
+    missing = [spec.name for spec in specs if not spec.completed()]
+    if missing:
+        more = " ..." if len(missing) > 8 else ""
+        print(
+            f"holderpo study: report without {len(missing)} unfinished run(s): {', '.join(missing[:8])}{more}",
+            file=sys.stderr,
+        )
+    if not records:
+        raise SystemExit("holderpo study: no finished run to report on")
+    results, study_curves, per_run = build_results(records, {t: TASKS[t].threshold for t in records})
+    arms, tasks = dict.fromkeys(s.arm for s in specs), dict.fromkeys(s.task for s in specs)
+    study = {
+        "settings": settings,
+        "arms": {a: asdict(ARMS[a]) for a in arms},  # label, summary, overrides
+        "tasks": {t: asdict(TASKS[t]) for t in tasks},  # summary, overrides, threshold
+        "results": results,
+        "runs": {
+            t: {a: {str(s): v for s, v in seeds.items()} for a, seeds in by_arm.items()}
+            for t, by_arm in per_run.items()
+        },
+        "missing_runs": missing,
+        "timing": {"runs": len(finished), "cpu_s": sum(run_cpu_seconds(s.run_dir) for s in finished), "jobs": jobs},
+    }
     json_path, md_path = out_dir / JSON_FILE, out_dir / MARKDOWN_FILE
-    payload = {**study, "curves": study_curves}
     tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    tmp.write_text(json.dumps({**study, "curves": study_curves}, indent=1, allow_nan=True) + "\n")
     tmp.replace(json_path)
     md_path.write_text(markdown(study))
     labels = {arm: a["label"] for arm, a in study["arms"].items()}
-    fig = plot(study_curves, labels, out_dir / FIGURE_FILE, f"{study['settings']['seeds']} seeds per arm")
+    fig = plot(study_curves, labels, out_dir / FIGURE_FILE, f"{settings['seeds']} seeds per arm")
     return [json_path, md_path, fig]

@@ -96,7 +96,6 @@ def test_schedule_to_a_missing_directory_is_one_line(tmp_path, capsys):
     ("argv", "says"),
     [
         (["train", "missing.yaml"], "no such recipe file"),
-        (["compare", "missing.yaml", "--out-dir", "{tmp}/cmp"], "no such recipe file"),
         (["study", "missing.yaml", "--out-dir", "{tmp}/study"], "no such recipe file"),
         (["plot", "{tmp}"], "no metrics.jsonl records to plot"),
         (["schedule", str(SMOKE), "-o", "{tmp}/nodir/p.png"], "does not exist"),

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
 import pytest
-from reference_helpers import SMOKE
+from reference_helpers import REPO, SMOKE
 
 from holder_nemo.config import ConfigError, load_recipe
-from holder_nemo.reference.config import validate_reference_config
-from holder_nemo.reference.default_recipe import SMOKE_CPU_YAML, default_recipe_path
+from holder_nemo.reference.config import default_recipe_path, validate_reference_config
 from holder_nemo.reference.train import load_config, main
 
 
@@ -21,20 +26,27 @@ def test_smoke_recipe_validates_with_expected_defaults():
     assert rows // cfg.policy.train_global_batch_size >= 2  # several updates per step, so ratios leave 1
 
 
-def test_embedded_default_recipe_is_the_repo_file():
-    assert SMOKE.read_text() == SMOKE_CPU_YAML
+def test_default_recipe_is_the_source_trees_and_a_wheel_ships_it(tmp_path):
+    """A non-editable install has no source tree: the wheel carries recipes/smoke_cpu.yaml as package data, and
+    ``default_recipe_path`` finds it there (setup.py maps the top-level recipes/ into holder_nemo.recipes)."""
     assert default_recipe_path() == SMOKE
-
-
-def test_without_source_tree_the_embedded_recipe_is_used(tmp_path, monkeypatch):
-    """A non-editable install has no recipes/ directory next to the package."""
-    import holder_nemo.reference.default_recipe as default_recipe
-
-    monkeypatch.setattr(default_recipe, "repo_recipe_path", lambda: tmp_path / "absent.yaml")
-    path = default_recipe.default_recipe_path()
-    assert path != SMOKE and path.read_text() == SMOKE_CPU_YAML
-    cfg, _ = load_config(path, [])
-    assert cfg == load_config(SMOKE, [])[0]
+    source = tmp_path / "src"  # a copy, so the build leaves no build/ or egg-info in the repository
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "holder_nemo", source / "holder_nemo", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "recipes", source / "recipes")
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    subprocess.run([*build, str(source)], check=True, capture_output=True)
+    site = tmp_path / "site"
+    with zipfile.ZipFile(next(tmp_path.glob("holder_nemo-*.whl"))) as wheel:
+        wheel.extractall(site)
+    assert (site / "holder_nemo" / "recipes" / "smoke_cpu.yaml").read_text() == SMOKE.read_text()
+    assert not (site / "recipes").exists()  # nothing at the top level of site-packages
+    probe = "from holder_nemo.reference.config import default_recipe_path; print(default_recipe_path())"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.stdout.strip() == str(site / "holder_nemo" / "recipes" / "smoke_cpu.yaml"), out.stderr
 
 
 @pytest.mark.parametrize(

@@ -2,58 +2,67 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 
 from holder_nemo.study.stats import (
-    Interval,
+    excludes_zero,
     final_reward,
     mean_interval,
     paired_differences,
     reward_auc,
     steps_to_threshold,
-    t_quantile,
+    t975,
     trailing_mean,
 )
 
 
 @pytest.mark.parametrize(
-    ("level", "df", "expected"),
-    [  # two-sided critical values of Student's t (standard tables)
-        (0.95, 1, 12.7062),
-        (0.95, 2, 4.3027),
-        (0.95, 4, 2.7764),
-        (0.95, 9, 2.2622),
-        (0.95, 30, 2.0423),
-        (0.90, 4, 2.1318),
-        (0.99, 4, 4.6041),
+    ("df", "expected"),
+    [  # two-sided 95 % critical values of Student's t: standard tables (df <= 30), then the expansion (df > 30)
+        (1, 12.7062),
+        (2, 4.3027),
+        (4, 2.7764),
+        (9, 2.2622),
+        (30, 2.0423),
+        (31, 2.0395),
+        (40, 2.0211),
+        (60, 2.0003),
+        (120, 1.9799),
+        (10**6, 1.9600),
     ],
 )
-def test_t_quantile_matches_tables(level, df, expected):
-    assert t_quantile(level, df) == pytest.approx(expected, abs=2e-4)
+def test_t975_matches_tables(df, expected):
+    assert t975(df) == pytest.approx(expected, abs=1e-4)
 
 
-def test_t_quantile_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="level"):
-        t_quantile(1.0, 3)
-    with pytest.raises(ValueError, match="df"):
-        t_quantile(0.95, 0)
+def test_t975_expansion_joins_the_table_and_decreases():
+    """Past the table the expansion takes over: no jump at df 30 -> 31, and t falls towards z = 1.96."""
+    values = [t975(df) for df in range(25, 200)]
+    assert all(a > b for a, b in itertools.pairwise(values))
+    assert t975(31) == pytest.approx(2.0395, abs=1e-4) and 0 < t975(30) - t975(31) < 0.004
+
+
+def test_t975_rejects_df_below_one():
+    with pytest.raises(ValueError, match="df must be >= 1, got 0"):
+        t975(0)
 
 
 def test_mean_interval_by_hand():
-    # mean 3, sample std sqrt(2.5), standard error sqrt(2.5 / 5) = 0.7071; t(0.95, 4) = 2.7764
+    # mean 3, sample std sqrt(2.5), standard error sqrt(2.5 / 5) = 0.7071; t(0.975, 4) = 2.7764
     interval = mean_interval([1, 2, 3, 4, 5])
-    assert interval.mean == pytest.approx(3.0)
-    assert interval.half_width == pytest.approx(2.7764 * math.sqrt(0.5), abs=2e-4)
-    assert interval.n == 5
-    assert interval.excludes_zero()  # [1.04, 4.96]
-    assert not mean_interval([-1.0, 1.0, 2.0]).excludes_zero()
-    assert Interval(1.0, 0.5, 3).excludes_zero() and Interval(-1.0, 0.5, 3).excludes_zero()
-    assert not Interval(1.0, 0.5, 1).excludes_zero()  # one seed supports no claim
+    assert interval["mean"] == pytest.approx(3.0)
+    assert interval["half_width"] == pytest.approx(2.7764 * math.sqrt(0.5), abs=2e-4)
+    assert interval["n"] == 5
+    assert excludes_zero(interval)  # [1.04, 4.96]
+    assert not excludes_zero(mean_interval([-1.0, 1.0, 2.0]))
+    assert excludes_zero(mean_interval([-1.0, -1.01]))  # -1.005 +- 0.064
+    assert not excludes_zero(mean_interval([1.0]))  # one seed supports no claim
     one = mean_interval([0.4])
-    assert one.mean == 0.4 and math.isnan(one.half_width)
-    assert mean_interval([]).n == 0
+    assert one["mean"] == 0.4 and math.isnan(one["half_width"])
+    assert mean_interval([])["n"] == 0
 
 
 def test_run_summaries_by_hand():

@@ -7,6 +7,7 @@ overrides per arm, the statistics and the report are the default study's.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -110,6 +111,22 @@ def test_rerun_redoes_nothing_extra_seeds_run_only_the_new_ones(mini_study, caps
     assert "6 runs, 4 already complete, 2 to run" in capsys.readouterr().err
     assert _timing_lines(mini_study) == before + 2
     assert json.loads((mini_study / "study.json").read_text())["results"]["repeat"]["grpo"]["seeds"] == [0, 1, 2]
+
+
+def test_one_seed_of_grpo_gspo_and_the_anneal_is_the_old_holderpo_compare(tmp_path, capsys):
+    """`holderpo study --seeds 1 --arms grpo,gspo,holder_anneal` replaced `holderpo compare`: one seed per arm, the
+    same initial policy and prompts in all three, a report without intervals (one seed supports none)."""
+    out = tmp_path / "cmp"
+    args = ["--seeds", "1", "--arms", "grpo,gspo,holder_anneal", "--tasks", "repeat", "--steps", "2"]
+    assert main([*args, "--out-dir", str(out), "--jobs", "2", *MINI]) == 0
+    study = json.loads((out / "study.json").read_text())
+    runs = {arm: read_metrics(out / "runs" / "repeat" / arm / "seed_0") for arm in ("grpo", "gspo", "holder_anneal")}
+    assert [r["holder_p"] for r in runs["grpo"]] == [1.0, 1.0] and [r["holder_p"] for r in runs["gspo"]] == [0.0, 0.0]
+    assert runs["holder_anneal"][0]["holder_p"] == pytest.approx(0.0)  # linear 2 -> -2 over 2 steps, 1-based
+    assert runs["grpo"][0]["reward_mean"] == runs["gspo"][0]["reward_mean"] == runs["holder_anneal"][0]["reward_mean"]
+    final = study["results"]["repeat"]["gspo"]["final_reward"]
+    assert final["n"] == 1 and math.isnan(final["half_width"])
+    assert "| GSPO |" in capsys.readouterr().out
 
 
 def test_changed_settings_in_an_existing_study_are_refused(mini_study, capsys):
