@@ -4,7 +4,7 @@ Each shell line of a ``bash``/``sh``/``shell``/``console`` block is split into c
 continuations joined; ``VAR=value`` prefixes and redirections dropped) and dispatched on its program:
 
 * ``holderpo SUB ...``: the arguments must parse (the sub-command's own argparse parser, stopped right after
-  parsing), and then ``recipe check`` runs for real, ``train`` / ``schedule`` / ``compare`` load and validate their
+  parsing), and then ``recipe check`` runs for real, ``train`` / ``schedule`` load and validate their
   recipe with the overrides, ``eval`` resolves its settings (``--print-config``);
 * ``python -m holder_nemo.nemo_rl.run_grpo --config R [overrides]`` and ``sbatch slurm/X.sh [overrides]``: the recipe
   (for sbatch, the entry's default recipe) with those overrides passes ``holderpo recipe check``;
@@ -270,7 +270,7 @@ def check_holderpo(cmd: Command, argv: list[str], monkeypatch, capsys) -> None:
         return
     if sub == "recipe" and rest[:1] == ["check"]:
         assert_recipe_check_passes(cmd, rest[1], rest[2:], capsys)  # its own parser splits options from overrides
-    elif sub in ("train", "schedule", "compare"):
+    elif sub in ("train", "schedule"):
         from holder_nemo.config import ConfigError
         from holder_nemo.reference.train import load_config, parse_args
 
