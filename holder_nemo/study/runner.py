@@ -6,13 +6,15 @@ run after another, so imports are paid once per worker.
 
 Stopping uses the runs' own contract: every worker's ``$HOLDERPO_STOP_FILE`` is ``OUT/STOP``, which the study
 creates on SIGTERM, SIGUSR1 or Ctrl-C (or when the user's own ``$HOLDERPO_STOP_FILE`` appears); each running run then
-finishes its step, checkpoints and exits 75, queued runs are dropped, and the study exits 75.
+finishes its step, checkpoints and exits 75, queued runs are dropped, and the study exits 75. A lock per run
+directory keeps two processes from training one run (an orphaned worker and a rerun).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import fcntl
 import json
 import multiprocessing
 import os
@@ -28,6 +30,7 @@ from holder_nemo.nemo_rl.stop import STOP_FILE_ENV
 COMPLETED_FILE = "COMPLETED"  # written by holderpo train when a run finishes
 TIMING_FILE = "study_timing.jsonl"  # one line per worker invocation of a run: wall and CPU seconds
 LOG_FILE = "train.log"
+LOCK_FILE = ".lock"
 EXIT_STOPPED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -66,20 +69,24 @@ def execute(spec: RunSpec) -> int:
     from holder_nemo.reference.train import main as train_main
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
-    with (
-        (spec.run_dir / LOG_FILE).open("a") as log,
-        contextlib.redirect_stdout(log),
-        contextlib.redirect_stderr(log),
-    ):
-        try:
-            code = int(train_main(list(spec.argv)))
-        except Exception as exc:  # a failed run must not take the worker (and the other runs) down
-            print(f"holderpo study: run failed: {exc!r}", file=sys.stderr)
-            code = 1
-    timing = {"wall_s": time.perf_counter() - wall0, "cpu_s": _cpu_seconds() - cpu0, "exit": code}
-    with (spec.run_dir / TIMING_FILE).open("a") as fh:
-        fh.write(json.dumps(timing) + "\n")
+    with (spec.run_dir / LOCK_FILE).open("w") as lock:
+        # The one lock: a worker of a study killed outright (SIGKILL) finishes its run as an orphan; a rerun waits for
+        # it here instead of training the same directory twice (the kernel releases the lock when a process dies).
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+        with (
+            (spec.run_dir / LOG_FILE).open("a") as log,
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+        ):
+            try:
+                code = int(train_main(list(spec.argv)))
+            except Exception as exc:  # a failed run must not take the worker (and the other runs) down
+                print(f"holderpo study: run failed: {exc!r}", file=sys.stderr)
+                code = 1
+        timing = {"wall_s": time.perf_counter() - wall0, "cpu_s": _cpu_seconds() - cpu0, "exit": code}
+        with (spec.run_dir / TIMING_FILE).open("a") as fh:
+            fh.write(json.dumps(timing) + "\n")
     return code
 
 

@@ -6,12 +6,14 @@ overrides per arm, the statistics and the report are the default study's.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 
 from holder_nemo.reference.metrics_log import read_metrics
 from holder_nemo.study.cli import main
+from holder_nemo.study.runner import LOCK_FILE, RunSpec, execute
 from holder_nemo.study.spec import ARMS, TASKS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,6 +130,28 @@ def test_one_seed_of_grpo_gspo_and_the_anneal_is_the_old_holderpo_compare(tmp_pa
     final = study["results"]["repeat"]["gspo"]["final_reward"]
     assert final["n"] == 1 and math.isnan(final["half_width"])
     assert "| GSPO |" in capsys.readouterr().out
+
+
+def test_a_run_directory_another_process_holds_waits_for_it(tmp_path):
+    """The per-run lock (an orphaned worker of a killed study still training): the run starts only once it is free."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    off = ["logger.plot=false", "logger.progress_bar=false", "logger.tensorboard_enabled=false"]
+    argv = (str(REPO / "recipes" / "smoke_cpu.yaml"), *MINI, *off, "grpo.max_num_steps=1")
+    spec = RunSpec("repeat", "grpo", 0, run_dir, (*argv, f"checkpointing.checkpoint_dir={run_dir}"))
+    held = (run_dir / LOCK_FILE).open("w")
+    fcntl.flock(held, fcntl.LOCK_EX)  # another open file: conflicts with the run's flock even in this process
+    started_while_held = []
+
+    def release() -> None:
+        time.sleep(1.5)
+        started_while_held.append((run_dir / "train.log").exists())
+        held.close()
+
+    threading.Thread(target=release).start()
+    assert execute(spec) == 0  # in the main thread: the run installs its signal handlers
+    assert started_while_held == [False]
+    assert (run_dir / "COMPLETED").exists() and len(read_metrics(run_dir)) == 1
 
 
 def test_changed_settings_in_an_existing_study_are_refused(mini_study, capsys):
