@@ -34,6 +34,7 @@ hp_install_traps
 
 export ALFWORLD_DATA=${ALFWORLD_DATA:-${HOLDERPO_DATA_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/data}/alfworld}
 HP_MOUNT_PATHS+=("$ALFWORLD_DATA")
+HP_DATA_VARS=(ALFWORLD_DATA)  # the games; this recipe reads no other data
 # After a stop request the driver may need a whole step plus a checkpoint; keep this below the --signal margin.
 HOLDERPO_CKPT_TIMEOUT_S=${HOLDERPO_CKPT_TIMEOUT_S:-600}
 hp_run_nemo_rl holderpo_alfworld_qwen2.5-1.5b.yaml "$@"

@@ -6,6 +6,7 @@
 
 HP_NEMO_RL_VERSION=0.7  # major.minor of the ray.sub used; holder_nemo.nemo_rl.run_grpo checks the container's
 HP_MOUNT_PATHS=()       # directories mounted at their own paths in every container (entries may add theirs)
+HP_DATA_VARS=()         # variables naming the data directories the recipe reads [HOLDERPO_DATA_DIR]; entries set theirs
 # What Ray writes when a node died under a task or an actor (Ray 2.x): how the driver's log names a lost node.
 HP_RAY_NODE_DIED='actor died because its node has died|node it was running on is dead|NodeDiedError'
 
@@ -37,6 +38,15 @@ hp_nemo_rl_settings() {
   mkdir -p "$HF_HOME" "$XDG_CACHE_HOME" "$TRITON_CACHE_DIR"
   HP_MOUNT_PATHS+=("$HOLDERPO_RUN_DIR" "${SLURM_SUBMIT_DIR:-$PWD}" "$HF_HOME" "$XDG_CACHE_HOME" "$TRITON_CACHE_DIR"
     "$HOLDERPO_DATA_DIR")
+  # A data directory that is not there would not be mounted, and the driver would fail only after the image import,
+  # Ray bring-up and model load: refuse now (the recipe's own files are checked by the driver's strict pre-flight).
+  local var
+  ((${#HP_DATA_VARS[@]})) || HP_DATA_VARS=(HOLDERPO_DATA_DIR)
+  for var in "${HP_DATA_VARS[@]}"; do
+    [[ -d "${!var}" ]] || hp_refuse "$var=${!var}: no such directory on $(hostname) (the recipe reads its data" \
+      "there, mounted into the containers): prepare it on shared disk (holderpo data prepare, docs/data.md) and" \
+      "set $var to it"
+  done
   if [[ "$HOLDERPO_CONTAINER_IMAGE" != /* ]]; then
     hp_log "WARNING: every node pulls $HOLDERPO_CONTAINER_IMAGE from its registry on every attempt; import it once" \
       "to a .sqsh on shared disk (enroot import, docs/containers.md) and set HOLDERPO_CONTAINER_IMAGE to its path"

@@ -85,6 +85,7 @@ def pyxis_env(tmp: Path, run_dir: Path, image: Path, **extra: str) -> dict[str, 
         "HOLDERPO_RECIPE": "/opt/holder_nemo/recipes/smoke_cpu.yaml",  # the image's copy
         "HOLDERPO_RUN_DIR": str(run_dir),
         "HOLDERPO_CACHE_DIR": str(tmp / "cache"),
+        "HOLDERPO_DATA_DIR": str(tmp),  # the entries refuse a data directory that does not exist
         "RAY_AUTH_MODE": "disabled",
         "OMP_NUM_THREADS": "1",
         **ray_sub_ports(),

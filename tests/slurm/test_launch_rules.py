@@ -57,12 +57,17 @@ def submit(cluster: LocalSlurm, tmp: Path, script: str, *overrides: str, options
     run_dir = tmp / f"run-{len(list(tmp.glob('run-*')))}"
     env = {"PATH": f"{STAND_INS}:{os.environ['PATH']}", "HOLDERPO_TEST_REAL_SRUN": shutil.which("srun") or "srun",
            "HOLDERPO_CONTAINER_IMAGE": str(image), "NEMO_RL_HOME": str(stand_in_tree(tmp)),
-           "HOLDERPO_RUN_DIR": str(run_dir), "HOLDERPO_CACHE_DIR": str(tmp / "cache"), **env}  # fmt: skip
+           "HOLDERPO_RUN_DIR": str(run_dir), "HOLDERPO_CACHE_DIR": str(tmp / "cache"), "HOLDERPO_DATA_DIR": str(tmp),
+           **env}  # fmt: skip
     partition = "--partition=cpu" if "smoke" in script else "--partition=gpu"
     opts = [partition, f"--output={tmp}/%x-%j.out", *(["--nodes=2"] if "smoke" not in script else []), *options]
     job = cluster.sbatch(SLURM_DIR / script, list(overrides), env=env, options=opts, cwd=tmp)
     info = wait_final(cluster, job)
-    name = {"holderpo_7b.sh": "holderpo-7b", "holderpo_32b.sh": "holderpo-32b"}.get(script, "holderpo-smoke-cpu")
+    name = {
+        "holderpo_7b.sh": "holderpo-7b",
+        "holderpo_32b.sh": "holderpo-32b",
+        "holderpo_alfworld.sh": "holderpo-alfworld",
+    }.get(script, "holderpo-smoke-cpu")
     return info, (tmp / f"{name}-{job}.out").read_text(), run_dir
 
 
@@ -110,6 +115,31 @@ def test_a_job_submitted_with_gpus_per_node_is_refused(slurm_cluster: LocalSlurm
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), out
     assert "submitted with --gpus-per-node (SLURM_GPUS_PER_NODE=8)" in out and "--gres=gpu:8 instead" in out
     assert not ray_sub_ran(run_dir)
+
+
+# ------------------------------------------------------------------------------------------ data directory
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize(
+    ("script", "var"), [("holderpo_7b.sh", "HOLDERPO_DATA_DIR"), ("holderpo_alfworld.sh", "ALFWORLD_DATA")]
+)
+def test_a_missing_data_directory_is_refused_before_bring_up(
+    slurm_cluster: LocalSlurm, tmp_path: Path, script: str, var: str
+) -> None:
+    """A data directory that is not there would not be mounted and the driver would fail only after the image import,
+    Ray bring-up and model load (issue 23): the entry refuses it first, naming the variable."""
+    missing = tmp_path / "no-such-data"
+    info, out, run_dir = submit(slurm_cluster, tmp_path, script, **{var: str(missing)})
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), out
+    assert f"{var}={missing}: no such directory" in out and f"set {var} to it" in out, out
+    assert not ray_sub_ran(run_dir)
+    # The ALFWorld entry reads only its games: a missing HOLDERPO_DATA_DIR does not stop it.
+    if script == "holderpo_alfworld.sh":
+        (tmp_path / "games").mkdir()
+        info, out, run_dir = submit(slurm_cluster, tmp_path, script, ALFWORLD_DATA=str(tmp_path / "games"),
+                                    HOLDERPO_DATA_DIR=str(missing))  # fmt: skip
+        assert info["JobState"] == "COMPLETED" and ray_sub_ran(run_dir), out
 
 
 # --------------------------------------------------------------------------------------- run layout overrides

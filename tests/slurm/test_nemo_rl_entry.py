@@ -131,6 +131,7 @@ def entry_env(cluster: LocalSlurm, tmp: Path, run_dir: Path, python: Path, **ext
         "HOLDERPO_CONTAINER_IMAGE": str(tmp / "nemo-rl-v0.7.0.sqsh"),  # never opened: srun drops it
         "HOLDERPO_RUN_DIR": str(run_dir),
         "HOLDERPO_CACHE_DIR": str(tmp / "cache"),
+        "HOLDERPO_DATA_DIR": str(tmp),  # the entries refuse a data directory that does not exist
         "RAY_AUTH_MODE": "disabled",
         "OMP_NUM_THREADS": "1",
         **ray_sub_ports(),
@@ -303,6 +304,7 @@ def test_ray_sub_of_another_nemo_rl_version_is_refused(slurm_cluster: LocalSlurm
         "NEMO_RL_HOME": str(tree),
         "PATH": f"{STAND_INS}:{os.environ['PATH']}",
         "HOLDERPO_TEST_REAL_SRUN": shutil.which("srun") or "srun",
+        "HOLDERPO_DATA_DIR": str(tmp_path),
     }
     opts = ["--partition=gpu", "--nodes=1", f"--output={tmp_path}/%x-%j.out"]
 
