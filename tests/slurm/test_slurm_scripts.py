@@ -297,8 +297,8 @@ def test_gpu_scripts_fit_fake_8_gpu_nodes(slurm_cluster: LocalSlurm, tmp_path: P
 
 
 def slurm_scripts() -> list[Path]:
-    stand_ins = Path(__file__).with_name("stand_ins")
-    return sorted([*SLURM_DIR.rglob("*.sh"), *stand_ins.iterdir()])
+    here = Path(__file__).parent
+    return sorted([*SLURM_DIR.rglob("*.sh"), *(here / "stand_ins").iterdir(), *(here / "fake_slurm").iterdir()])
 
 
 def test_every_slurm_script_is_shellcheck_clean() -> None:
@@ -315,6 +315,11 @@ def test_every_slurm_script_is_shellcheck_clean() -> None:
         "nemo_rl.sh",
         "srun",
         "ray",
+        "squeue",
+        "scontrol",
+        "scancel",
+        "sinfo",
+        "getent",
     }
     proc = subprocess.run(
         [shellcheck, "--external-sources", "--severity=style", *map(str, scripts)], capture_output=True, text=True
