@@ -438,7 +438,7 @@ def test_fake_slurm_matches_slurm(slurm_cluster: LocalSlurm, tmp_path: Path) -> 
     script = f"trap 'echo TERM >{marker}' TERM; sleep 300 & wait; sleep 300 & wait"
     job = slurm_cluster.run(["sbatch", "--parsable", "--partition=gpu", "--nodes=2", "--requeue",
                              f"--output={tmp_path}/job-%j.out",
-                             f"--wrap=srun --nodes=1 --ntasks=1 bash -c \"{script}\""],
+                             f"--wrap=srun --nodes=1 --ntasks=1 bash -c \"{script}\"; sleep 300"],
                             cwd=tmp_path).stdout.strip()  # fmt: skip
     info = slurm_cluster.wait_job(job, lambda i: i["JobState"] == "RUNNING", 60, "the job to run")
     steps = wait_until(
@@ -453,6 +453,7 @@ def test_fake_slurm_matches_slurm(slurm_cluster: LocalSlurm, tmp_path: Path) -> 
     assert not marker.exists(), "the step got SIGTERM: scancel JOB.STEP is documented (and relied on) as SIGKILL"
 
     first_nodes = info["NodeList"]
+    assert slurm_cluster.job(job)["JobState"] == "RUNNING"  # the batch script sleeps on: the job still runs
     refused = slurm_cluster.run(["scontrol", "update", f"JobId={job}", "ExcNodeList=hp-gpu4"], check=False)
     assert refused.returncode != 0 and "Job is no longer pending execution" in refused.stderr, refused
     slurm_cluster.run(["scontrol", "requeue", job])
@@ -463,4 +464,4 @@ def test_fake_slurm_matches_slurm(slurm_cluster: LocalSlurm, tmp_path: Path) -> 
     assert set(slurm_cluster.run(["scontrol", "show", "hostnames", again["NodeList"]]).stdout.split()).isdisjoint(
         slurm_cluster.run(["scontrol", "show", "hostnames", first_nodes]).stdout.split()
     ), (first_nodes, again["NodeList"])
-    slurm_cluster.run(["scancel", job])
+    slurm_cluster.run(["scancel", job])  # its batch script sleeps

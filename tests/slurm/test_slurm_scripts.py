@@ -199,7 +199,7 @@ def test_checkpoint_slower_than_the_timeout_requeues_from_the_previous_one(
     slurm_cluster: LocalSlurm, tmp_path: Path
 ) -> None:
     """USR1, but the save it asks for hangs (test fault) past HOLDERPO_CKPT_TIMEOUT_S: the batch shell cancels the
-    driver's step (SIGTERM, then SIGKILL after KillWait: the driver's handler only records SIGTERM), requeues because
+    driver's step (`scancel JOB.STEP`: SIGKILL at once, the driver never sees a SIGTERM), requeues because
     a stop was requested, and the run resumes from the previous complete checkpoint and ends exactly as an
     uninterrupted run. The hung save's partial directory is never taken for a checkpoint."""
     steps, period = 24, 3
