@@ -104,12 +104,20 @@ hp_check_container_scope() {
 hp_ray_head_node() {
   local node address pairs=()
   for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
-    address=$(host "$node" 2>/dev/null | awk '/has address/ { print $4 }' | head -1 || true)
-    [[ -n "$address" ]] || address=$(getent hosts "$node" 2>/dev/null | awk '{ print $1 }' | head -1 || true)
-    [[ -n "$address" ]] || address=$(nslookup "$node" 2>/dev/null | awk '/^Address: / { print $2 }' | head -1 || true)
+    address=$(hp_node_address "$node")
     pairs+=("$node|${address:-$node}")
   done
   printf '%s\n' "${pairs[@]}" | sort | head -1 | cut -d'|' -f1
+}
+
+# hp_node_address NODE: the address ray.sub resolves NODE to, and so the one Ray registers the node under (host, then
+# getent, then nslookup, as ray.sub does); "" when none answers.
+hp_node_address() {
+  local address
+  address=$(host "$1" 2>/dev/null | awk '/has address/ { print $4 }' | head -1 || true)
+  [[ -n "$address" ]] || address=$(getent hosts "$1" 2>/dev/null | awk '{ print $1 }' | head -1 || true)
+  [[ -n "$address" ]] || address=$(nslookup "$1" 2>/dev/null | awk '/^Address: / { print $2 }' | head -1 || true)
+  echo "$address"
 }
 
 # hp_prepare_containers: start the containers ray.sub will reuse, on every node at once (pyxis reuses a container
@@ -312,10 +320,10 @@ hp_lost_node() {
   local ip node address
   HP_LOST_NODE=""
   [[ -r "$HP_RAY_LOG_DIR/ray-driver.log" ]] || return 0
-  ip=$(grep -oE '(^|[^A-Za-z])(ip|Node IP): [0-9]+(\.[0-9]+){3}' "$HP_RAY_LOG_DIR/ray-driver.log" | tail -1 |
+  ip=$(grep -oE '((^|[[:space:]])ip|Node IP): [0-9]+(\.[0-9]+){3}' "$HP_RAY_LOG_DIR/ray-driver.log" | tail -1 |
     grep -oE '[0-9]+(\.[0-9]+){3}') || return 0
   for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null); do
-    address=$(getent hosts "$node" 2>/dev/null | awk '{ print $1 }' | head -1 || true)
+    address=$(hp_node_address "$node")
     if [[ "$address" == "$ip" ]]; then
       # shellcheck disable=SC2034  # read by hp_finish (common.sh)
       HP_LOST_NODE=$node

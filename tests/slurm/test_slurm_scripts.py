@@ -270,6 +270,39 @@ def test_preemption_requeues_and_resumes_from_the_last_periodic_checkpoint(
 
 @pytest.mark.slurm
 @pytest.mark.slow
+def test_a_hang_is_noticed_by_the_progress_watchdog_and_the_run_resumes_exactly(
+    slurm_cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """Defect 2 of issue 21 on the real Slurm: the driver (cpu_driver.py, test fault) hangs at the start of step 8 of
+    attempt 0, after the checkpoint of step 6, ignoring the stop file and SIGTERM as a stuck collective does. The
+    batch shell's progress watchdog (HOLDERPO_PROGRESS_TIMEOUT_S=10) notices, requests a stop, kills the driver's
+    step HOLDERPO_CKPT_TIMEOUT_S later and requeues; attempt 1 resumes from step 6 and the run ends exactly as an
+    uninterrupted one. Before, the hang held the allocation until its time limit."""
+    steps, period = 12, 3
+    want = uninterrupted_metrics(tmp_path, steps, TINY)
+    run_dir = tmp_path / "hung"
+    job = submit_smoke(
+        slurm_cluster, tmp_path, run_dir, steps, f"checkpointing.save_period={period}",
+        HOLDERPO_TRAIN=cpu_driver_as_train(tmp_path), HOLDERPO_TEST_HANG_AT_STEP="0:8", HOLDERPO_TEST_STEP_S="0.3",
+        HOLDERPO_PROGRESS_TIMEOUT_S="10", HOLDERPO_PROGRESS_POLL_S="2", HOLDERPO_CKPT_TIMEOUT_S="5",
+    )  # fmt: skip
+    wait_requeued(slurm_cluster, job, 1)
+    info = wait_final(slurm_cluster, job)
+    out = (tmp_path / f"holderpo-smoke-cpu-{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), out
+
+    first, second = attempt_dirs(run_dir)
+    assert "hanging at the start of step 8" in (first / "driver.log").read_text()
+    assert "progress watchdog: no step, validation or checkpoint completed for" in out, out
+    assert "last: step of step 7" in out and "stop requested (no progress)" in out, out
+    result = read_env_file(first / "result.env")
+    assert (result["reason"], result["cause"], result["newest_step"]) == ("requeued", "no_progress", "6"), result
+    assert resumed_step(second / "driver.log") == 6
+    assert reproducible(read_metrics(run_dir)) == want
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_driver_failing_at_start_ends_the_job_with_its_code(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
     """A driver that fails before any new checkpoint (here: a recipe key that does not exist, exit 2) is not a
     reason to requeue: the job ends FAILED with the driver's exit code, on its first attempt."""
