@@ -314,14 +314,23 @@ hp_check_bring_up() {
 }
 
 # hp_lost_node: sets HP_LOST_NODE to the node Ray reports dead in the driver's log ("ip: A.B.C.D" of an
-# ActorDiedError, "Node IP: A.B.C.D" of a task's node), mapped to the allocation's node of that address ("" when the
-# log names none or no node of the allocation resolves to it).
+# ActorDiedError, "Node IP: A.B.C.D" of a task's node), mapped to the allocation's node of that address. Without such
+# a report, a 2-node job whose worker step ended (ENDED) lost its one worker node, the node that is not ray.sub's
+# head. "" when neither tells (more nodes, or an address no node of the allocation resolves to).
 hp_lost_node() {
   local ip node address
   HP_LOST_NODE=""
   [[ -r "$HP_RAY_LOG_DIR/ray-driver.log" ]] || return 0
   ip=$(grep -oE '((^|[[:space:]])ip|Node IP): [0-9]+(\.[0-9]+){3}' "$HP_RAY_LOG_DIR/ray-driver.log" | tail -1 |
-    grep -oE '[0-9]+(\.[0-9]+){3}') || return 0
+    grep -oE '[0-9]+(\.[0-9]+){3}') || ip=""
+  if [[ -z "$ip" ]]; then
+    if ((SLURM_JOB_NUM_NODES == 2)) && [[ -e "$HP_RAY_LOG_DIR/ENDED" ]]; then
+      address=$(hp_ray_head_node)
+      # shellcheck disable=SC2034  # read by hp_finish (common.sh)
+      HP_LOST_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | grep -vxF "$address" | head -1)
+    fi
+    return 0
+  fi
   for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null); do
     address=$(hp_node_address "$node")
     if [[ "$address" == "$ip" ]]; then

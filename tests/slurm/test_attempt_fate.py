@@ -204,31 +204,38 @@ LOST_NODE = r"""
 set -euo pipefail
 source "$HOLDERPO_HOME/slurm/lib/common.sh"
 source "$HOLDERPO_HOME/slurm/lib/nemo_rl.sh"
-SLURM_JOB_NODELIST=hp-gpu[1-3] HP_RAY_LOG_DIR=$DIR
+SLURM_JOB_NODELIST=$NODELIST SLURM_JOB_NUM_NODES=$NODES HP_RAY_LOG_DIR=$DIR
+[[ -z "$ENDED" ]] || touch "$DIR/ENDED"
 hp_lost_node
 echo "lost node: '$HP_LOST_NODE'"
 """
 
 
 @pytest.mark.parametrize(
-    ("log", "node"),
+    ("log", "nodes", "ended", "node"),
     [
         # Ray 2.x's ActorDiedError (python/ray/exceptions.py prints the actor's "ip: ...") and a task's node.
         ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n"
          "\tclass_name: Worker\n\tactor_id: 4f6d\n\tpid: 4242\n\tip: 127.0.1.3\n"
-         "The actor died because its node has died. Node Id: 9c1e", "hp-gpu2"),
+         "The actor died because its node has died. Node Id: 9c1e", "hp-gpu[1-3]", "", "hp-gpu2"),
         ("Task failed because the node it was running on is dead or unavailable. Node IP: 127.0.1.4, node ID: ab",
-         "hp-gpu3"),
-        ("The actor died because its node has died. Node Id: 9c1e", ""),
-        ("\tip: 10.9.9.9\nThe actor died because its node has died.", ""),
+         "hp-gpu[1-3]", "", "hp-gpu3"),
+        ("The actor died because its node has died. Node Id: 9c1e", "hp-gpu[1-3]", "1", ""),
+        ("\tip: 10.9.9.9\nThe actor died because its node has died.", "hp-gpu[1-3]", "", ""),
+        # No address in the log: a 2-node job whose worker step ended lost its one worker, the node that is not
+        # ray.sub's head (the first "name|address" in sort order: hp-gpu1 here).
+        ("RuntimeError: NCCL timeout", "hp-gpu[1-2]", "1", "hp-gpu2"),
+        ("RuntimeError: NCCL timeout", "hp-gpu[1-2]", "", ""),
     ],
-    ids=["actor died", "task's node dead", "no address", "address of no node"],
+    ids=["actor died", "task's node dead", "no address, 3 nodes", "address of no node", "2 nodes, ENDED",
+         "2 nodes, no ENDED"],
 )  # fmt: skip
-def test_the_lost_node_is_the_node_ray_names(tmp_path: Path, log: str, node: str) -> None:
+def test_the_lost_node_is_the_node_ray_names(tmp_path: Path, log: str, nodes: str, ended: str, node: str) -> None:
     fake = Fake(tmp_path)
     (fake.dir / "hosts").write_text("127.0.1.2 hp-gpu1\n127.0.1.3 hp-gpu2\n127.0.1.4 hp-gpu3\n")
     (fake.run_dir / "ray-driver.log").write_text(log + "\n")
-    proc = subprocess.run(["bash", "-c", LOST_NODE], env=fake.env(), capture_output=True, text=True, timeout=60)
+    env = fake.env(NODELIST=nodes, NODES="3" if nodes.endswith("1-3]") else "2", ENDED=ended)
+    proc = subprocess.run(["bash", "-c", LOST_NODE], env=env, capture_output=True, text=True, timeout=60)
     assert f"lost node: '{node}'" in proc.stdout, proc.stdout + proc.stderr
 
 
