@@ -371,7 +371,7 @@ hp_check_progress() {
 # ------------------------------------------------------------------------------------------------- outcome
 # hp_finish: the rule at the top of this file; never returns.
 hp_finish() {
-  local rc=$HP_DRIVER_RC why previous again broken
+  local rc=$HP_DRIVER_RC why previous again broken exclude
   hp_cancel_steps  # whatever still runs (ray.sub leaves its worker step behind when the head ends)
   HP_NEWEST=$(hp_newest_step)
   HP_CAUSE=""
@@ -441,10 +441,17 @@ hp_finish() {
       "HOLDERPO_MAX_RESTARTS=$HOLDERPO_MAX_RESTARTS). Resume by hand: HOLDERPO_RUN_DIR=$HOLDERPO_RUN_DIR sbatch" \
       "<same script and overrides>"
   fi
+  # The node to keep the next attempt off, decided while this attempt still runs (see hp_exclusion_list).
+  exclude=""
+  [[ "$HP_CAUSE" != lost_worker || -z "$HP_LOST_NODE" ]] || exclude=$(hp_exclusion_list "$HP_LOST_NODE")
   hp_log "$why; newest checkpoint step $HP_NEWEST; requeueing job $SLURM_JOB_ID (restart $((HP_RESTART + 1)) of at" \
     "most $HOLDERPO_MAX_RESTARTS)"
   HP_REQUEUED=1
   hp_record_result "$rc" "requeued"
+  # From the requeue on, Slurm ends this attempt: SIGTERM to every process of the batch step (the commands below
+  # included), SIGKILL after KillWait. Ignored here (and so in the commands started from here), so that the one
+  # update after the requeue is not killed half-way.
+  trap '' TERM
   if ! scontrol requeue "$SLURM_JOB_ID"; then
     HP_REQUEUED=0
     hp_err "scontrol requeue failed (is the job submitted with --requeue?); resume by hand:" \
@@ -452,7 +459,15 @@ hp_finish() {
     hp_record_result "$rc" "requeue failed"
     exit "$rc"
   fi
-  [[ "$HP_CAUSE" != lost_worker || -z "$HP_LOST_NODE" ]] || hp_exclude_node "$HP_LOST_NODE"
+  # Slurm refuses ExcNodeList for a running job ("Job is no longer pending execution") and takes it once the requeue
+  # made the job pending again (Slurm 22.05: at once, while the requeued job is still COMPLETING).
+  if [[ -n "$exclude" ]]; then
+    if scontrol update JobId="$SLURM_JOB_ID" ExcNodeList="$exclude"; then
+      hp_log "the next attempt excludes $exclude (ExcNodeList)"
+    else
+      hp_log "WARNING: could not exclude $HP_LOST_NODE from the next attempt (scontrol update ExcNodeList failed)"
+    fi
+  fi
   exit 0
 }
 
@@ -486,29 +501,25 @@ hp_last_fault_step() {
   done < <(hp_previous_results)
 }
 
-# hp_exclude_node NODE (after `scontrol requeue`): keep the requeued job off NODE. Slurm refuses ExcNodeList for a
-# running job ("Job is no longer pending execution") and takes it once the requeue made the job pending again
-# (Slurm 22.05 here: the update succeeds while the requeued job is still COMPLETING). Only when the partition keeps
-# enough other nodes: a job excluded from more nodes than it can spare would pend for ever (Reason=BadConstraints).
-hp_exclude_node() {
+# hp_exclusion_list NODE: the ExcNodeList that keeps the requeued job off NODE as well as the nodes it already
+# excludes; "" (with the reason logged) when it should not: HOLDERPO_EXCLUDE_LOST_NODE=0, or the partition could not
+# hold the job without them (a job excluded from more nodes than it can spare pends for ever, Reason=BadConstraints).
+hp_exclusion_list() {
   local node=$1 current list excluded total
-  [[ "${HOLDERPO_EXCLUDE_LOST_NODE:-1}" == 1 ]] || {
-    hp_log "not excluding $node from the next attempt (HOLDERPO_EXCLUDE_LOST_NODE=$HOLDERPO_EXCLUDE_LOST_NODE)"
+  if [[ "${HOLDERPO_EXCLUDE_LOST_NODE:-1}" != 1 ]]; then
+    hp_log "not excluding $node from the next attempt (HOLDERPO_EXCLUDE_LOST_NODE=$HOLDERPO_EXCLUDE_LOST_NODE)" >&2
     return 0
-  }
-  current=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -oE '(^| )ExcNodeList=[^ ]*' | head -1 | cut -d= -f2)
+  fi
+  current=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -oE '(^| )ExcNodeList=[^ ]*' | head -1 |
+    cut -d= -f2) || current=""
   [[ "$current" != "(null)" ]] || current=""
   list=${current:+$current,}$node
-  excluded=$(scontrol show hostnames "$list" 2>/dev/null | sort -u | wc -l)
-  total=$(sinfo -h -N -p "${SLURM_JOB_PARTITION:-}" -o %N 2>/dev/null | sort -u | wc -l)
+  excluded=$(scontrol show hostnames "$list" 2>/dev/null | sort -u | wc -l) || excluded=0
+  total=$(sinfo -h -N -p "${SLURM_JOB_PARTITION:-}" -o %N 2>/dev/null | sort -u | wc -l) || total=0
   if ((total - excluded < ${SLURM_JOB_NUM_NODES:-1})); then
     hp_log "not excluding $node from the next attempt: partition ${SLURM_JOB_PARTITION:-?} has $total node(s)," \
-      "the job needs ${SLURM_JOB_NUM_NODES:-1} and would exclude $excluded (it could never start again)"
+      "the job needs ${SLURM_JOB_NUM_NODES:-1} and would exclude $excluded (it could never start again)" >&2
     return 0
   fi
-  if scontrol update JobId="$SLURM_JOB_ID" ExcNodeList="$list"; then
-    hp_log "the next attempt excludes $list (ExcNodeList)"
-  else
-    hp_log "WARNING: could not exclude $node from the next attempt (scontrol update ExcNodeList failed)"
-  fi
+  echo "$list"
 }

@@ -93,7 +93,9 @@ def test_a_failed_owner_query_never_hands_the_run_directory_over(
     elif slurm.startswith("down_tries="):
         (fake.dir / "down_tries").write_text(slurm.split("=")[1])
     (fake.run_dir / "owner_job").write_text(f"{JOB}\n")
-    proc = subprocess.run(["bash", "-c", CLAIM], env=fake.env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", "-c", CLAIM], env=fake.env(), start_new_session=True, capture_output=True, text=True, timeout=60
+    )
     out = proc.stdout + proc.stderr
     assert said in out, out
     if claimed:
@@ -131,7 +133,7 @@ def attempt(
     ``restart`` as a running job, as after a requeue."""
     fake.job_state(JOB, "RUNNING")
     proc = subprocess.run(
-        ["bash", "-c", FINISH], capture_output=True, text=True, timeout=60,
+        ["bash", "-c", FINISH], start_new_session=True, capture_output=True, text=True, timeout=60,
         env=fake.env(RESTART=str(restart), START=str(start), REASON=reason, RC=str(rc), SETUP=setup, NODE=node, **env),
     )  # fmt: skip
     result = read_env_file(fake.run_dir / "logs" / f"{JOB}-{restart}" / "result.env")
@@ -235,7 +237,9 @@ def test_the_lost_node_is_the_node_ray_names(tmp_path: Path, log: str, nodes: st
     (fake.dir / "hosts").write_text("127.0.1.2 hp-gpu1\n127.0.1.3 hp-gpu2\n127.0.1.4 hp-gpu3\n")
     (fake.run_dir / "ray-driver.log").write_text(log + "\n")
     env = fake.env(NODELIST=nodes, NODES="3" if nodes.endswith("1-3]") else "2", ENDED=ended)
-    proc = subprocess.run(["bash", "-c", LOST_NODE], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", "-c", LOST_NODE], env=env, start_new_session=True, capture_output=True, text=True, timeout=60
+    )
     assert f"lost node: '{node}'" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -296,7 +300,9 @@ def test_ray_sub_failing_before_the_driver_is_a_set_up_failure(tmp_path: Path, d
     if driver_started:
         (fake.run_dir / "ray").mkdir()
         (fake.run_dir / "ray" / "ray-driver.log").write_text("ValueError: bad batch\n")
-    proc = subprocess.run(["bash", "-c", BRING_UP], env=fake.env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", "-c", BRING_UP], env=fake.env(), start_new_session=True, capture_output=True, text=True, timeout=60
+    )
     result = read_env_file(fake.run_dir / "logs" / f"{JOB}-1" / "result.env")
     want = ("driver failed", "crash") if driver_started else ("requeued", "setup")
     assert (result["reason"], result["cause"]) == want, proc.stdout + proc.stderr
@@ -330,7 +336,9 @@ def test_an_image_that_fails_to_start_goes_through_the_rule(tmp_path: Path, rest
     if restart:
         fake.checkpoints(3)
     env = fake.env(RESTART=str(restart), START="3" if restart else "-1", NEMO_RL_HOME=str(nemo_rl))
-    proc = subprocess.run(["bash", "-c", PREPARE], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", "-c", PREPARE], env=env, start_new_session=True, capture_output=True, text=True, timeout=60
+    )
     out = proc.stdout + proc.stderr
     result = read_env_file(fake.run_dir / "logs" / f"{JOB}-{restart}" / "result.env")
     assert "not reached" not in out and "could not start registry.example#nemo-rl:v0.7.0 on every node" in out, out
@@ -382,7 +390,9 @@ def run_hanging_attempt(fake: Fake, tmp: Path, restart: int) -> tuple[subprocess
     fake.job_state(JOB, "RUNNING")
     env = fake.env(RESTART=str(restart), PYTHON=sys.executable, DRIVER=str(driver))
     started = time.monotonic()
-    proc = subprocess.run(["bash", "-c", WATCHDOG], env=env, capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(
+        ["bash", "-c", WATCHDOG], env=env, start_new_session=True, capture_output=True, text=True, timeout=90
+    )
     return proc, time.monotonic() - started
 
 
@@ -419,7 +429,9 @@ def test_the_watchdog_is_not_armed_before_the_first_step(tmp_path: Path) -> None
     driver.write_text(HANGING_DRIVER)
     (fake.dir / "steps").write_text(f"{JOB}.batch\n{JOB}.0\n")
     env = fake.env(RESTART="0", PYTHON=sys.executable, DRIVER=str(driver), FIRST_STEP_S="6")
-    proc = subprocess.run(["bash", "-c", WATCHDOG], env=env, capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(
+        ["bash", "-c", WATCHDOG], env=env, start_new_session=True, capture_output=True, text=True, timeout=90
+    )
     out = proc.stdout + proc.stderr
     stalled = [line for line in out.splitlines() if "progress watchdog:" in line]
     assert stalled and "+" in stalled[0], out
