@@ -17,6 +17,9 @@ small scripts that answer as Slurm 22.05 does, messages and exit codes included,
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -383,6 +386,20 @@ hp_finish
 """
 
 
+def run_batch_shell(env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess:
+    """WATCHDOG in its own session; whatever is left of it (a hung driver that was never stopped: it ignores
+    SIGTERM) is SIGKILLed when it ends or times out."""
+    proc = subprocess.Popen(["bash", "-c", WATCHDOG], env=env, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def run_hanging_attempt(fake: Fake, tmp: Path, restart: int) -> tuple[subprocess.CompletedProcess, float]:
     driver = tmp / "hanging_driver.py"
     driver.write_text(HANGING_DRIVER)
@@ -390,9 +407,7 @@ def run_hanging_attempt(fake: Fake, tmp: Path, restart: int) -> tuple[subprocess
     fake.job_state(JOB, "RUNNING")
     env = fake.env(RESTART=str(restart), PYTHON=sys.executable, DRIVER=str(driver))
     started = time.monotonic()
-    proc = subprocess.run(
-        ["bash", "-c", WATCHDOG], env=env, start_new_session=True, capture_output=True, text=True, timeout=90
-    )
+    proc = run_batch_shell(env)
     return proc, time.monotonic() - started
 
 
@@ -429,9 +444,7 @@ def test_the_watchdog_is_not_armed_before_the_first_step(tmp_path: Path) -> None
     driver.write_text(HANGING_DRIVER)
     (fake.dir / "steps").write_text(f"{JOB}.batch\n{JOB}.0\n")
     env = fake.env(RESTART="0", PYTHON=sys.executable, DRIVER=str(driver), FIRST_STEP_S="6")
-    proc = subprocess.run(
-        ["bash", "-c", WATCHDOG], env=env, start_new_session=True, capture_output=True, text=True, timeout=90
-    )
+    proc = run_batch_shell(env)
     out = proc.stdout + proc.stderr
     stalled = [line for line in out.splitlines() if "progress watchdog:" in line]
     assert stalled and "+" in stalled[0], out
