@@ -4,14 +4,24 @@
 # The table of stop paths is in docs/slurm.md; the driver's side is the stop contract of `holderpo train` and
 # `holder_nemo.nemo_rl.run_grpo` (stop file, SIGUSR1, SIGTERM -> checkpoint at the next step boundary, exit 75).
 #
-# The rule (hp_finish), applied when the driver (the srun step, or NeMo RL's ray.sub) has ended:
+# The rule (hp_finish), applied when the driver (the srun step, or NeMo RL's ray.sub) has ended, first match wins:
 #   exit 0                                   -> the job ends 0 (complete when the driver wrote its COMPLETED marker)
 #   SIGTERM reached this shell               -> the job ends with the driver's code: a cancel stops, a preempting
 #                                               Slurm requeues a --requeue job by itself
-#   a stop was requested (SIGUSR1 / time limit, lost Ray worker; also when the checkpoint then outlived
-#   HOLDERPO_CKPT_TIMEOUT_S and the steps were cancelled), the driver exited 75 (its own deadline), or the newest
-#   complete checkpoint advanced during this attempt  -> `scontrol requeue` while restarts < HOLDERPO_MAX_RESTARTS
+#   set-up failed (NeMo RL entries: the image did not start on every node, or Ray did not come up, before the driver
+#   started)                                 -> requeue when the run has progressed before (a later attempt, or a
+#                                               checkpoint exists) and fewer than HOLDERPO_SETUP_RETRIES such requeues
+#                                               came in a row; else the job ends with the cause (a new run's first
+#                                               set-up failing is a configuration error, not a transient one)
+#   a lost Ray worker, or no progress (the progress watchdog: no step, validation or checkpoint completed for the
+#   progress timeout)                        -> requeue unless the same fault already requeued this job and no newer
+#                                               checkpoint completed since (then the job ends naming the node or the
+#                                               stall: no loop); a lost node is excluded from the next attempt
+#   another stop request (SIGUSR1 / time limit; also when the checkpoint then outlived HOLDERPO_CKPT_TIMEOUT_S and
+#   the steps were cancelled), the driver exited 75 (its own deadline), or the newest complete checkpoint advanced
+#   during this attempt                      -> requeue
 #   anything else (a crash before any progress)       -> the job ends with the driver's exit code, no requeue
+# "requeue" is `scontrol requeue` while restarts < HOLDERPO_MAX_RESTARTS, else the job ends with the driver's code.
 
 HP_EXIT_STOPPED=75
 HP_EXIT_REFUSED=2
@@ -69,6 +79,18 @@ hp_init_attempt() {
     hp_refuse "HOLDERPO_MAX_RESTARTS must be an integer >= 0, got '$HOLDERPO_MAX_RESTARTS'"
   [[ "$HOLDERPO_CKPT_TIMEOUT_S" =~ ^[1-9][0-9]*$ ]] ||
     hp_refuse "HOLDERPO_CKPT_TIMEOUT_S must be an integer >= 1 (seconds), got '$HOLDERPO_CKPT_TIMEOUT_S'"
+  HOLDERPO_SETUP_RETRIES=${HOLDERPO_SETUP_RETRIES:-2}
+  [[ "$HOLDERPO_SETUP_RETRIES" =~ ^[0-9]+$ ]] ||
+    hp_refuse "HOLDERPO_SETUP_RETRIES must be an integer >= 0, got '$HOLDERPO_SETUP_RETRIES'"
+  [[ "${HOLDERPO_EXCLUDE_LOST_NODE:-1}" =~ ^[01]$ ]] ||
+    hp_refuse "HOLDERPO_EXCLUDE_LOST_NODE must be 0 or 1, got '$HOLDERPO_EXCLUDE_LOST_NODE'"
+  HOLDERPO_PROGRESS_TIMEOUT_S=${HOLDERPO_PROGRESS_TIMEOUT_S:-}
+  HOLDERPO_PROGRESS_POLL_S=${HOLDERPO_PROGRESS_POLL_S:-60}
+  [[ -z "$HOLDERPO_PROGRESS_TIMEOUT_S" || "$HOLDERPO_PROGRESS_TIMEOUT_S" =~ ^([1-9][0-9]*|off)$ ]] ||
+    hp_refuse "HOLDERPO_PROGRESS_TIMEOUT_S must be an integer >= 1 (seconds), 'off', or unset (the default from" \
+      "the run's measured step time), got '$HOLDERPO_PROGRESS_TIMEOUT_S'"
+  [[ "$HOLDERPO_PROGRESS_POLL_S" =~ ^[1-9][0-9]*$ ]] ||
+    hp_refuse "HOLDERPO_PROGRESS_POLL_S must be an integer >= 1 (seconds), got '$HOLDERPO_PROGRESS_POLL_S'"
   mkdir -p "$HOLDERPO_RUN_DIR"
   HOLDERPO_RUN_DIR=$(cd "$HOLDERPO_RUN_DIR" && pwd)
   hp_claim_run_dir
@@ -80,7 +102,11 @@ hp_init_attempt() {
   rm -f "$HOLDERPO_STOP_FILE"
   [[ -z "$HP_STOP_REASON" ]] || : >"$HOLDERPO_STOP_FILE"  # signalled during start-up
   HP_CKPT_DIR=$HOLDERPO_RUN_DIR${1:+/$1}
-  export HOLDERPO_HOME HOLDERPO_RUN_DIR HOLDERPO_LOG_DIR HOLDERPO_STOP_FILE
+  # One progress record per run: the driver keeps the longest step interval an earlier attempt measured from it,
+  # and the watchdog ignores a record older than this attempt (--since).
+  HOLDERPO_PROGRESS_FILE=$HOLDERPO_RUN_DIR/progress.json
+  HP_ATTEMPT_START=$(date +%s)
+  export HOLDERPO_HOME HOLDERPO_RUN_DIR HOLDERPO_LOG_DIR HOLDERPO_STOP_FILE HOLDERPO_PROGRESS_FILE
   hp_setup_wandb
   hp_log "job $SLURM_JOB_ID attempt $HP_RESTART (restart limit $HOLDERPO_MAX_RESTARTS) on $(hostname)"
   hp_log "run dir $HOLDERPO_RUN_DIR; attempt logs $HOLDERPO_LOG_DIR"
@@ -131,8 +157,9 @@ hp_refuse_run_layout_overrides() {
 }
 
 # hp_claim_run_dir: one live job per run directory. RUN_DIR/owner_job holds the owning job id (created with
-# noclobber, so of two jobs starting together one wins). Another job may take over only once the owner is no longer
-# pending or running (its requeues keep the same id, so they pass).
+# noclobber, so of two jobs starting together one wins). Another job may take over only once Slurm says the owner is
+# no longer pending or running (its requeues keep the same id, so they pass). A query that fails (the controller
+# unreachable or busy) says nothing about the owner: the directory is not handed over on it.
 hp_claim_run_dir() {
   local owner_file=$HOLDERPO_RUN_DIR/owner_job owner state
   if (set -o noclobber && echo "$SLURM_JOB_ID" >"$owner_file") 2>/dev/null; then
@@ -140,7 +167,11 @@ hp_claim_run_dir() {
   fi
   owner=$(<"$owner_file")
   [[ "$owner" == "$SLURM_JOB_ID" ]] && return 0
-  state=$(squeue -h -j "$owner" -o %T 2>/dev/null) || state=""
+  if ! state=$(hp_job_state "$owner"); then
+    hp_refuse "cannot tell whether job $owner, which owns the run directory $HOLDERPO_RUN_DIR, still writes it:" \
+      "squeue failed $HP_QUERY_TRIES times ($state). Not taking the directory over; resubmit when Slurm answers," \
+      "or use another HOLDERPO_RUN_DIR"
+  fi
   case "$state" in
     PENDING | RUNNING | SUSPENDED | CONFIGURING | COMPLETING | REQUEUE* | RESIZING | SIGNALING | STAGE_OUT | STOPPED)
       hp_refuse "run directory $HOLDERPO_RUN_DIR belongs to job $owner ($state); not starting a second writer." \
@@ -148,6 +179,28 @@ hp_claim_run_dir() {
   esac
   hp_log "taking over run directory from job $owner (${state:-gone})"
   echo "$SLURM_JOB_ID" >"$owner_file.$SLURM_JOB_ID" && mv -f "$owner_file.$SLURM_JOB_ID" "$owner_file"
+}
+
+HP_QUERY_TRIES=3     # squeue attempts before a query counts as failed
+HP_QUERY_PAUSE_S=5   # seconds between them (a controller busy for a moment answers the next one)
+
+# hp_job_state JOB: prints the job's state as `squeue -h -j JOB -o %T` reports it: "" once the job has ended (squeue
+# prints nothing for a finished job it still holds, and fails with "Invalid job id specified" for one it has purged,
+# after MinJobAge). Returns 1, printing squeue's last error, when every try failed any other way: that is no answer.
+hp_job_state() {
+  local out try
+  for ((try = 1; try <= HP_QUERY_TRIES; try++)); do
+    if out=$(squeue -h -j "$1" -o %T 2>&1); then
+      grep -m1 -E '^[A-Z_]+$' <<<"$out" || true
+      return 0
+    fi
+    if [[ "$out" == *"Invalid job id specified"* ]]; then
+      return 0
+    fi
+    ((try == HP_QUERY_TRIES)) || sleep "$HP_QUERY_PAUSE_S"
+  done
+  printf '%s' "${out//$'\n'/ }"
+  return 1
 }
 
 # hp_setup_wandb: one W&B run across every attempt: the id is chosen once per run directory (or taken from
@@ -164,14 +217,31 @@ hp_setup_wandb() {
   export WANDB_DIR=${WANDB_DIR:-$HOLDERPO_RUN_DIR}
 }
 
-# hp_record_result CODE WHY: the attempt's outcome, for humans and for the tests.
+# hp_record_result CODE WHY: the attempt's outcome, for humans, for the tests and for the rule of later attempts
+# (cause: what ended it, as hp_finish classified it; newest_step: the newest complete checkpoint then; node: the lost
+# node, when known).
 hp_record_result() {
-  printf 'exit_code=%s\nreason=%s\nend_utc=%s\n' "$1" "$2" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    >"$HOLDERPO_LOG_DIR/result.env"
+  printf 'exit_code=%s\nreason=%s\ncause=%s\nnewest_step=%s\nnode=%s\nend_utc=%s\n' "$1" "$2" "${HP_CAUSE:-}" \
+    "${HP_NEWEST:-}" "${HP_LOST_NODE:-}" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$HOLDERPO_LOG_DIR/result.env"
 }
 
+# hp_previous_results: the result.env of this job's earlier attempts, newest first (an attempt Slurm killed, e.g.
+# preempted, left none: it is skipped).
+hp_previous_results() {
+  local n file
+  for ((n = HP_RESTART - 1; n >= 0; n--)); do
+    file=$HOLDERPO_RUN_DIR/logs/$SLURM_JOB_ID-$n/result.env
+    [[ ! -r "$file" ]] || echo "$file"
+  done
+}
+
+# hp_result_field FILE KEY: one field of a result.env.
+hp_result_field() { sed -n "s/^$2=//p" "$1" | head -1; }
+
 # ------------------------------------------------------------------------------------------------- signals
-HP_STOP_REASON=""  # why a stop was requested: USR1, TERM or "lost Ray worker"
+HP_STOP_REASON=""  # why a stop was requested: USR1, TERM, "lost Ray worker" or "no progress"
+HP_SETUP_FAILED=""  # what failed before the driver started (NeMo RL entries), when it did
+HP_LOST_NODE=""  # the node a lost Ray worker ran on, when known
 HP_DRIVER_PID=""
 HP_WATCHDOG_PID=""
 HP_REQUEUED=0
@@ -187,8 +257,9 @@ hp_request_stop() {
 }
 
 # hp_start_watchdog: HOLDERPO_CKPT_TIMEOUT_S after the stop request, cancel the job's steps if the driver still runs.
-# Slurm then sends SIGTERM, and SIGKILL after KillWait, to the steps' tasks; the stop was requested, so the job is
-# requeued and resumes from the newest complete checkpoint (a half-written one is never named step_N).
+# The driver has had its chance to checkpoint by then: hp_cancel_steps kills the steps' tasks at once (SIGKILL); the
+# stop was requested, so the job is requeued and resumes from the newest complete checkpoint (a half-written one is
+# never named step_N).
 hp_start_watchdog() {
   [[ -n "$HP_DRIVER_PID" && -z "$HP_WATCHDOG_PID" ]] || return 0
   (
@@ -202,7 +273,11 @@ hp_start_watchdog() {
   HP_WATCHDOG_PID=$!
 }
 
-# hp_cancel_steps: `scancel JOB.STEP` for every running step of this job but the batch step.
+# hp_cancel_steps: `scancel JOB.STEP` for every running step of this job but the batch step. Without --signal,
+# scancel asks slurmctld to kill a step with SIGKILL at once (src/scancel/scancel.c, _cancel_step_id: no signal given
+# -> slurm_kill_job_step(job, step, SIGKILL)): no SIGTERM first and no KillWait, which apply to a whole job's end.
+# Every caller wants exactly that: the driver already ignored its stop request, or it has ended and these are
+# leftovers (ray.sub's worker step).
 hp_cancel_steps() {
   local step
   for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i 2>/dev/null); do
@@ -248,6 +323,7 @@ hp_run_driver() {
     sleep 2 &
     wait "$!" 2>/dev/null || true  # a trapped signal ends this wait at once; its trap runs
     if declare -F hp_poll >/dev/null; then hp_poll; fi
+    hp_check_progress
   done
   HP_DRIVER_RC=0
   wait "$HP_DRIVER_PID" || HP_DRIVER_RC=$?
@@ -259,13 +335,48 @@ hp_run_driver() {
   hp_log "driver exited with code $HP_DRIVER_RC"
 }
 
+# hp_check_progress (every HOLDERPO_PROGRESS_POLL_S while the driver runs): the progress watchdog. The driver rewrites
+# HOLDERPO_PROGRESS_FILE at each completed step, validation and checkpoint (holder_nemo/nemo_rl/progress.py); once
+# this attempt's driver has completed a step, no such event for the timeout (HOLDERPO_PROGRESS_TIMEOUT_S, else
+# progress.py's default from the run's own measured step time) is a hang: request a stop (the driver checkpoints if
+# it still can; HOLDERPO_CKPT_TIMEOUT_S later its steps are cancelled), and hp_finish requeues. The check needs only
+# the host's python3 and this checkout's progress.py (standard library), not the container.
+HP_NEXT_PROGRESS_CHECK=0
+HP_PROGRESS_BLIND=0
+HP_STALL=""
+hp_check_progress() {
+  local out rc=0
+  [[ -z "$HP_STOP_REASON" && -n "${HOLDERPO_PROGRESS_FILE:-}" ]] || return 0
+  [[ "${HOLDERPO_PROGRESS_TIMEOUT_S:-}" != off ]] || return 0
+  ((SECONDS >= HP_NEXT_PROGRESS_CHECK)) || return 0
+  HP_NEXT_PROGRESS_CHECK=$((SECONDS + HOLDERPO_PROGRESS_POLL_S))
+  out=$(python3 -I "$HOLDERPO_HOME/holder_nemo/nemo_rl/progress.py" check "$HOLDERPO_PROGRESS_FILE" \
+    --since "$HP_ATTEMPT_START" ${HOLDERPO_PROGRESS_TIMEOUT_S:+--timeout "$HOLDERPO_PROGRESS_TIMEOUT_S"} 2>&1) ||
+    rc=$?
+  case "$rc" in
+    0 | 3) return 0 ;;  # progressing, or not armed yet (no step completed by this attempt's driver)
+    1)
+      HP_STALL=$out
+      hp_err "progress watchdog: $out"
+      hp_request_stop "no progress"
+      ;;
+    *)
+      ((HP_PROGRESS_BLIND)) || hp_log "WARNING: the progress watchdog cannot run (python3 -I" \
+        "$HOLDERPO_HOME/holder_nemo/nemo_rl/progress.py check, exit $rc): ${out//$'\n'/ }"
+      HP_PROGRESS_BLIND=1
+      ;;
+  esac
+}
+
 # ------------------------------------------------------------------------------------------------- outcome
 # hp_finish: the rule at the top of this file; never returns.
 hp_finish() {
-  local rc=$HP_DRIVER_RC newest why
+  local rc=$HP_DRIVER_RC why previous again broken exclude
   hp_cancel_steps  # whatever still runs (ray.sub leaves its worker step behind when the head ends)
-  newest=$(hp_newest_step)
+  HP_NEWEST=$(hp_newest_step)
+  HP_CAUSE=""
   if ((rc == 0)); then
+    HP_CAUSE=complete
     if [[ -e "$HP_CKPT_DIR/COMPLETED" ]]; then
       hp_log "run complete"
       hp_record_result 0 "complete"
@@ -276,32 +387,71 @@ hp_finish() {
     exit 0
   fi
   if [[ "$HP_STOP_REASON" == TERM ]]; then
+    HP_CAUSE=term
     hp_log "driver exited $rc after SIGTERM (cancel or preemption): not requeueing (a preempting Slurm requeues" \
-      "--requeue jobs itself; newest checkpoint step $newest)"
+      "--requeue jobs itself; newest checkpoint step $HP_NEWEST)"
     hp_record_result "$rc" "stopped by SIGTERM"
     exit "$rc"
   fi
-  if [[ -n "$HP_STOP_REASON" ]]; then
+  if [[ -n "$HP_SETUP_FAILED" ]]; then
+    HP_CAUSE=setup
+    why="set-up failed ($HP_SETUP_FAILED)"
+    if ((HP_RESTART == 0 && HP_NEWEST < 0)); then
+      hp_fail "$rc" "set-up failed" "$why on the first attempt of a new run: not retrying (an image, account or" \
+        "node problem that a retry would meet again; see $HOLDERPO_LOG_DIR)"
+    fi
+    previous=$(hp_consecutive_causes setup)
+    if ((previous >= HOLDERPO_SETUP_RETRIES)); then
+      hp_fail "$rc" "set-up failed" "$why after $previous set-up retries in a row" \
+        "(HOLDERPO_SETUP_RETRIES=$HOLDERPO_SETUP_RETRIES): not retrying again; see $HOLDERPO_LOG_DIR"
+    fi
+    why+="; the run had progressed before, so retrying ($((previous + 1)) of at most $HOLDERPO_SETUP_RETRIES in a row)"
+  elif [[ "$HP_STOP_REASON" == "lost Ray worker" || "$HP_STOP_REASON" == "no progress" ]]; then
+    if [[ "$HP_STOP_REASON" == "lost Ray worker" ]]; then
+      HP_CAUSE=lost_worker again="lost Ray worker again, no progress"
+      why="stop requested (lost Ray worker${HP_LOST_NODE:+ on $HP_LOST_NODE})"
+    else
+      HP_CAUSE=no_progress again="no progress again"
+      why="stop requested (no progress: ${HP_STALL:-no step, validation or checkpoint completed in time})"
+    fi
+    previous=$(hp_last_fault_step "$HP_CAUSE")
+    if [[ -n "$previous" ]] && ((HP_NEWEST <= previous)); then
+      broken=${HP_LOST_NODE:+; node $HP_LOST_NODE looks broken (an admin can drain it: scontrol update}
+      broken+=${HP_LOST_NODE:+ NodeName=$HP_LOST_NODE State=DRAIN Reason=...)}
+      hp_fail "$rc" "$again" "$why, again: this job was requeued for the same fault at checkpoint step $previous" \
+        "and no newer checkpoint completed since (newest: step $HP_NEWEST). Not requeueing into a loop$broken." \
+        "Resume by hand once fixed: HOLDERPO_RUN_DIR=$HOLDERPO_RUN_DIR sbatch <same script and overrides>"
+    fi
+  elif [[ -n "$HP_STOP_REASON" ]]; then
+    HP_CAUSE=stop
     why="stop requested ($HP_STOP_REASON)"
   elif ((rc == HP_EXIT_STOPPED)); then
+    HP_CAUSE=stop
     why="driver checkpointed and stopped on its own (exit $rc)"
-  elif ((newest > HP_START_STEP)); then
-    why="driver exited $rc after progress (newest checkpoint step $HP_START_STEP -> $newest)"
+  elif ((HP_NEWEST > HP_START_STEP)); then
+    HP_CAUSE=crash_after_progress
+    why="driver exited $rc after progress (newest checkpoint step $HP_START_STEP -> $HP_NEWEST)"
   else
-    hp_err "driver failed with exit code $rc before any new checkpoint; not requeueing (see $HOLDERPO_LOG_DIR)"
-    hp_record_result "$rc" "driver failed"
-    exit "$rc"
+    HP_CAUSE=crash
+    hp_fail "$rc" "driver failed" "driver failed with exit code $rc before any new checkpoint; not requeueing" \
+      "(see $HOLDERPO_LOG_DIR)"
   fi
   if ((HP_RESTART >= HOLDERPO_MAX_RESTARTS)); then
-    hp_err "$why, but the restart limit is reached ($HP_RESTART requeues, HOLDERPO_MAX_RESTARTS=$HOLDERPO_MAX_RESTARTS)." \
-      "Resume by hand: HOLDERPO_RUN_DIR=$HOLDERPO_RUN_DIR sbatch <same script and overrides>"
-    hp_record_result "$rc" "restart limit reached"
-    exit "$rc"
+    hp_fail "$rc" "restart limit reached" "$why, but the restart limit is reached ($HP_RESTART requeues," \
+      "HOLDERPO_MAX_RESTARTS=$HOLDERPO_MAX_RESTARTS). Resume by hand: HOLDERPO_RUN_DIR=$HOLDERPO_RUN_DIR sbatch" \
+      "<same script and overrides>"
   fi
-  hp_log "$why; newest checkpoint step $newest; requeueing job $SLURM_JOB_ID (restart $((HP_RESTART + 1)) of at most" \
-    "$HOLDERPO_MAX_RESTARTS)"
+  # The node to keep the next attempt off, decided while this attempt still runs (see hp_exclusion_list).
+  exclude=""
+  [[ "$HP_CAUSE" != lost_worker || -z "$HP_LOST_NODE" ]] || exclude=$(hp_exclusion_list "$HP_LOST_NODE")
+  hp_log "$why; newest checkpoint step $HP_NEWEST; requeueing job $SLURM_JOB_ID (restart $((HP_RESTART + 1)) of at" \
+    "most $HOLDERPO_MAX_RESTARTS)"
   HP_REQUEUED=1
   hp_record_result "$rc" "requeued"
+  # From the requeue on, Slurm ends this attempt: SIGTERM to every process of the batch step (the commands below
+  # included), SIGKILL after KillWait. Ignored here (and so in the commands started from here), so that the one
+  # update after the requeue is not killed half-way.
+  trap '' TERM
   if ! scontrol requeue "$SLURM_JOB_ID"; then
     HP_REQUEUED=0
     hp_err "scontrol requeue failed (is the job submitted with --requeue?); resume by hand:" \
@@ -309,5 +459,67 @@ hp_finish() {
     hp_record_result "$rc" "requeue failed"
     exit "$rc"
   fi
+  # Slurm refuses ExcNodeList for a running job ("Job is no longer pending execution") and takes it once the requeue
+  # made the job pending again (Slurm 22.05: at once, while the requeued job is still COMPLETING).
+  if [[ -n "$exclude" ]]; then
+    if scontrol update JobId="$SLURM_JOB_ID" ExcNodeList="$exclude"; then
+      hp_log "the next attempt excludes $exclude (ExcNodeList)"
+    else
+      hp_log "WARNING: could not exclude $HP_LOST_NODE from the next attempt (scontrol update ExcNodeList failed)"
+    fi
+  fi
   exit 0
+}
+
+# hp_fail CODE REASON MESSAGE...: end the job with CODE, no requeue; REASON goes to result.env.
+hp_fail() {
+  local rc=$1 reason=$2
+  shift 2
+  hp_err "$*"
+  hp_record_result "$rc" "$reason"
+  exit "$rc"
+}
+
+# hp_consecutive_causes CAUSE: how many of this job's directly preceding attempts were requeued for CAUSE.
+hp_consecutive_causes() {
+  local file count=0
+  while read -r file; do
+    [[ "$(hp_result_field "$file" cause)" == "$1" && "$(hp_result_field "$file" reason)" == requeued ]] || break
+    count=$((count + 1))
+  done < <(hp_previous_results)
+  echo "$count"
+}
+
+# hp_last_fault_step CAUSE: the newest checkpoint step at this job's last requeue for CAUSE; "" when there was none.
+hp_last_fault_step() {
+  local file
+  while read -r file; do
+    if [[ "$(hp_result_field "$file" cause)" == "$1" && "$(hp_result_field "$file" reason)" == requeued ]]; then
+      hp_result_field "$file" newest_step
+      return 0
+    fi
+  done < <(hp_previous_results)
+}
+
+# hp_exclusion_list NODE: the ExcNodeList that keeps the requeued job off NODE as well as the nodes it already
+# excludes; "" (with the reason logged) when it should not: HOLDERPO_EXCLUDE_LOST_NODE=0, or the partition could not
+# hold the job without them (a job excluded from more nodes than it can spare pends for ever, Reason=BadConstraints).
+hp_exclusion_list() {
+  local node=$1 current list excluded total
+  if [[ "${HOLDERPO_EXCLUDE_LOST_NODE:-1}" != 1 ]]; then
+    hp_log "not excluding $node from the next attempt (HOLDERPO_EXCLUDE_LOST_NODE=$HOLDERPO_EXCLUDE_LOST_NODE)" >&2
+    return 0
+  fi
+  current=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -oE '(^| )ExcNodeList=[^ ]*' | head -1 |
+    cut -d= -f2) || current=""
+  [[ "$current" != "(null)" ]] || current=""
+  list=${current:+$current,}$node
+  excluded=$(scontrol show hostnames "$list" 2>/dev/null | sort -u | wc -l) || excluded=0
+  total=$(sinfo -h -N -p "${SLURM_JOB_PARTITION:-}" -o %N 2>/dev/null | sort -u | wc -l) || total=0
+  if ((total - excluded < ${SLURM_JOB_NUM_NODES:-1})); then
+    hp_log "not excluding $node from the next attempt: partition ${SLURM_JOB_PARTITION:-?} has $total node(s)," \
+      "the job needs ${SLURM_JOB_NUM_NODES:-1} and would exclude $excluded (it could never start again)" >&2
+    return 0
+  fi
+  echo "$list"
 }

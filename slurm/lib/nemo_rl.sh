@@ -114,12 +114,20 @@ hp_check_container_scope() {
 hp_ray_head_node() {
   local node address pairs=()
   for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
-    address=$(host "$node" 2>/dev/null | awk '/has address/ { print $4 }' | head -1 || true)
-    [[ -n "$address" ]] || address=$(getent hosts "$node" 2>/dev/null | awk '{ print $1 }' | head -1 || true)
-    [[ -n "$address" ]] || address=$(nslookup "$node" 2>/dev/null | awk '/^Address: / { print $2 }' | head -1 || true)
+    address=$(hp_node_address "$node")
     pairs+=("$node|${address:-$node}")
   done
   printf '%s\n' "${pairs[@]}" | sort | head -1 | cut -d'|' -f1
+}
+
+# hp_node_address NODE: the address ray.sub resolves NODE to, and so the one Ray registers the node under (host, then
+# getent, then nslookup, as ray.sub does); "" when none answers.
+hp_node_address() {
+  local address
+  address=$(host "$1" 2>/dev/null | awk '/has address/ { print $4 }' | head -1 || true)
+  [[ -n "$address" ]] || address=$(getent hosts "$1" 2>/dev/null | awk '{ print $1 }' | head -1 || true)
+  [[ -n "$address" ]] || address=$(nslookup "$1" 2>/dev/null | awk '/^Address: / { print $2 }' | head -1 || true)
+  echo "$address"
 }
 
 # hp_prepare_containers: start the containers ray.sub will reuse, on every node at once (pyxis reuses a container
@@ -161,8 +169,15 @@ hp_prepare_containers() {
       fi' prepare "$copy" "$dir" || rc=$?
   if [[ -n "$worker_pid" ]] && ! wait "$worker_pid"; then rc=1; fi
   wait "$sum_pid" || true
-  ((rc == 0)) || hp_refuse "could not start $HOLDERPO_CONTAINER_IMAGE on every node${copy:+ or copy $copy/ray.sub out" \
-    "of it} (set HOLDERPO_NEMO_RL_IN_IMAGE, or NEMO_RL_HOME to a NeMo RL checkout of the container's version)"
+  if ((rc != 0)); then
+    # A registry's rate limit or a full enroot disk fails here as a wrong image path does: hp_finish tells them apart
+    # by whether the run has progressed before (set-up failed, bounded retry by requeue).
+    hp_err "could not start $HOLDERPO_CONTAINER_IMAGE on every node${copy:+ or copy $copy/ray.sub out of it} (set" \
+      "HOLDERPO_NEMO_RL_IN_IMAGE, or NEMO_RL_HOME to a NeMo RL checkout of the container's version)"
+    HP_SETUP_FAILED="the image did not start on every node${copy:+, or ray.sub could not be copied out of it}"
+    HP_DRIVER_RC=1
+    hp_finish
+  fi
   version=$(sed -nE 's/^(MAJOR|MINOR|PATCH) *= *([0-9]+).*/\2/p' "$dir/package_info.py" | paste -sd.)
   HP_NEMO_RL_FULL_VERSION=$version
   if [[ "$version" != "$HP_NEMO_RL_VERSION".* ]]; then
@@ -299,6 +314,44 @@ hp_poll() {
   hp_request_stop "lost Ray worker"
 }
 
+# hp_check_bring_up (after ray.sub ended): ray.sub failed before it started the driver (no ray-driver.log): a head or
+# worker step that did not start, Ray that did not come up. A set-up failure for hp_finish, not a driver failure.
+hp_check_bring_up() {
+  [[ -z "$HP_STOP_REASON" && ! -e "$HP_RAY_LOG_DIR/ray-driver.log" ]] || return 0
+  ((HP_DRIVER_RC != 0)) || return 0
+  # shellcheck disable=SC2034  # read by hp_finish (common.sh)
+  HP_SETUP_FAILED="Ray bring-up: ray.sub exited $HP_DRIVER_RC before it started the driver (ray.sub.log)"
+}
+
+# hp_lost_node: sets HP_LOST_NODE to the node Ray reports dead in the driver's log ("ip: A.B.C.D" of an
+# ActorDiedError, "Node IP: A.B.C.D" of a task's node), mapped to the allocation's node of that address. Without such
+# a report, a 2-node job whose worker step ended (ENDED) lost its one worker node, the node that is not ray.sub's
+# head. "" when neither tells (more nodes, or an address no node of the allocation resolves to).
+hp_lost_node() {
+  local ip node address
+  HP_LOST_NODE=""
+  [[ -r "$HP_RAY_LOG_DIR/ray-driver.log" ]] || return 0
+  ip=$(grep -oE '((^|[[:space:]])ip|Node IP): [0-9]+(\.[0-9]+){3}' "$HP_RAY_LOG_DIR/ray-driver.log" | tail -1 |
+    grep -oE '[0-9]+(\.[0-9]+){3}') || ip=""
+  if [[ -z "$ip" ]]; then
+    if ((SLURM_JOB_NUM_NODES == 2)) && [[ -e "$HP_RAY_LOG_DIR/ENDED" ]]; then
+      address=$(hp_ray_head_node)
+      # shellcheck disable=SC2034  # read by hp_finish (common.sh)
+      HP_LOST_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | grep -vxF "$address" | head -1)
+    fi
+    return 0
+  fi
+  for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null); do
+    address=$(hp_node_address "$node")
+    if [[ "$address" == "$ip" ]]; then
+      # shellcheck disable=SC2034  # read by hp_finish (common.sh)
+      HP_LOST_NODE=$node
+      return 0
+    fi
+  done
+  hp_log "Ray reports the node at $ip dead, which no node of the allocation resolves to"
+}
+
 # hp_check_lost_worker (after ray.sub ended): the same finding when hp_poll could not see it in time. A node that
 # really dies is noticed by Ray within seconds and by Slurm only after SlurmdTimeout, so the driver may crash before
 # ray.sub sees the worker step end: Ray's own report in the driver's log, or a worker step that is gone (ray.sub
@@ -362,5 +415,7 @@ hp_run_nemo_rl() {
   # shellcheck disable=SC2016  # $0 is for the inner bash
   hp_run_driver "$HOLDERPO_LOG_DIR/ray.sub.log" bash -c 'trap "" USR1; exec bash "$0"' "$HP_RAY_SUB"
   hp_check_lost_worker
+  [[ "$HP_STOP_REASON" != "lost Ray worker" ]] || hp_lost_node
+  hp_check_bring_up
   hp_finish
 }

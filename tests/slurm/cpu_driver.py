@@ -30,6 +30,11 @@ preemption Slurm signals the driver and the batch shell at once, and the driver 
 shell has written the stop file) writes part of its temporary directory
 and then hangs, as a checkpoint slower than ``HOLDERPO_CKPT_TIMEOUT_S`` (or than
 Slurm's KillWait after a preemption) would. Its SIGTERM handler only records the request, so only SIGKILL ends it.
+
+Test-only fault, ``HOLDERPO_TEST_HANG_AT_STEP=A:N[,B:M...]``: in attempt A the driver hangs when it starts step N
+(step N-1, its metrics, its checkpoint if one was due and its progress record complete first), as a stuck NCCL
+collective or vLLM engine would: it never reaches another step boundary, so it ignores the stop file, and it ignores
+SIGTERM; only SIGKILL ends it.
 """
 
 from __future__ import annotations
@@ -121,6 +126,24 @@ def pace_steps(seconds: float) -> None:
     ReferenceRecipe._train_step = _train_step
 
 
+def hang_at_step(step: int) -> None:
+    import signal
+
+    from holder_nemo.reference.train import ReferenceRecipe
+
+    original = ReferenceRecipe._train_step
+
+    def _train_step(self, current):
+        if current == step:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            print(f"cpu_driver: hanging at the start of step {step} (test fault)", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(3600)
+        return original(self, current)
+
+    ReferenceRecipe._train_step = _train_step
+
+
 def main(argv: list[str]) -> int:
     use_ray = "--ray" in argv
     argv = [a for a in argv if a != "--ray"]
@@ -140,6 +163,9 @@ def main(argv: list[str]) -> int:
     attempt = os.environ.get("SLURM_RESTART_COUNT") or "0"
     if attempt in os.environ.get("HOLDERPO_TEST_SLOW_SAVE", "").split(","):
         hang_saves_requested_by_a_stop()
+    hangs = dict(item.split(":") for item in os.environ.get("HOLDERPO_TEST_HANG_AT_STEP", "").split(",") if item)
+    if attempt in hangs:
+        hang_at_step(int(hangs[attempt]))
     from holder_nemo.reference import train
 
     return train.main([recipe, *overrides])

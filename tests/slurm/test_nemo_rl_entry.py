@@ -192,9 +192,10 @@ def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: Lo
 
     attempt 0: USR1 -> the driver checkpoints at its step boundary -> requeue (and a second job for the same run
     directory, submitted meanwhile, is refused); attempt 1: the Ray worker node's step is killed -> ray.sub marks the
-    cluster ENDED -> stop -> requeue; attempt 2: USR1, but the checkpoint hangs past HOLDERPO_CKPT_TIMEOUT_S -> the
-    job's steps are cancelled -> requeue from the previous complete checkpoint; attempt 3: runs to the end. The
-    per-step metrics equal an uninterrupted run's exactly."""
+    cluster ENDED -> stop -> requeue, that node excluded from the later attempts (the partition has 4 nodes, the job
+    needs 2); attempt 2: USR1, but the checkpoint hangs past HOLDERPO_CKPT_TIMEOUT_S -> the job's steps are
+    cancelled -> requeue from the previous complete checkpoint; attempt 3: runs to the end. The per-step metrics
+    equal an uninterrupted run's exactly."""
     tree, python = nemo_rl_tree(), python_with_ray()
     steps, period = 40, 4
     run_dir = tmp_path / "run"
@@ -219,8 +220,9 @@ def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: Lo
         wait_for(lambda: (attempt(1) / "ray_cluster.json").exists(), 420, "attempt 1's driver to join Ray")
         wait_for(lambda: len(read_metrics(ckpt)) > (resumed_step(attempt(1) / "driver.log") or 1e9), 240, "a step")
         nodes = job_nodes(slurm_cluster, job)
+        lost = sorted(nodes)[1]  # ray.sub's worker node (the head is the first in sort order)
         steps_now = slurm_cluster.run(["squeue", "-h", "-s", "-j", job, "-o", "%i %N"]).stdout.split("\n")
-        worker = [s.split()[0] for s in steps_now if s.split()[1:] == [sorted(nodes)[1]] and ".batch" not in s]
+        worker = [s.split()[0] for s in steps_now if s.split()[1:] == [lost] and ".batch" not in s]
         assert len(worker) == 1, steps_now
         slurm_cluster.run(["scancel", "--signal=KILL", worker[0]])
         wait_requeued(slurm_cluster, job, 2)
@@ -242,6 +244,15 @@ def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: Lo
 
     results = [read_env_file(attempt(n) / "result.env") for n in range(4)]
     assert [r["reason"] for r in results] == ["requeued"] * 3 + ["complete"]
+    # The lost worker's node (the 2-node job's one worker: its step ended) is named and kept out of later attempts.
+    assert (results[1]["cause"], results[1]["node"]) == ("lost_worker", lost), results[1]
+    assert f"the next attempt excludes {lost} (ExcNodeList)" in out
+    assert slurm_cluster.job(job)["ExcNodeList"] == lost
+    attempt_nodes = [
+        slurm_cluster.run(["scontrol", "show", "hostnames", read_env_file(attempt(n) / "attempt.env")["nodes"]])
+        .stdout.split() for n in range(4)
+    ]  # fmt: skip
+    assert attempt_nodes[1] == nodes and all(lost not in later for later in attempt_nodes[2:]), attempt_nodes
     assert results[0]["exit_code"] == "75" and results[2]["exit_code"] not in ("0", "75")
     for why in ("stop requested (USR1)", "stop requested (lost Ray worker)", "(HOLDERPO_CKPT_TIMEOUT_S): cancelling"):
         assert why in out, why
@@ -261,7 +272,7 @@ def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: Lo
         assert "[stand-in srun] account='(null)' container-name=ray-head dropped: " in log, log[-3000:]
         assert "[stand-in srun] account='(null)' container-name=ray-worker dropped: " in log
         assert filecmp.cmp(attempt(n) / "nemo_rl_release" / "ray.sub", tree / "ray.sub", shallow=False)
-        check_ray_cluster(attempt(n), nodes)
+        check_ray_cluster(attempt(n), attempt_nodes[n])
     assert "ray.sub from the image" in out and "NeMo RL 0.7.0 ray.sub" in out
     assert sockets.seen, "the socket sampler saw nothing: the no-off-loopback check would be vacuous"
     assert not sockets.off_loopback, sockets.off_loopback[:20]

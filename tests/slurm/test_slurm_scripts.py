@@ -199,7 +199,7 @@ def test_checkpoint_slower_than_the_timeout_requeues_from_the_previous_one(
     slurm_cluster: LocalSlurm, tmp_path: Path
 ) -> None:
     """USR1, but the save it asks for hangs (test fault) past HOLDERPO_CKPT_TIMEOUT_S: the batch shell cancels the
-    driver's step (SIGTERM, then SIGKILL after KillWait: the driver's handler only records SIGTERM), requeues because
+    driver's step (`scancel JOB.STEP`: SIGKILL at once, the driver never sees a SIGTERM), requeues because
     a stop was requested, and the run resumes from the previous complete checkpoint and ends exactly as an
     uninterrupted run. The hung save's partial directory is never taken for a checkpoint."""
     steps, period = 24, 3
@@ -270,6 +270,39 @@ def test_preemption_requeues_and_resumes_from_the_last_periodic_checkpoint(
 
 @pytest.mark.slurm
 @pytest.mark.slow
+def test_a_hang_is_noticed_by_the_progress_watchdog_and_the_run_resumes_exactly(
+    slurm_cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """Defect 2 of issue 21 on the real Slurm: the driver (cpu_driver.py, test fault) hangs at the start of step 8 of
+    attempt 0, after the checkpoint of step 6, ignoring the stop file and SIGTERM as a stuck collective does. The
+    batch shell's progress watchdog (HOLDERPO_PROGRESS_TIMEOUT_S=10) notices, requests a stop, kills the driver's
+    step HOLDERPO_CKPT_TIMEOUT_S later and requeues; attempt 1 resumes from step 6 and the run ends exactly as an
+    uninterrupted one. Before, the hang held the allocation until its time limit."""
+    steps, period = 12, 3
+    want = uninterrupted_metrics(tmp_path, steps, TINY)
+    run_dir = tmp_path / "hung"
+    job = submit_smoke(
+        slurm_cluster, tmp_path, run_dir, steps, f"checkpointing.save_period={period}",
+        HOLDERPO_TRAIN=cpu_driver_as_train(tmp_path), HOLDERPO_TEST_HANG_AT_STEP="0:8", HOLDERPO_TEST_STEP_S="0.3",
+        HOLDERPO_PROGRESS_TIMEOUT_S="10", HOLDERPO_PROGRESS_POLL_S="2", HOLDERPO_CKPT_TIMEOUT_S="5",
+    )  # fmt: skip
+    wait_requeued(slurm_cluster, job, 1)
+    info = wait_final(slurm_cluster, job)
+    out = (tmp_path / f"holderpo-smoke-cpu-{job}.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), out
+
+    first, second = attempt_dirs(run_dir)
+    assert "hanging at the start of step 8" in (first / "driver.log").read_text()
+    assert "progress watchdog: no step, validation or checkpoint completed for" in out, out
+    assert "last: step of step 7" in out and "stop requested (no progress)" in out, out
+    result = read_env_file(first / "result.env")
+    assert (result["reason"], result["cause"], result["newest_step"]) == ("requeued", "no_progress", "6"), result
+    assert resumed_step(second / "driver.log") == 6
+    assert reproducible(read_metrics(run_dir)) == want
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_driver_failing_at_start_ends_the_job_with_its_code(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
     """A driver that fails before any new checkpoint (here: a recipe key that does not exist, exit 2) is not a
     reason to requeue: the job ends FAILED with the driver's exit code, on its first attempt."""
@@ -297,8 +330,8 @@ def test_gpu_scripts_fit_fake_8_gpu_nodes(slurm_cluster: LocalSlurm, tmp_path: P
 
 
 def slurm_scripts() -> list[Path]:
-    stand_ins = Path(__file__).with_name("stand_ins")
-    return sorted([*SLURM_DIR.rglob("*.sh"), *stand_ins.iterdir()])
+    here = Path(__file__).parent
+    return sorted([*SLURM_DIR.rglob("*.sh"), *(here / "stand_ins").iterdir(), *(here / "fake_slurm").iterdir()])
 
 
 def test_every_slurm_script_is_shellcheck_clean() -> None:
@@ -315,6 +348,11 @@ def test_every_slurm_script_is_shellcheck_clean() -> None:
         "nemo_rl.sh",
         "srun",
         "ray",
+        "squeue",
+        "scontrol",
+        "scancel",
+        "sinfo",
+        "getent",
     }
     proc = subprocess.run(
         [shellcheck, "--external-sources", "--severity=style", *map(str, scripts)], capture_output=True, text=True
