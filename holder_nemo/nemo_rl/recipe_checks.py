@@ -346,14 +346,20 @@ def check_checkpointing(cfg: Mapping, report: Report) -> None:
                 f"{ckpt.get('is_async')!r}",
             )
     elif save_format is not None:
-        # Policy.save_checkpoint (lm_policy.py) raises at the first save: only the DTensor v2 worker takes a format;
-        # the Megatron worker always writes Megatron's distributed checkpoint, DTensor v1 torch DCP.
-        backend = "Megatron" if (policy.get("megatron_cfg") or {}).get("enabled") is True else "DTensor v1"
+        # Only the DTensor v2 worker honours a format: Policy.save_checkpoint (lm_policy.py) raises at the first save
+        # when dtensor_cfg._v2 is false, and otherwise hands it to the Megatron worker, which takes **kwargs and
+        # ignores it (it always writes Megatron's distributed checkpoint): a format set there is silently not written.
+        if (policy.get("megatron_cfg") or {}).get("enabled") is True:
+            consequence = "the Megatron worker ignores it and always writes Megatron's distributed checkpoint"
+            if dtensor.get("_v2") is not True:
+                consequence = "NeMo RL's Policy.save_checkpoint raises at the first save"
+            backend = "Megatron"
+        else:
+            backend, consequence = "DTensor v1", "NeMo RL's Policy.save_checkpoint raises at the first save"
         report.error(
             "checkpointing.model_save_format",
-            f"must be null with the {backend} backend (only DTensor v2, "
-            "policy.dtensor_cfg._v2: true, takes a format; NeMo RL's Policy.save_checkpoint raises at the "
-            f"first save), got {save_format!r}",
+            f"must be null with the {backend} backend (only DTensor v2, policy.dtensor_cfg._v2: true, takes a "
+            f"format; {consequence}), got {save_format!r}",
         )
     metric = ckpt.get("metric_name")
     if isinstance(metric, str) and not metric.startswith(("val:", "train:")):

@@ -133,29 +133,31 @@ def test_first_periodic_save_of_the_recipe(run_driver, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("recipe", "override", "nemo_rl_error"),
+    ("recipe", "overrides", "nemo_rl_error"),
     [
-        (  # failure 1 of the production-path issue: every GPU recipe set a save format without DTensor v2
+        (  # failure 1 of the production-path issue: every GPU recipe set a save format without DTensor v2.
+            # Policy.save_checkpoint raises only when policy.dtensor_cfg._v2 is false, whatever the backend: the
+            # base recipe sets _v2 true, with which the Megatron worker takes the format and ignores it.
             "holderpo_qwen2.5-math-7b.yaml",
-            "checkpointing.model_save_format=safetensors",
+            ("policy.dtensor_cfg._v2=false", "checkpointing.model_save_format=safetensors"),
             "model_save_format must be None or omitted if using DTensorPolicyWorker (_v2=False)",
         ),
         (  # failure 2: the 32B recipe computed log-probs at another batch size than training with TP 4
             "holderpo_qwen2.5-32b-4n8g.yaml",
-            "policy.logprob_batch_size=2",
+            ("policy.logprob_batch_size=2",),
             "known batch-variant accuracy issue with TP>=4",
         ),
     ],
 )
-def test_nemo_rl_itself_rejects_what_our_preflight_rejects(recipe, override, nemo_rl_error, run_driver, tmp_path):
+def test_nemo_rl_itself_rejects_what_our_preflight_rejects(recipe, overrides, nemo_rl_error, run_driver, tmp_path):
     """Our pre-flight refuses these settings before Ray (exit 2, key named); without it NeMo RL's own code refuses
     them later (the first save, or Policy.__init__): the pre-flight mirrors a real rule, and must keep doing so."""
-    ours = run_driver(tmp_path / "ours", recipe, override)
+    ours = run_driver(tmp_path / "ours", recipe, *overrides)
     assert_ok(ours, EXIT_BAD_CONFIG)
-    key = override.split("=")[0]
+    key = overrides[-1].split("=")[0]
     assert key in ours.log and "Setting up compute cluster" not in ours.log
     theirs = run_driver(
-        tmp_path / "theirs", recipe, override, signal_at_step=2, env={"HOLDERPO_TEST_SKIP_RECIPE_CHECK": "1"}
+        tmp_path / "theirs", recipe, *overrides, signal_at_step=2, env={"HOLDERPO_TEST_SKIP_RECIPE_CHECK": "1"}
     )
     assert theirs.code == 1, theirs.log[-3000:]
     assert nemo_rl_error in theirs.log
