@@ -23,7 +23,6 @@ from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError
 from holder_nemo.core import Reduce
 from holder_nemo.nemo_rl import HolderPOLossFn
 from holder_nemo.nemo_rl.progress import ProgressRecorder
-from holder_nemo.nemo_rl.stop import StopRequest
 from holder_nemo.reference import checkpoint as ckpt
 from holder_nemo.reference.config import ReferenceConfig
 from holder_nemo.reference.metrics_log import MetricsLog, combine_metrics, summarize
@@ -36,9 +35,9 @@ from holder_nemo.reference.rollout import (
     next_token_logprobs,
     sample_groups,
 )
+from holder_nemo.run_control import COMPLETED_FILE, EXIT_COMPLETED, EXIT_STOPPED, StopRequest
 
-EXIT_COMPLETED, EXIT_BAD_CONFIG, EXIT_STOPPED = 0, EXIT_BAD_INPUT, 75
-COMPLETED_FILE = "COMPLETED"
+EXIT_BAD_CONFIG = EXIT_BAD_INPUT
 # Without a terminal (Slurm, CI, a pipe) there is no progress bar: one line per step instead, at most one every this
 # many seconds (the first and the last step, and every checkpoint, always get theirs).
 PROGRESS_LINE_INTERVAL_S = 10.0

@@ -38,7 +38,7 @@ def install_trace_points() -> None:
     from nemo_rl.algorithms import grpo
     from nemo_rl.utils import checkpoint
 
-    from holder_nemo.nemo_rl import resume
+    from holder_nemo import run_control
 
     @functools.wraps(grpo.setup)
     def setup(*args, **kwargs):
@@ -75,7 +75,7 @@ def install_trace_points() -> None:
     original_finalize = checkpoint.CheckpointManager.finalize_checkpoint
     checkpoint.CheckpointManager.finalize_checkpoint = finalize_checkpoint
     checkpoint.shutil = types.SimpleNamespace(rmtree=rmtree)
-    original_marker, resume.write_completed_marker = resume.write_completed_marker, write_completed_marker
+    original_marker, run_control.write_completed_marker = run_control.write_completed_marker, write_completed_marker
 
 
 def main() -> int:
