@@ -5,8 +5,8 @@ Nothing here imports ``nemo_rl`` at import time; NeMo RL objects are resolved la
 them, so the loss is importable and testable anywhere and cloudpickles to the Ray workers.
 """
 
-from holder_nemo.nemo_rl.config import HolderPOLossConfig, LossConfigError, parse_loss_config
 from holder_nemo.nemo_rl.loss import HolderPOLossFn
+from holder_nemo.nemo_rl.loss_config import HolderPOLossConfig, LossConfigError, parse_loss_config
 from holder_nemo.nemo_rl.steps import StepScheduledTrain, install_step_schedule
 
 __all__ = [

@@ -45,8 +45,8 @@ from holder_nemo.core import (
     sequence_is_weights,
 )
 from holder_nemo.core.validation import check_finite_where
-from holder_nemo.nemo_rl.config import HolderPOLossConfig, parse_loss_config
 from holder_nemo.nemo_rl.interfaces import loss_input_type, loss_type
+from holder_nemo.nemo_rl.loss_config import HolderPOLossConfig, parse_loss_config
 from holder_nemo.nemo_rl.metrics import HOLDER_KEYS, METRIC_REDUCTIONS, OTHER_REDUCTIONS
 
 
@@ -111,7 +111,7 @@ class HolderPOLossFn:
     """HölderPO loss for NeMo RL (v0.6+ ``LOGPROB`` interface). Build it from the ``loss_fn`` config section.
 
     Args:
-        loss_fn_config: the ``loss_fn`` mapping (ClippedPG keys + ``holder:`` block; see ``config.py`` and
+        loss_fn_config: the ``loss_fn`` mapping (ClippedPG keys + ``holder:`` block; see ``loss_config.py`` and
             docs/nemo_rl.md). Invalid or unknown keys raise ``LossConfigError`` naming the key.
 
     The Hölder order p of the current call is ``schedule(step)`` with ``step`` set by ``set_step`` (1-based: the

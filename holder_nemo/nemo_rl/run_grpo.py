@@ -6,7 +6,7 @@ overrides, ``MasterConfig``, ``init_ray``, tokenizer, generation config, ``setup
 
 1. ``prepare`` (before Ray): the recipe through the project's loader (``holder_nemo.config``, which resolves every
    recipe exactly as NeMo RL's ``load_config`` + ``parse_hydra_overrides`` do, and refuses duplicate keys), every
-   rule of ``holderpo recipe check`` (one rule set, ``recipe_checks.py``, strict: the data must be here), NeMo RL's
+   rule of ``holderpo recipe check`` (one rule set, ``preflight.py``, strict: the data must be here), NeMo RL's
    ``MasterConfig``, the loss ``grpo_train`` will get (``HolderPOLossFn(master_config.loss_fn)``; the
    ``ClippedPGLossFn`` that ``setup`` builds is discarded), the environments the recipe names by dotted path
    (``env.<name>._component_``, ``components.py``), the resume guard. A bad recipe is a ``ConfigError``: its
@@ -82,7 +82,7 @@ def _checked_master_config(config_path: str, overrides: Sequence[str], *, strict
     from holder_nemo.config import load_recipe, to_plain
     from holder_nemo.config.errors import problems_from_pydantic
     from holder_nemo.nemo_rl.master_config import typed_dict_for_old_python
-    from holder_nemo.nemo_rl.recipe_checks import check_nemo_rl_recipe
+    from holder_nemo.nemo_rl.preflight import check_nemo_rl_recipe
 
     typed_dict_for_old_python()
     from nemo_rl.algorithms.grpo import MasterConfig

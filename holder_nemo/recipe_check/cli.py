@@ -13,7 +13,7 @@ from typing import Any
 
 from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError, Report, print_problems
 from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
-from holder_nemo.nemo_rl.recipe_checks import (
+from holder_nemo.nemo_rl.preflight import (
     check_checkpointing,
     check_nemo_rl_recipe,
     check_schedule_length,

@@ -86,7 +86,7 @@ def main() -> int:
     install_trace_points()
     if os.environ.get("HOLDERPO_TEST_SKIP_RECIPE_CHECK") == "1":
         # To show that NeMo RL's own code enforces a rule our pre-flight mirrors: run without the mirror.
-        from holder_nemo.nemo_rl import recipe_checks as checks
+        from holder_nemo.nemo_rl import preflight as checks
 
         checks.check_nemo_rl_recipe = lambda cfg, strict=False: (checks.Report(), None)
     code = 1
