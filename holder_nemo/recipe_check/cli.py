@@ -19,7 +19,7 @@ from holder_nemo.nemo_rl.preflight import (
     check_schedule_length,
 )
 from holder_nemo.recipe_check.sizing_inputs import add_arguments as add_sizing_arguments
-from holder_nemo.reference.config import is_reference_recipe, missing_paths, validate_reference_config
+from holder_nemo.reference.schema import is_reference_recipe, missing_paths, validate_reference_config
 
 PROG = "holderpo recipe check"
 

@@ -26,7 +26,7 @@ from typing import Any
 from holder_nemo.config import ConfigError, load_recipe, print_problems
 from holder_nemo.config.errors import make_run_dir
 from holder_nemo.reference import checkpoint as ckpt
-from holder_nemo.reference.config import (
+from holder_nemo.reference.schema import (
     ReferenceConfig,
     default_recipe_path,
     is_reference_recipe,
