@@ -2,8 +2,8 @@
 (``holder_nemo.nemo_rl.run_grpo``), ALFWorld's per-step loop and the Slurm entries (``slurm/lib/common.sh`` keeps
 ``HP_EXIT_STOPPED`` equal to ``EXIT_STOPPED``; tests/nemo_rl_plugin/test_plugin_stop.py checks it). This module owns the
 contract's constants: the exit codes (``EXIT_COMPLETED`` 0, ``EXIT_FAILED`` 1, ``EXIT_STOPPED`` 75; 2 is
-``config.errors.EXIT_BAD_INPUT``), the ``COMPLETED`` marker and the stop file's variable. Standard library only at
-import time (the driver venv of a container without torch imports it: docs/containers.md).
+``config.errors.EXIT_BAD_INPUT``), the ``COMPLETED`` marker and the stop file's variable. Imports no torch (the
+driver venv of a container without torch imports it: docs/containers.md).
 
 **Stop.** When the file named by ``$HOLDERPO_STOP_FILE`` exists at a step boundary, or the process got
 SIGUSR1/SIGTERM (and Ctrl-C for ``holderpo train``), finish the current step, write a checkpoint, exit 75. In
