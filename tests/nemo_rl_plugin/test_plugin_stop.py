@@ -281,3 +281,10 @@ def test_the_slurm_shell_uses_the_exit_codes_and_marker_of_run_control():
     assert values == {"HP_EXIT_STOPPED": str(run_control.EXIT_STOPPED), "HP_EXIT_REFUSED": str(EXIT_BAD_INPUT)}
     assert f'"$HP_CKPT_DIR/{run_control.COMPLETED_FILE}"' in shell
     assert "Owner: holder_nemo/run_control.py" in shell
+
+
+def test_run_control_imports_no_torch():
+    """The driver venv of a torch-less base imports it (containers/install_holder_nemo.sh's driver check)."""
+    probe = "import sys, holder_nemo.run_control; print(sorted(m for m in ('torch', 'nemo_rl') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]"], out
