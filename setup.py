@@ -2,7 +2,7 @@
 
 ``recipes/`` stays at the top level of the repository; the wheel carries ``recipes/smoke_cpu.yaml`` as
 ``holder_nemo/recipes/smoke_cpu.yaml`` (package data of ``holder_nemo.recipes``), where ``holderpo train`` finds its
-default recipe when there is no source tree (``holder_nemo.reference.config.default_recipe_path``).
+default recipe when there is no source tree (``holder_nemo.reference.schema.default_recipe_path``).
 """
 
 from setuptools import find_packages, setup

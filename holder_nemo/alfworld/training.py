@@ -24,7 +24,7 @@ holder_nemo.alfworld.training``); ``python -m holder_nemo.nemo_rl.run_grpo`` the
 6. validates every ``grpo.val_period`` steps under the paper's protocol (128 episodes on ``valid_seen`` at
    temperature 0.4, a new draw of verl-agent's validation environments each time);
 7. saves through NeMo RL's ``CheckpointManager`` every ``checkpointing.save_period`` steps, at the last step and at a
-   stop request (``holder_nemo.nemo_rl.stop.StopRequest``), after which it returns the reason.
+   stop request (``holder_nemo.run_control.StopRequest``), after which it returns the reason.
 
 Resume: ``grpo_save_state["total_steps"]`` restored by ``setup`` is the number of completed steps; the loop continues
 at the next step with p(total_steps + 1), exactly as the uninterrupted run. Not honoured here (see docs): NeMo RL's
@@ -423,7 +423,7 @@ class PerStepLoop:
         train_games / val_games: game files (``alfworld_game_datasets``).
         refit: ``refit(policy, generation)`` pushes the policy weights into the generation engine
             (``nemo_rl.algorithms.grpo.refit_policy_generation`` with the run's colocation settings).
-        stop: ``holder_nemo.nemo_rl.stop.StopRequest`` checked at every step boundary (``stop.fired`` is set).
+        stop: ``holder_nemo.run_control.StopRequest`` checked at every step boundary (``stop.fired`` is set).
         set_temperature: ``set(t) -> previous`` for the generation's sampling temperature, used around validation
             when ``alfworld.val_temperature`` differs from ``policy.generation.temperature``; default: NeMo RL's
             vLLM workers (``vllm_temperature_setter``, resolved now so a missing hook fails at start-up).

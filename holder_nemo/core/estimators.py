@@ -34,6 +34,7 @@ def kl_estimate(
     ``weights`` multiply the estimate, ``output_clamp`` clamps the result: NeMo RL v0.7.0's ``calculate_kl``.
     Shapes: any, broadcastable; the result has the broadcast shape.
     """
+    # x = log pi_ref - log pi of each sampled token
     x = logprobs_reference - logprobs
     if input_clamp is not None:
         clamped = x.clamp(-input_clamp, input_clamp)
@@ -41,11 +42,11 @@ def kl_estimate(
             weights = torch.where(x == clamped, weights, weights.detach())
         x = clamped
     if kind == "k1":
-        kl = -x
+        kl = -x  # k1 = -x
     elif kind == "k2":
-        kl = 0.5 * x.square()
+        kl = 0.5 * x.square()  # k2 = x^2 / 2
     elif kind == "k3":
-        kl = torch.expm1(x) - x
+        kl = torch.expm1(x) - x  # k3 = e^x - 1 - x >= 0
     else:
         raise ValueError(f"KL estimator kind must be one of {KL_KINDS}, got {kind!r}")
     if weights is not None:
@@ -58,7 +59,9 @@ def kl_estimate(
 def js_divergence(logp: Tensor, logq: Tensor) -> Tensor:
     """Per-token JS(P || Q) = (KL(P || M) + KL(Q || M)) / 2 with M = (P + Q) / 2, each KL the k3 term of the sampled
     token (NeMo RL's ``js_divergence_error``). Shapes: equal; >= 0."""
+    # log M = log((P + Q) / 2)
     log_mixture = torch.logaddexp(logp, logq) - math.log(2.0)
+    # JS = (KL(P || M) + KL(Q || M)) / 2
     return 0.5 * (kl_estimate(log_mixture, logp, "k3") + kl_estimate(log_mixture, logq, "k3"))
 
 
@@ -83,6 +86,7 @@ def sequence_is_weights(
         (weights [B], out_of_bounds [B] bool; all False without truncation). Non-finite weights become 0.
     """
     with torch.no_grad():
+        # sequence_mean: log w = (1/n) sum_t log(pi_old / pi_gen);  sequence_sum: log w = sum_t log(pi_old / pi_gen)
         log_mean = log_ratio_sum / num_tokens.clamp(min=1)
         log_w = log_mean if level == "sequence_mean" else log_ratio_sum
         weights = torch.nan_to_num(torch.exp(log_w), nan=0.0, posinf=0.0, neginf=0.0)

@@ -46,7 +46,9 @@ def _centred_exponents(x0: Tensor, mask: Tensor, p: Tensor, mu: Tensor, ext: Ten
     exponents to the last bit; the cap at 0 leaves valid tokens unchanged and keeps padding finite.
     """
     has_tokens = mask.any(-1)
+    # m = p (x_ext - mu) = max_t p (x_t - mu)
     shift = torch.where(has_tokens, p * (ext - mu), torch.zeros_like(mu)).detach()
+    # u_t = p (x_t - mu) - m  <= 0
     u = (p[:, None] * (x0 - mu[:, None]) - shift[:, None]).clamp(max=0)
     return shift, u
 
@@ -84,6 +86,7 @@ def holder_mean(x: Tensor, mask: Tensor, order: Order) -> HolderMean:
     x0_const = x0.detach()
     x_max = torch.where(mask, x0_const, -inf).amax(-1)
     x_min = torch.where(mask, x0_const, inf).amin(-1)
+    # mu = (1/n) sum_t x_t = log rho_0 (the geometric mean)
     mu = x0.sum(-1) / n_safe
     zeros = torch.zeros_like(n)
     log_rho, effective, shift, sum_exp = mu, n, zeros, n_safe
@@ -93,14 +96,18 @@ def holder_mean(x: Tensor, mask: Tensor, order: Order) -> HolderMean:
         shift, u = _centred_exponents(x0, mask, p_safe, mu, ext)
         valid = mask.to(x.dtype)  # u is finite everywhere, so a product masks it (and is cheaper than where)
         exp_u = torch.exp(u) * valid
+        # S = sum_t e^{u_t}
         sum_exp = exp_u.sum(-1)
+        # (1/n) sum_t (e^{u_t} - 1) = S / n - 1, without the cancellation when every e^{u_t} is near 1
         mean_expm1 = (torch.expm1(u) * valid).sum(-1) / n_safe
+        # L = log(S / n) = log1p(S / n - 1) while S / n - 1 > -1/2, else log S - log n.
         # Both branches stay finite (clamps), so the branch torch.where does not take cannot leak NaN gradients.
         log_mean = torch.where(
             mean_expm1 > -0.5,
             torch.log1p(mean_expm1.clamp(min=-0.5)),
             torch.log(sum_exp.clamp(min=1)) - torch.log(n_safe),
         )
+        # log rho_p = mu + (m + L) / p  (p != 0);  log rho_0 = mu
         log_rho = torch.where(nonzero, mu + (shift + log_mean) / p_safe, mu)
         # exp of the entropy of W_t = e^{u_t} / S:  log S - sum_t e^{u_t} u_t / S
         s = sum_exp.detach().clamp(min=1)
@@ -165,6 +172,7 @@ def token_shares(x: Tensor, mask: Tensor, mean: HolderMean, order: Order) -> Ten
     valid = mask.to(x.dtype)
     if order.zero:
         return valid
+    # n W_t(p) = (r_t / rho_p)^p = exp(p (x_t - log rho_p))
     exponent = torch.where(mask, order.p[:, None] * (x.detach() - mean.log_rho.detach()[:, None]), zero)
     return torch.where(mask, torch.exp(exponent), zero)
 
@@ -182,4 +190,5 @@ def holder_token_weights(log_ratio: Tensor, mask: Tensor, p: float | Tensor, *, 
     """
     x, mask_b, order = prepare_log_ratio(log_ratio, mask, p, check_finite=check_finite)
     mean = holder_mean(x, mask_b, order)
+    # W_t(p) = r_t^p / sum_k r_k^p = (n W_t(p)) / n
     return token_shares(x, mask_b, mean, order) / mean.n.clamp(min=1)[:, None]

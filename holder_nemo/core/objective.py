@@ -80,6 +80,7 @@ def sign_aware_clip(x: Tensor, pos: Tensor, neg: Tensor, lo: float, hi: float) -
 
     ``pos``/``neg`` broadcast against ``x`` ([B] for sequence values, [B, 1] for token values).
     """
+    # A > 0: min(x, hi);  A < 0: max(x, lo);  A = 0: x
     return torch.where(pos, x.clamp(max=hi), torch.where(neg, x.clamp(min=lo), x))
 
 
@@ -125,8 +126,10 @@ def holder_po_objective(
     lo, hi = clip.log_bounds
     token_clipped = torch.zeros_like(stats.n)
     if clip.mode == "sequence":
+        # Eq. 2: clip(log rho_p), sign-aware
         objective = sign_aware_clip(log_rho, pos, neg, lo, hi)
     elif clip.mode in ("token", "token_log"):
+        # Eq. 11: log rho_p of the sign-aware clipped token log-ratios (C_{i,p} for A > 0, D_{i,p} for A < 0)
         clipped = sign_aware_clip(log_ratio, pos[:, None], neg[:, None], lo, hi)
         with torch.no_grad():
             beyond = (pos[:, None] & (log_ratio > hi)) | (neg[:, None] & (log_ratio < lo))
@@ -139,7 +142,9 @@ def holder_po_objective(
     if clip.dual_clip is not None:
         log_c = math.log(clip.dual_clip)
         dual_clipped = neg & (objective > log_c)
+        # dual clip, A < 0: min(objective, log c), so the loss is at most c |A|
         objective = torch.where(neg, objective.clamp(max=log_c), objective)
+    # loss_i = -A_i exp(objective_i) = max(-A rho, -A clip(rho)) of PPO, evaluated in log space
     loss = torch.where(has_tokens, -advantages * safe_exp(objective), torch.zeros_like(log_rho))
     flags = {"clipped_low": clipped_low, "clipped_high": clipped_high, "dual_clipped": dual_clipped}
     return loss, holder_stats(log_ratio, mask, stats, order, clip, token_clipped=token_clipped, **flags)
@@ -172,7 +177,7 @@ def holder_stats(
     return HolderStats(
         p=order.p,
         log_rho=log_rho,
-        jensen_gap=log_rho - mean.mu,
+        jensen_gap=log_rho - mean.mu,  # log rho_p - log rho_0
         effective_tokens=mean.effective_tokens,
         clipped_low=clipped_low.to(dtype),
         clipped_high=clipped_high.to(dtype),
@@ -192,6 +197,7 @@ def _sequence_advantages(advantages: Tensor, mask: Tensor, dtype: torch.dtype) -
     if adv.dim() == 1:
         return adv
     zero = torch.zeros((), dtype=dtype, device=adv.device)
+    # A_i = (1/n_i) sum_t A_{i,t} over the valid tokens
     return torch.where(mask, adv, zero).sum(-1) / mask.sum(-1).clamp(min=1).to(dtype)
 
 
@@ -256,6 +262,7 @@ def holder_po_loss(
     mask_b = check_loss_inputs(logprobs, old_logprobs, advantages, mask, check_finite)
     dtype = compute_dtype(logprobs, old_logprobs, advantages)
     order = as_order(p, logprobs.shape[0], dtype, logprobs.device)
+    # x_t = log r_t = log pi_theta(y_t) - log pi_old(y_t)
     log_ratio = logprobs.to(dtype) - old_logprobs.to(dtype)
     adv = _sequence_advantages(advantages, mask_b, dtype)
     return holder_po_objective(log_ratio, mask_b, adv, order, clip)

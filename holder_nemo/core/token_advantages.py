@@ -41,6 +41,7 @@ def token_view(x: Tensor, mask: Tensor, order: Order) -> tuple[Tensor, HolderMea
     x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))  # padding may hold NaN
     mean = holder_mean(x, mask, order)
     shares = token_shares(x, mask, mean, order)
+    # log rho~_t = sg(log rho_p) + sg(s_t) (x_t - sg(x_t)),  s_t = (r_t / rho_p)^p
     return mean.log_rho.detach()[:, None] + shares * (x - x.detach()), mean
 
 
@@ -80,7 +81,9 @@ def holder_po_token_objective(
     if clip.dual_clip is not None:
         log_c = math.log(clip.dual_clip)
         dual = neg & (objective.detach() > log_c)
+        # dual clip, A_t < 0: min(objective, log c)
         objective = torch.where(neg, objective.clamp(max=log_c), objective)
+    # loss_{i,t} = -A_{i,t} exp(objective_{i,t}); its mean over a row is -A rho_p when the row shares one advantage
     loss = torch.where(mask, -advantages * safe_exp(objective), zero)
     flags = {"clipped_low": low.any(-1), "clipped_high": high.any(-1), "dual_clipped": dual.any(-1)}
     stats = holder_stats(log_ratio, mask, mean, order, clip, token_clipped=token_clipped, **flags)

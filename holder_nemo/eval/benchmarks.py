@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from holder_nemo.eval.config import BENCHMARKS
 from holder_nemo.eval.grading import gold_list
+from holder_nemo.eval.settings import BENCHMARKS
 
 
 class BenchmarkError(ValueError):

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError, print_problems, problems_from_pydantic
 from holder_nemo.config.loading import read_yaml
 from holder_nemo.eval.benchmarks import BenchmarkError
-from holder_nemo.eval.config import BENCHMARKS, PRESETS, EvalConfig
 from holder_nemo.eval.model_source import ModelSourceError
+from holder_nemo.eval.settings import BENCHMARKS, PRESETS, EvalConfig
 
 PROG = "holderpo eval"
 

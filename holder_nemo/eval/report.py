@@ -5,7 +5,7 @@ from __future__ import annotations
 from math import comb
 from typing import Any
 
-from holder_nemo.eval.config import BENCHMARKS
+from holder_nemo.eval.settings import BENCHMARKS
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -16,11 +16,11 @@ from typing import Any
 
 from holder_nemo.eval.backends import Backend, SamplingSettings
 from holder_nemo.eval.benchmarks import BenchmarkError, Problem, load_benchmark
-from holder_nemo.eval.config import EvalConfig
 from holder_nemo.eval.model_source import ModelSourceError, ResolvedModel, resolve_model
 from holder_nemo.eval.prompts import apply_template
 from holder_nemo.eval.report import markdown_table, pass_at_k
 from holder_nemo.eval.scoring import score_response
+from holder_nemo.eval.settings import EvalConfig
 
 
 @dataclass

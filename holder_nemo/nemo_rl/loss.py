@@ -45,8 +45,8 @@ from holder_nemo.core import (
     sequence_is_weights,
 )
 from holder_nemo.core.validation import check_finite_where
-from holder_nemo.nemo_rl.config import HolderPOLossConfig, parse_loss_config
 from holder_nemo.nemo_rl.interfaces import loss_input_type, loss_type
+from holder_nemo.nemo_rl.loss_config import HolderPOLossConfig, parse_loss_config
 from holder_nemo.nemo_rl.metrics import HOLDER_KEYS, METRIC_REDUCTIONS, OTHER_REDUCTIONS
 
 
@@ -79,8 +79,10 @@ class MicroBatch:
             return data[key][:, 1:].to(device=device, dtype=dtype)
 
         sample_mask = data["sample_mask"].to(device)
+        # mask = token_mask[:, 1:] * sample_mask (position t scores token t+1)
         mask = (data["token_mask"][:, 1:].to(device) * sample_mask.unsqueeze(-1)) != 0
         zero = torch.zeros((), dtype=dtype, device=device)
+        # A_i = (1/n_i) sum_t A_{i,t} over the valid tokens
         advantages = torch.where(mask, shifted("advantages"), zero).sum(-1) / mask.sum(-1).clamp(min=1).to(dtype)
         prev, gen = shifted("prev_logprobs"), shifted("generation_logprobs")
         unfiltered = data.get("curr_logprobs_unfiltered")
@@ -109,7 +111,7 @@ class HolderPOLossFn:
     """HölderPO loss for NeMo RL (v0.6+ ``LOGPROB`` interface). Build it from the ``loss_fn`` config section.
 
     Args:
-        loss_fn_config: the ``loss_fn`` mapping (ClippedPG keys + ``holder:`` block; see ``config.py`` and
+        loss_fn_config: the ``loss_fn`` mapping (ClippedPG keys + ``holder:`` block; see ``loss_config.py`` and
             docs/nemo_rl.md). Invalid or unknown keys raise ``LossConfigError`` naming the key.
 
     The Hölder order p of the current call is ``schedule(step)`` with ``step`` set by ``set_step`` (1-based: the
@@ -175,6 +177,7 @@ class HolderPOLossFn:
             global_valid_toks: number of valid next-token positions in the global batch (scalar tensor).
         """
         batch = MicroBatch.read(next_token_logprobs, data, self.config)
+        # x_t = log pi_theta(y_t) - log pi_old(y_t)  (pi_old: prev or gen, per holder.importance_ratio)
         log_ratio = batch.curr - batch.old
         order = as_order(self.p, log_ratio.shape[0], log_ratio.dtype, log_ratio.device)
         loss_per_seq, stats = holder_po_objective(log_ratio, batch.mask, batch.advantages, order, self.clip)
@@ -190,8 +193,10 @@ class HolderPOLossFn:
         table.update(is_table)
         if self.config.use_importance_sampling_correction:
             loss_per_seq = loss_per_seq * is_weights
+        # loss = sum_{i counted} loss_i / global_valid_seqs  (micro-batches and ranks add up to the batch's loss)
         loss = reduce_values(loss_per_seq, Reduce.SEQUENCE_MEAN, norm)
         if self.config.kl_penalty != 0:
+            # KL_i = (1/n_i) sum_t kl_t;  loss += beta * sum_{i counted} KL_i / global_valid_seqs
             kl_per_seq = batch.row_sum(self._kl_tokens(batch)) / stats.num_tokens.clamp(min=1)
             kl = reduce_values(kl_per_seq, Reduce.SEQUENCE_MEAN, norm)
             loss = loss + self.config.kl_penalty * kl
@@ -205,11 +210,11 @@ class HolderPOLossFn:
             prev, gen, curr = batch.prev, batch.gen, batch.curr.detach()
             sums = {
                 "num_valid_samples": torch.ones_like(batch.advantages),
-                "token_mult_prob_error": batch.row_sum(torch.exp((gen - prev).abs())),
+                "token_mult_prob_error": batch.row_sum(torch.exp((gen - prev).abs())),  # sum_t e^{|gen - prev|}
                 "gen_kl_error": batch.row_sum(kl_estimate(gen, prev, kind)),
                 "policy_kl_error": batch.row_sum(kl_estimate(prev, gen, kind)),
                 "js_divergence_error": batch.row_sum(js_divergence(prev, gen)),
-                "approx_entropy": -batch.row_sum(torch.exp(curr - gen) * curr),
+                "approx_entropy": -batch.row_sum(torch.exp(curr - gen) * curr),  # -sum_t (pi / pi_gen) log pi
                 "holder/kl_to_old": batch.row_sum(kl_estimate(curr, batch.old, "k3")),
                 "kl_penalty": torch.zeros_like(batch.advantages),
             }
@@ -236,7 +241,7 @@ class HolderPOLossFn:
         """Per-token KL(pi_theta || pi_ref) estimator (with gradient); masked tokens hold junk."""
         cfg = self.config
         unfiltered = batch.curr_unfiltered
-        if cfg.use_on_policy_kl_approximation:
+        if cfg.use_on_policy_kl_approximation:  # w_t = pi_theta / pi_gen
             weights = torch.exp(unfiltered - batch.gen)
         else:  # value 1, keeps the score-function gradient of the sampled tokens (as NeMo RL v0.7.0)
             weights = torch.exp(unfiltered - unfiltered.detach())

@@ -5,7 +5,7 @@ The table, ``master_config_schema.json`` beside this file, is *generated* from N
 ``generate()``: ``python -m holder_nemo.nemo_rl.master_config_schema --write`` with nemo_rl importable (a v0.7.0
 source tree on PYTHONPATH, docs/recipes.md); ``tests/recipes/test_master_config_schema.py`` regenerates it and
 compares. Two sections are left out because others own them: ``loss_fn`` (the HölderPO plugin's schema,
-``nemo_rl/config.py``) and ``env`` (each environment's component, ``components.py``).
+``nemo_rl/loss_config.py``) and ``env`` (each environment's component, ``components.py``).
 
 ``check_master_config(cfg)`` checks a resolved recipe against the table: required keys present; types (``int`` is not
 a bool, ``float`` accepts an int, ``os.PathLike`` is a string); ``Literal`` values; ``enabled``-tagged alternatives

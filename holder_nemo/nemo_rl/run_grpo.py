@@ -6,20 +6,20 @@ overrides, ``MasterConfig``, ``init_ray``, tokenizer, generation config, ``setup
 
 1. ``prepare`` (before Ray): the recipe through the project's loader (``holder_nemo.config``, which resolves every
    recipe exactly as NeMo RL's ``load_config`` + ``parse_hydra_overrides`` do, and refuses duplicate keys), every
-   rule of ``holderpo recipe check`` (one rule set, ``recipe_checks.py``, strict: the data must be here), NeMo RL's
+   rule of ``holderpo recipe check`` (one rule set, ``preflight.py``, strict: the data must be here), NeMo RL's
    ``MasterConfig``, the loss ``grpo_train`` will get (``HolderPOLossFn(master_config.loss_fn)``; the
    ``ClippedPGLossFn`` that ``setup`` builds is discarded), the environments the recipe names by dotted path
    (``env.<name>._component_``, ``components.py``), the resume guard. A bad recipe is a ``ConfigError``: its
    problems are printed one per line, exit 2. Anything else is a bug and ends in a traceback (exit 1);
 2. ``setup``: Ray, tokenizer, data, NeMo RL's ``grpo.setup``, and the step hook (every ``policy.train`` call carries
    the global step: resume-exact p, ``steps.py``);
-3. ``train``: ``grpo_train`` under the stop contract (``stop.py``: SIGUSR1/SIGTERM/``$HOLDERPO_STOP_FILE`` ->
-   checkpoint after the current step and exit 75; optional save-and-exit before the Slurm allocation ends), or the
-   training loop a component supplies in its place (ALFWorld's per-step layout) on the same session. A stop during
-   the final step completes the run. Every completed step, validation and checkpoint goes to the progress record
-   (``progress.py``).
+3. ``train``: ``grpo_train`` under the stop contract (``holder_nemo.run_control``: SIGUSR1/SIGTERM/
+   ``$HOLDERPO_STOP_FILE`` -> checkpoint after the current step and exit 75; optional save-and-exit before the
+   Slurm allocation ends), or the training loop a component supplies in its place (ALFWorld's per-step layout) on
+   the same session. A stop during the final step completes the run. Every completed step, validation and
+   checkpoint goes to the progress record (``progress.py``).
 
-A restarted driver first repairs what a killed one left in the checkpoint directory (``resume.py``).
+A restarted driver first repairs what a killed one left in the checkpoint directory (``run_control``).
 
 Exit codes: 0 run complete (``COMPLETED`` written in ``checkpointing.checkpoint_dir``), 75 checkpointed on request
 (requeue to resume), 2 bad config or arguments, 3 no usable NeMo RL, 1 anything else (a traceback).
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError, make_run_dir, print_problems
-from holder_nemo.nemo_rl.stop import EXIT_COMPLETED, exit_code_after_training, final_step
+from holder_nemo.run_control import EXIT_COMPLETED, exit_code_after_training, final_step
 
 EXIT_BAD_CONFIG, EXIT_NO_NEMO_RL = EXIT_BAD_INPUT, 3
 PROG = "holder_nemo.nemo_rl.run_grpo"
@@ -82,7 +82,7 @@ def _checked_master_config(config_path: str, overrides: Sequence[str], *, strict
     from holder_nemo.config import load_recipe, to_plain
     from holder_nemo.config.errors import problems_from_pydantic
     from holder_nemo.nemo_rl.master_config import typed_dict_for_old_python
-    from holder_nemo.nemo_rl.recipe_checks import check_nemo_rl_recipe
+    from holder_nemo.nemo_rl.preflight import check_nemo_rl_recipe
 
     typed_dict_for_old_python()
     from nemo_rl.algorithms.grpo import MasterConfig
@@ -111,7 +111,7 @@ def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept
     """
     from holder_nemo.nemo_rl import components as comp
     from holder_nemo.nemo_rl.loss import HolderPOLossFn
-    from holder_nemo.nemo_rl.resume import COMPLETED_FILE, guard_resume, repair_checkpoint_dir
+    from holder_nemo.run_control import COMPLETED_FILE, guard_resume, repair_checkpoint_dir
 
     raw, config = _checked_master_config(config_path, overrides, strict=not dry_run)
     loss_fn = HolderPOLossFn(config.loss_fn)
@@ -230,7 +230,7 @@ def train(session: Session, training: Any, stop: Any) -> None:
     from nemo_rl.algorithms import grpo
 
     from holder_nemo.nemo_rl.progress import recording_validations
-    from holder_nemo.nemo_rl.stop import patched_timeout_checker
+    from holder_nemo.run_control import patched_timeout_checker
 
     with patched_timeout_checker(grpo, stop), recording_validations(grpo, session.progress):
         grpo.grpo_train(
@@ -261,8 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"holder_nemo: NeMo RL {version}")
 
     from holder_nemo.nemo_rl.progress import ProgressRecorder
-    from holder_nemo.nemo_rl.resume import run_complete
-    from holder_nemo.nemo_rl.stop import StopRequest, slurm_deadline
+    from holder_nemo.run_control import StopRequest, run_complete, slurm_deadline
 
     stop = StopRequest.from_env()
     stop.install_signal_handlers()

@@ -13,13 +13,13 @@ from typing import Any
 
 from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError, Report, print_problems
 from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
-from holder_nemo.nemo_rl.recipe_checks import (
+from holder_nemo.nemo_rl.preflight import (
     check_checkpointing,
     check_nemo_rl_recipe,
     check_schedule_length,
 )
 from holder_nemo.recipe_check.sizing_inputs import add_arguments as add_sizing_arguments
-from holder_nemo.reference.config import is_reference_recipe, missing_paths, validate_reference_config
+from holder_nemo.reference.schema import is_reference_recipe, missing_paths, validate_reference_config
 
 PROG = "holderpo recipe check"
 

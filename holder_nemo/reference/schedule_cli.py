@@ -17,7 +17,7 @@ PROG = "holderpo schedule"
 
 def schedule_table(recipe: str | Path, overrides: list[str]) -> tuple[list[int], list[float], str]:
     """(steps 1..max_num_steps, p at each step, schedule description) of a recipe; ``ConfigError`` naming the key."""
-    from holder_nemo.nemo_rl.config import parse_loss_config, required_in_recipes
+    from holder_nemo.nemo_rl.loss_config import parse_loss_config, required_in_recipes
 
     cfg = to_plain(load_recipe(recipe, overrides))
     missing = required_in_recipes(cfg.get("loss_fn"))

@@ -25,16 +25,24 @@ from typing import Any
 
 from holder_nemo.config import ConfigError, load_recipe, print_problems
 from holder_nemo.config.errors import make_run_dir
-from holder_nemo.config.resume_guard import ACCEPT_FLAG, CHANGE_LOG, check_resume_config, record_accepted_changes
 from holder_nemo.reference import checkpoint as ckpt
-from holder_nemo.reference.config import (
+from holder_nemo.reference.schema import (
     ReferenceConfig,
     default_recipe_path,
     is_reference_recipe,
     missing_paths,
     validate_reference_config,
 )
-from holder_nemo.reference.trainer import COMPLETED_FILE, EXIT_BAD_CONFIG, EXIT_COMPLETED, EXIT_STOPPED, ReferenceRecipe
+from holder_nemo.reference.trainer import EXIT_BAD_CONFIG, ReferenceRecipe
+from holder_nemo.run_control import (
+    ACCEPT_FLAG,
+    CHANGE_LOG,
+    COMPLETED_FILE,
+    EXIT_COMPLETED,
+    EXIT_STOPPED,
+    check_resume_config,
+    record_accepted_changes,
+)
 
 # Keys a resumed run may change freely (they do not change what is trained): logging, checkpoint cadence/retention.
 OPERATIONAL_KEYS = ("logger", "checkpointing.save_period", "checkpointing.keep_last_k")

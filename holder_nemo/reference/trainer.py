@@ -23,9 +23,7 @@ from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError
 from holder_nemo.core import Reduce
 from holder_nemo.nemo_rl import HolderPOLossFn
 from holder_nemo.nemo_rl.progress import ProgressRecorder
-from holder_nemo.nemo_rl.stop import StopRequest
 from holder_nemo.reference import checkpoint as ckpt
-from holder_nemo.reference.config import ReferenceConfig
 from holder_nemo.reference.metrics_log import MetricsLog, combine_metrics, summarize
 from holder_nemo.reference.rollout import (
     Rollout,
@@ -36,9 +34,10 @@ from holder_nemo.reference.rollout import (
     next_token_logprobs,
     sample_groups,
 )
+from holder_nemo.reference.schema import ReferenceConfig
+from holder_nemo.run_control import COMPLETED_FILE, EXIT_COMPLETED, EXIT_STOPPED, StopRequest
 
-EXIT_COMPLETED, EXIT_BAD_CONFIG, EXIT_STOPPED = 0, EXIT_BAD_INPUT, 75
-COMPLETED_FILE = "COMPLETED"
+EXIT_BAD_CONFIG = EXIT_BAD_INPUT
 # Without a terminal (Slurm, CI, a pipe) there is no progress bar: one line per step instead, at most one every this
 # many seconds (the first and the last step, and every checkpoint, always get theirs).
 PROGRESS_LINE_INTERVAL_S = 10.0
@@ -239,7 +238,7 @@ class ReferenceRecipe:
         batch["advantages"] = advantages[:, None].expand_as(batch["token_mask"]).contiguous()
         # Old log-probs recomputed by the learner (not the sampler's), as the paper's code does.
         batch["prev_logprobs"] = full_logprobs(self.model, batch, self.temperature, self.cfg.policy.logprob_batch_size)
-        # No reference model is kept (config.py requires reference_policy_kl_penalty: 0, the paper's maths setting);
+        # No reference model is kept (schema.py requires reference_policy_kl_penalty: 0, the paper's maths setting);
         # the field is still filled because it is part of NeMo RL's layout.
         batch["reference_policy_logprobs"] = batch["prev_logprobs"].clone()
         return Rollout(batch, rewards, responses, finished, response_lengths)

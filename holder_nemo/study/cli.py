@@ -110,7 +110,7 @@ def list_arms_and_tasks() -> str:
 
 def main(argv: list[str]) -> int:
     from holder_nemo.config import ConfigError, print_problems
-    from holder_nemo.reference.config import default_recipe_path
+    from holder_nemo.reference.schema import default_recipe_path
     from holder_nemo.reference.train import load_config
     from holder_nemo.study.report import smoothing_window, write_report
     from holder_nemo.study.runner import run_all

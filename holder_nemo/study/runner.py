@@ -25,13 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from holder_nemo.nemo_rl.stop import STOP_FILE_ENV
+from holder_nemo.run_control import COMPLETED_FILE, EXIT_STOPPED, STOP_FILE_ENV
 
-COMPLETED_FILE = "COMPLETED"  # written by holderpo train when a run finishes
 TIMING_FILE = "study_timing.jsonl"  # one line per worker invocation of a run: wall and CPU seconds
 LOG_FILE = "train.log"
 LOCK_FILE = ".lock"
-EXIT_STOPPED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 

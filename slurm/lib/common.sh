@@ -23,6 +23,7 @@
 #   anything else (a crash before any progress)       -> the job ends with the driver's exit code, no requeue
 # "requeue" is `scontrol requeue` while restarts < HOLDERPO_MAX_RESTARTS, else the job ends with the driver's code.
 
+# Owner: holder_nemo/run_control.py (EXIT_STOPPED; 2: config/errors.py) - tests/nemo_rl_plugin/test_plugin_stop.py
 HP_EXIT_STOPPED=75
 HP_EXIT_REFUSED=2
 

@@ -236,7 +236,7 @@ def test_per_step_loop_trains_rows_with_holderpo_and_checkpoints_the_last_step(t
 
 
 def test_stop_request_checkpoints_and_restart_resumes_with_exact_p(tmp_path, game_by_task):
-    from holder_nemo.nemo_rl.stop import StopRequest
+    from holder_nemo.run_control import StopRequest
 
     config = _config(tmp_path / "ckpt")
     tokenizer = _tokenizer()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from holder_nemo.config.resume_guard import (
+from holder_nemo.run_control import (
     ACCEPT_FLAG,
     CHANGE_LOG,
     ConfigChange,

@@ -50,7 +50,7 @@ def test_dockerfile_builds_and_its_install_script_checks_every_venv(
 ) -> None:
     tag, log = holder_nemo_image
     text = log.read_text()
-    assert "/opt/nemo_rl_venv/bin/python imports holder_nemo.cli holder_nemo.config.resume_guard ray" in text
+    assert "/opt/nemo_rl_venv/bin/python imports holder_nemo.cli holder_nemo.run_control ray" in text
     assert f"{WORKER_VENV}/bin/python imports holder_nemo.nemo_rl.loss" in text
     labels = json.loads(docker.run("image", "inspect", "-f", "{{json .Config.Labels}}", tag).stdout)
     assert labels["org.opencontainers.image.version"] == "0.1.0"

@@ -38,7 +38,7 @@ def install_trace_points() -> None:
     from nemo_rl.algorithms import grpo
     from nemo_rl.utils import checkpoint
 
-    from holder_nemo.nemo_rl import resume
+    from holder_nemo import run_control
 
     @functools.wraps(grpo.setup)
     def setup(*args, **kwargs):
@@ -75,7 +75,7 @@ def install_trace_points() -> None:
     original_finalize = checkpoint.CheckpointManager.finalize_checkpoint
     checkpoint.CheckpointManager.finalize_checkpoint = finalize_checkpoint
     checkpoint.shutil = types.SimpleNamespace(rmtree=rmtree)
-    original_marker, resume.write_completed_marker = resume.write_completed_marker, write_completed_marker
+    original_marker, run_control.write_completed_marker = run_control.write_completed_marker, write_completed_marker
 
 
 def main() -> int:
@@ -86,7 +86,7 @@ def main() -> int:
     install_trace_points()
     if os.environ.get("HOLDERPO_TEST_SKIP_RECIPE_CHECK") == "1":
         # To show that NeMo RL's own code enforces a rule our pre-flight mirrors: run without the mirror.
-        from holder_nemo.nemo_rl import recipe_checks as checks
+        from holder_nemo.nemo_rl import preflight as checks
 
         checks.check_nemo_rl_recipe = lambda cfg, strict=False: (checks.Report(), None)
     code = 1

@@ -164,7 +164,7 @@ def test_nemo_rl_itself_rejects_what_our_preflight_rejects(recipe, overrides, ne
     assert not (tmp_path / "theirs" / "ckpt" / "step_2").exists()
 
 
-# (recipe, overrides, what NeMo RL's own code says) for each start-up assertion recipe_checks.py mirrors that a recipe
+# (recipe, overrides, what NeMo RL's own code says) for each start-up assertion preflight.py mirrors that a recipe
 # of ours can trip; the pre-flight's refusal of the same overrides is tests/recipes/test_recipe_check.py's BROKEN list.
 NEMO_RL_ASSERTIONS = [
     (  # grpo.setup, non-colocated generation on one node

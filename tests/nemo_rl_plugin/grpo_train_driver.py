@@ -32,7 +32,7 @@ from nemo_rl.models.generation.megatron import MegatronGeneration
 from ray import cloudpickle
 
 from holder_nemo.nemo_rl import HolderPOLossFn, install_step_schedule
-from holder_nemo.nemo_rl.stop import StopRequest, exit_code_after_training, final_step, patched_timeout_checker
+from holder_nemo.run_control import StopRequest, exit_code_after_training, final_step, patched_timeout_checker
 
 MAX_STEPS = 6
 

@@ -134,7 +134,7 @@ GRPO_PIECES = textwrap.dedent(
     from nemo_rl.utils.checkpoint import CheckpointManager
     from nemo_rl.utils.logger import Logger
     from nemo_rl.utils.timer import TimeoutChecker
-    from holder_nemo.nemo_rl.stop import StopRequest, patched_timeout_checker
+    from holder_nemo.run_control import StopRequest, patched_timeout_checker
     from holder_nemo.nemo_rl.steps import install_step_schedule
     from holder_nemo.nemo_rl import HolderPOLossFn
 

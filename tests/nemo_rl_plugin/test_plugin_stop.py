@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,19 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from holder_nemo import run_control
 from holder_nemo.nemo_rl import master_config, run_grpo
-from holder_nemo.nemo_rl import stop as stop_module
-from holder_nemo.nemo_rl.slurm_time import (
+from holder_nemo.run_control import (
+    SAVE_MARGIN_ENV,
+    StopRequest,
     checkpoint_must_save_by,
     format_duration,
     parse_squeue_time,
-    slurm_job_end_time,
-)
-from holder_nemo.nemo_rl.stop import (
-    SAVE_MARGIN_ENV,
-    StopRequest,
     patched_timeout_checker,
     slurm_deadline,
+    slurm_job_end_time,
     stop_aware_timeout_checker,
 )
 
@@ -126,10 +125,10 @@ def test_slurm_deadline_env():
 
 def test_exit_codes_and_completed_marker(tmp_path):
     ckpt = {"enabled": True, "checkpoint_dir": str(tmp_path / "ckpt")}
-    assert stop_module.exit_code_after_training("SIGTERM", ckpt) == 75
+    assert run_control.exit_code_after_training("SIGTERM", ckpt) == 75
     assert not (tmp_path / "ckpt" / "COMPLETED").exists()
-    assert stop_module.exit_code_after_training("SIGTERM", {"enabled": False}) == 1
-    assert stop_module.exit_code_after_training(None, ckpt) == 0
+    assert run_control.exit_code_after_training("SIGTERM", {"enabled": False}) == 1
+    assert run_control.exit_code_after_training(None, ckpt) == 0
     assert (tmp_path / "ckpt" / "COMPLETED").exists()
 
 
@@ -173,10 +172,10 @@ def test_a_bug_is_a_traceback_not_a_bad_config(monkeypatch, entry_point_past_the
 def test_a_stop_during_the_final_step_completes_the_run(tmp_path, capsys):
     """Defect 5 of issue 21: the final step is saved anyway; a stop then means complete, not one more attempt."""
     ckpt = {"enabled": True, "checkpoint_dir": str(tmp_path / "ckpt")}
-    assert stop_module.exit_code_after_training("SIGUSR1", ckpt, finished=True) == 0
+    assert run_control.exit_code_after_training("SIGUSR1", ckpt, finished=True) == 0
     assert (tmp_path / "ckpt" / "COMPLETED").exists()
     assert "stop requested (SIGUSR1) during the final step: the run is complete" in capsys.readouterr().out
-    assert stop_module.exit_code_after_training("SIGUSR1", {"enabled": False}, finished=True) == 0
+    assert run_control.exit_code_after_training("SIGUSR1", {"enabled": False}, finished=True) == 0
 
 
 def test_final_step_is_the_loops_own_end():
@@ -184,17 +183,17 @@ def test_final_step_is_the_loops_own_end():
         base = {"max_num_steps": 500, "max_num_epochs": 20, "use_dynamic_sampling": False}
         return types.SimpleNamespace(grpo={**base, **grpo}, data={"use_multiple_dataloader": False})
 
-    assert stop_module.final_step(config(), dataloader=range(66), own_loop=False) == 500
-    assert stop_module.final_step(config(max_num_epochs=2), dataloader=range(66), own_loop=False) == 132  # epochs first
-    assert stop_module.final_step(config(max_num_epochs=2), dataloader=range(66), own_loop=True) == 500  # its own loop
+    assert run_control.final_step(config(), dataloader=range(66), own_loop=False) == 500
+    assert run_control.final_step(config(max_num_epochs=2), dataloader=range(66), own_loop=False) == 132  # epochs first
+    assert run_control.final_step(config(max_num_epochs=2), dataloader=range(66), own_loop=True) == 500  # its own loop
     # Dynamic sampling may use several batches per step: the epochs bound no step count, max_num_steps does.
-    assert stop_module.final_step(config(max_num_epochs=2, use_dynamic_sampling=True), range(66), own_loop=False) == 500
-    assert stop_module.final_step(config(max_num_epochs=2), dataloader=None, own_loop=False) == 500
+    assert run_control.final_step(config(max_num_epochs=2, use_dynamic_sampling=True), range(66), own_loop=False) == 500
+    assert run_control.final_step(config(max_num_epochs=2), dataloader=None, own_loop=False) == 500
 
 
 def test_a_final_checkpoint_without_its_marker_is_a_complete_run(tmp_path, capsys):
     """A driver killed between the final save and COMPLETED: the next one writes the marker without a set-up."""
-    from holder_nemo.nemo_rl.resume import run_complete
+    from holder_nemo.run_control import run_complete
 
     ckpt = {"enabled": True, "checkpoint_dir": str(tmp_path / "ckpt")}
     assert not run_complete(ckpt, 6)  # no checkpoint yet
@@ -209,7 +208,7 @@ def test_a_final_checkpoint_without_its_marker_is_a_complete_run(tmp_path, capsy
 
 def test_tidy_removes_what_a_killed_save_or_retention_left(tmp_path):
     """What NeMo RL v0.7.0's CheckpointManager leaves when its process is killed, and what must stay."""
-    from holder_nemo.nemo_rl.resume import latest_complete_step, tidy_checkpoint_dir
+    from holder_nemo.run_control import latest_complete_step, tidy_checkpoint_dir
 
     ckpt = tmp_path / "ckpt"
 
@@ -271,3 +270,21 @@ def test_entry_point_refuses_without_nemo_rl(tmp_path):
     )
     assert result.returncode == 3
     assert "nemo_rl is not importable" in result.stderr and "docs/nemo_rl.md" in result.stderr
+
+
+def test_the_slurm_shell_uses_the_exit_codes_and_marker_of_run_control():
+    """The batch shell cannot import Python: its copies of the contract's constants must equal the owner's."""
+    from holder_nemo.config.errors import EXIT_BAD_INPUT
+
+    shell = (Path(__file__).resolve().parents[2] / "slurm" / "lib" / "common.sh").read_text()
+    values = dict(re.findall(r"^(HP_EXIT_[A-Z]+)=(\d+)$", shell, flags=re.M))
+    assert values == {"HP_EXIT_STOPPED": str(run_control.EXIT_STOPPED), "HP_EXIT_REFUSED": str(EXIT_BAD_INPUT)}
+    assert f'"$HP_CKPT_DIR/{run_control.COMPLETED_FILE}"' in shell
+    assert "Owner: holder_nemo/run_control.py" in shell
+
+
+def test_run_control_imports_no_torch():
+    """The driver venv of a torch-less base imports it (containers/install_holder_nemo.sh's driver check)."""
+    probe = "import sys, holder_nemo.run_control; print(sorted(m for m in ('torch', 'nemo_rl') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]"], out

@@ -12,7 +12,7 @@ import pytest
 from reference_helpers import REPO, SMOKE
 
 from holder_nemo.config import ConfigError, load_recipe
-from holder_nemo.reference.config import default_recipe_path, validate_reference_config
+from holder_nemo.reference.schema import default_recipe_path, validate_reference_config
 from holder_nemo.reference.train import load_config, main
 
 
@@ -43,7 +43,7 @@ def test_default_recipe_is_the_source_trees_and_a_wheel_ships_it(tmp_path):
         wheel.extractall(site)
     assert (site / "holder_nemo" / "recipes" / "smoke_cpu.yaml").read_text() == SMOKE.read_text()
     assert not (site / "recipes").exists()  # nothing at the top level of site-packages
-    probe = "from holder_nemo.reference.config import default_recipe_path; print(default_recipe_path())"
+    probe = "from holder_nemo.reference.schema import default_recipe_path; print(default_recipe_path())"
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert out.stdout.strip() == str(site / "holder_nemo" / "recipes" / "smoke_cpu.yaml"), out.stderr

@@ -6,9 +6,9 @@ import json
 
 from reference_helpers import SMOKE, tiny
 
-from holder_nemo.config.resume_guard import ACCEPT_FLAG, CHANGE_LOG
 from holder_nemo.reference.metrics_log import read_metrics
 from holder_nemo.reference.train import EXIT_BAD_CONFIG, EXIT_COMPLETED, main
+from holder_nemo.run_control import ACCEPT_FLAG, CHANGE_LOG
 
 
 def test_changed_recipe_is_refused_before_the_completed_shortcut_unless_accepted(tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 from reference_helpers import SMOKE, tiny
 
 from holder_nemo.nemo_rl import HolderPOLossFn, LossConfigError
-from holder_nemo.nemo_rl.config import parse_loss_config
+from holder_nemo.nemo_rl.loss_config import parse_loss_config
 from holder_nemo.reference.metrics_log import read_metrics
 from holder_nemo.reference.train import EXIT_COMPLETED, EXIT_STOPPED, main
 

@@ -88,8 +88,8 @@ def ray_check(out: Path) -> None:
 
 
 def hang_saves_requested_by_a_stop() -> None:
-    from holder_nemo.nemo_rl.stop import StopRequest
     from holder_nemo.reference import checkpoint
+    from holder_nemo.run_control import StopRequest
 
     original = checkpoint.save_checkpoint
     original_request = StopRequest.request

@@ -2,8 +2,8 @@
 the entry point's pre-flight (``run_grpo.prepare``). Every problem is reported with the dotted key it concerns.
 
 * NeMo RL's own keys and types: the table generated from v0.7.0's ``MasterConfig`` (``master_config_schema.py``);
-* ``loss_fn``: the HölderPO plugin's schema (``holder_nemo.nemo_rl.config``), which owns that section; the ``holder``
-  block and its schedule must be written out;
+* ``loss_fn``: the HölderPO plugin's schema (``holder_nemo.nemo_rl.loss_config``), which owns that section; the
+  ``holder`` block and its schedule must be written out;
 * this entry point: no async GRPO, no TransferQueue data plane (``grpo_train`` is what the step hook and the stop
   contract hook into);
 * what NeMo RL v0.7.0 asserts only once Ray and the model are up, mirrored here (``docs/recipes.md`` lists them):
@@ -60,7 +60,7 @@ def check_holder_block(
 ) -> None:
     """``loss_fn`` (ClippedPG keys + the ``holder`` block), validated by the NeMo RL plugin's own schema, which owns
     the section; the ``holder`` block and its schedule must be written out (the schema would fill in defaults)."""
-    from holder_nemo.nemo_rl.config import LossConfigError, parse_loss_config, required_in_recipes
+    from holder_nemo.nemo_rl.loss_config import LossConfigError, parse_loss_config, required_in_recipes
 
     loss_fn = cfg.get("loss_fn")
     missing = required_in_recipes(loss_fn)

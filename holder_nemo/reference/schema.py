@@ -3,7 +3,7 @@
 Section and key names follow NeMo RL's GRPO recipes where a concept exists there (``grpo.num_prompts_per_step``,
 ``policy.train_global_batch_size``, ``policy.generation.temperature``, ``loss_fn.ratio_clip_min`` ...), so a knob
 means the same thing in ``holderpo train`` and in the NeMo RL entry point. ``loss_fn`` is the NeMo RL plugin's own
-schema (``holder_nemo.nemo_rl.config.HolderPOLossConfig``), declared once for both.
+schema (``holder_nemo.nemo_rl.loss_config.HolderPOLossConfig``), declared once for both.
 
 Entry points for other tools (e.g. ``holderpo recipe check``): ``is_reference_recipe(cfg)``,
 ``validate_reference_config(cfg) -> ReferenceConfig`` (raises ``ConfigError``, one problem per key) and
@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from holder_nemo.config.errors import ConfigError, problems_from_pydantic
-from holder_nemo.nemo_rl.config import MEAN_REWARD_KNOWN, HolderPOLossConfig, required_in_recipes
+from holder_nemo.nemo_rl.loss_config import MEAN_REWARD_KNOWN, HolderPOLossConfig, required_in_recipes
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = "smoke_cpu.yaml"
