@@ -17,20 +17,13 @@ from typing import Any
 import numpy as np
 
 from holder_nemo.reference.metrics_log import read_metrics
+from holder_nemo.reference.plotting import smooth
 from holder_nemo.study.runner import RunSpec, run_cpu_seconds
 from holder_nemo.study.spec import ARMS, BASELINE_ARM, TASKS
-from holder_nemo.study.stats import (
-    excludes_zero,
-    final_reward,
-    mean_interval,
-    paired_differences,
-    reward_auc,
-    steps_to_threshold,
-    trailing_mean,
-)
+from holder_nemo.study.stats import excludes_zero, final_reward, mean_interval, paired_differences, steps_to_threshold
 
 JSON_FILE, MARKDOWN_FILE, FIGURE_FILE = "study.json", "study.md", "study.png"
-
+OUTCOMES = ("final_reward", "auc", "steps_to_threshold")  # the results table's metrics, also paired against GRPO
 # (metrics.jsonl key, name in study.json, column in study.md, digits): means over a run's steps, then over seeds
 DIAGNOSTICS = (
     ("holder_p", "p", "p", 2),
@@ -53,10 +46,12 @@ def run_summary(records: list[dict[str, Any]], threshold: float) -> dict[str, An
     """Final reward (last 10 % of steps), AUC, steps to threshold and diagnostic means of one run."""
     rewards = [r["reward_mean"] for r in records]
     step, reached = steps_to_threshold(rewards, threshold, smoothing_window(len(rewards)))
+    # AUC: the area under the per-step reward curve over the number of steps, i.e. the mean reward over the run (in
+    # [0, 1] for a [0, 1] reward): it credits learning early as well as learning much
     out: dict[str, Any] = {
         "steps": len(rewards),
         "final_reward": final_reward(rewards),
-        "auc": reward_auc(rewards),
+        "auc": float(np.mean(rewards)),
         "steps_to_threshold": step,
         "reached_threshold": reached,
     }
@@ -70,16 +65,14 @@ def arm_results(per_seed: dict[int, dict[str, Any]], baseline: dict[int, dict[st
     """Intervals over seeds of one arm's run summaries, and its paired differences against the baseline arm."""
     seeds = sorted(per_seed)
     out: dict[str, Any] = {"seeds": seeds, "n_reached_threshold": sum(per_seed[s]["reached_threshold"] for s in seeds)}
-    for metric in ("final_reward", "auc", "steps_to_threshold", *(name for _, name, _, _ in DIAGNOSTICS)):
+    for metric in (*OUTCOMES, *(name for _, name, _, _ in DIAGNOSTICS)):
         out[metric] = mean_interval([per_seed[s][metric] for s in seeds])
     if baseline is not None:
         out["vs_grpo"] = {
-            metric: mean_interval(
-                paired_differences(
-                    {s: v[metric] for s, v in per_seed.items()}, {s: v[metric] for s, v in baseline.items()}
-                )
+            m: mean_interval(
+                paired_differences({s: v[m] for s, v in per_seed.items()}, {s: v[m] for s, v in baseline.items()})
             )
-            for metric in ("final_reward", "auc", "steps_to_threshold")
+            for m in OUTCOMES
         }
     return out
 
@@ -87,10 +80,9 @@ def arm_results(per_seed: dict[int, dict[str, Any]], baseline: dict[int, dict[st
 def curves(records_by_seed: dict[int, list[dict[str, Any]]], window: int) -> dict[str, list[float]]:
     """Per step: mean over seeds of the smoothed reward with its 95 % band, and the mean p."""
     steps = min(len(r) for r in records_by_seed.values())
-    rewards = np.array(
-        [trailing_mean([r["reward_mean"] for r in recs[:steps]], window) for recs in records_by_seed.values()]
-    )
-    ps = np.array([[r["holder_p"] for r in recs[:steps]] for recs in records_by_seed.values()])
+    runs = [recs[:steps] for recs in records_by_seed.values()]
+    rewards = np.array([smooth(np.array([r["reward_mean"] for r in recs], dtype=float), window) for recs in runs])
+    ps = np.array([[r["holder_p"] for r in recs] for recs in runs])
     bands = [mean_interval(rewards[:, t]) for t in range(steps)]
     return {
         "step": list(range(1, steps + 1)),
@@ -102,42 +94,23 @@ def curves(records_by_seed: dict[int, list[dict[str, Any]]], window: int) -> dic
     }
 
 
-def build_results(records: dict[str, dict[str, dict[int, list[dict[str, Any]]]]], thresholds: dict[str, float]):
-    """records[task][arm][seed] = metrics.jsonl rows -> (results[task][arm], curves[task][arm], per_run)."""
-    results: dict[str, dict[str, Any]] = {}
-    all_curves: dict[str, dict[str, Any]] = {}
-    per_run: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
-    for task, arms in records.items():
-        per_run[task] = {
-            arm: {s: run_summary(recs, thresholds[task]) for s, recs in seeds.items()} for arm, seeds in arms.items()
-        }
-        baseline = per_run[task].get(BASELINE_ARM)
-        results[task] = {
-            arm: arm_results(summaries, baseline if arm != BASELINE_ARM else None)
-            for arm, summaries in per_run[task].items()
-        }
-        steps = max(len(recs) for seeds in arms.values() for recs in seeds.values())
-        all_curves[task] = {arm: curves(seeds, smoothing_window(steps)) for arm, seeds in arms.items()}
-    return results, all_curves, per_run
-
-
 def _fmt(interval: dict[str, float], digits: int = 3, signed: bool = False) -> str:
+    """``mean ± half-width``; the mean alone with one seed, a dash without any."""
     mean, half = interval["mean"], interval["half_width"]
     if np.isnan(mean):
         return "–"
-    sign = "+" if signed else ""
-    text = f"{mean:{sign}.{digits}f}"
+    text = f"{mean:{'+' if signed else ''}.{digits}f}"
     return text if np.isnan(half) else f"{text} ± {half:.{digits}f}"
 
 
-def _marked(interval: dict[str, float], digits: int = 3) -> str:
+def _delta(interval: dict[str, float], digits: int) -> str:
     """A paired difference; bold when its 95 % interval excludes 0."""
     text = _fmt(interval, digits, signed=True)
     return f"**{text}**" if excludes_zero(interval) else text
 
 
 def markdown(study: dict[str, Any]) -> str:
-    s = study["settings"]
+    s, timing, labels = study["settings"], study["timing"], {a: v["label"] for a, v in study["arms"].items()}
     lines = [
         "# HölderPO aggregation study",
         "",
@@ -153,58 +126,44 @@ def markdown(study: dict[str, Any]) -> str:
         "",
     ]
     for task, arms in study["results"].items():
-        lines += _task_tables(task, study["tasks"][task], arms)
-    return "\n".join(lines + _arms_settings_and_time(study))
-
-
-def _label(arm: str) -> str:
-    return ARMS[arm].label if arm in ARMS else arm
-
-
-def _task_tables(task: str, t: dict[str, Any], arms: dict[str, Any]) -> list[str]:
-    """The results table and the diagnostics table of one task."""
-    lines = [f"## Task `{task}`: {t['summary']}", "", f"Threshold {t['threshold']}.", ""]
+        t = study["tasks"][task]
+        lines += [f"## Task `{task}`: {t['summary']}", "", f"Threshold {t['threshold']}.", ""]
+        lines += [
+            "| arm | final reward | AUC | steps to threshold | Δ final vs GRPO | Δ AUC vs GRPO | Δ steps vs GRPO |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for arm, r in arms.items():
+            vs = r.get("vs_grpo")
+            deltas = (
+                [_delta(vs[m], 0 if m == "steps_to_threshold" else 3) for m in OUTCOMES] if vs else ["(baseline)"] * 3
+            )
+            lines.append(
+                f"| {labels[arm]} | {_fmt(r['final_reward'])} | {_fmt(r['auc'])} | "
+                f"{_fmt(r['steps_to_threshold'], 0)} ({r['n_reached_threshold']}/{len(r['seeds'])}) | "
+                + " | ".join(deltas)
+                + " |"
+            )
+        lines += [
+            "",
+            "Diagnostics (means over steps, then over seeds): p; Jensen gap log ρ_p − log ρ_0 per sequence (0 when "
+            "every token ratio is equal; how far the arm's aggregate is from the geometric mean); effective tokens "
+            "exp(entropy of the token weights) against the response length; sequence- and token-clip fractions; "
+            "KL(old ‖ new) per token.",
+            "",
+            "| arm | " + " | ".join(column for _, _, column, _ in DIAGNOSTICS) + " |",
+            "|---" * (len(DIAGNOSTICS) + 1) + "|",
+        ]
+        lines += [
+            f"| {labels[arm]} | " + " | ".join(_fmt(r[n], d) for _, n, _, d in DIAGNOSTICS) + " |"
+            for arm, r in arms.items()
+        ]
+        lines.append("")
+    lines += ["## Arms", "", "| arm | what | overrides |", "|---|---|---|"]
     lines += [
-        "| arm | final reward | AUC | steps to threshold | Δ final vs GRPO | Δ AUC vs GRPO | Δ steps vs GRPO |",
-        "|---|---|---|---|---|---|---|",
+        f"| {a['label']} (`{arm}`) | {a['summary']} | `{' '.join(a['overrides'])}` |"
+        for arm, a in study["arms"].items()
     ]
-    for arm, r in arms.items():
-        vs = r.get("vs_grpo")
-        deltas = (
-            [
-                _marked(vs[m]) if m != "steps_to_threshold" else _marked(vs[m], 0)
-                for m in ("final_reward", "auc", "steps_to_threshold")
-            ]
-            if vs
-            else ["(baseline)"] * 3
-        )
-        n = len(r["seeds"])
-        lines.append(
-            f"| {_label(arm)} | {_fmt(r['final_reward'])} | {_fmt(r['auc'])} | "
-            f"{_fmt(r['steps_to_threshold'], 0)} ({r['n_reached_threshold']}/{n}) | " + " | ".join(deltas) + " |"
-        )
     lines += [
-        "",
-        "Diagnostics (means over steps, then over seeds): p; Jensen gap log ρ_p − log ρ_0 per sequence (0 when "
-        "every token ratio is equal; how far the arm's aggregate is from the geometric mean); effective tokens "
-        "exp(entropy of the token weights) against the response length; sequence- and token-clip fractions; "
-        "KL(old ‖ new) per token.",
-        "",
-        "| arm | " + " | ".join(column for _, _, column, _ in DIAGNOSTICS) + " |",
-        "|---" * (len(DIAGNOSTICS) + 1) + "|",
-    ]
-    for arm, r in arms.items():
-        lines.append(f"| {_label(arm)} | " + " | ".join(_fmt(r[name], d) for _, name, _, d in DIAGNOSTICS) + " |")
-    return [*lines, ""]
-
-
-def _arms_settings_and_time(study: dict[str, Any]) -> list[str]:
-    s, timing = study["settings"], study["timing"]
-    lines = ["## Arms", "", "| arm | what | overrides |", "|---|---|---|"]
-    for arm, a in study["arms"].items():
-        lines.append(f"| {a['label']} (`{arm}`) | {a['summary']} | `{' '.join(a['overrides'])}` |")
-    return [
-        *lines,
         "",
         "## Shared settings",
         "",
@@ -218,6 +177,7 @@ def _arms_settings_and_time(study: dict[str, Any]) -> list[str]:
         f"![study]({FIGURE_FILE})",
         "",
     ]
+    return "\n".join(lines)
 
 
 def plot(study_curves: dict[str, dict[str, Any]], labels: dict[str, str], out: Path, title: str) -> Path:
@@ -226,32 +186,28 @@ def plot(study_curves: dict[str, dict[str, Any]], labels: dict[str, str], out: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(study_curves)
     fig, axes = plt.subplots(
         2,
-        len(tasks),
-        figsize=(7.5 * len(tasks), 8),
+        len(study_curves),
+        figsize=(7.5 * len(study_curves), 8),
         sharex="col",
         squeeze=False,
         gridspec_kw={"height_ratios": [2.2, 1]},
         constrained_layout=True,
     )
     colors = plt.get_cmap("tab10")
-    for col, task in enumerate(tasks):
-        top, bottom = axes[0][col], axes[1][col]
-        for i, (arm, c) in enumerate(study_curves[task].items()):
-            steps = np.array(c["step"])
-            mean, half = np.array(c["reward_mean"]), np.array(c["reward_half_width"])
+    for (top, bottom), (task, by_arm) in zip(axes.T, study_curves.items(), strict=True):
+        for i, (arm, c) in enumerate(by_arm.items()):
+            steps, mean, half = np.array(c["step"]), np.array(c["reward_mean"]), np.array(c["reward_half_width"])
             color = colors(i % 10)
-            top.plot(steps, mean, color=color, label=labels.get(arm, arm), lw=1.4)
+            top.plot(steps, mean, color=color, label=labels[arm], lw=1.4)
             top.fill_between(steps, mean - half, mean + half, color=color, alpha=0.15, lw=0)
             bottom.plot(steps, c["p_mean"], color=color, lw=1.4)
-            if np.any(np.array(c["p_max"]) != np.array(c["p_min"])):  # reward-driven p differs between seeds
-                bottom.fill_between(steps, c["p_min"], c["p_max"], color=color, alpha=0.15, lw=0)
+            bottom.fill_between(steps, c["p_min"], c["p_max"], color=color, alpha=0.15, lw=0)  # seeds' p differ: reward
         top.set(title=f"task {task}: mean reward (trailing mean) ± 95 % CI over seeds", ylabel="reward")
         bottom.set(title="Hölder order p (mean over seeds; band: min–max)", xlabel="step", ylabel="p")
-        for ax in (top, bottom):
-            ax.grid(alpha=0.3)
+        top.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
         top.legend(fontsize=8, ncol=2)
     fig.suptitle(title)
     fig.savefig(out, dpi=90)
@@ -262,10 +218,7 @@ def plot(study_curves: dict[str, dict[str, Any]], labels: dict[str, str], out: P
 def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], jobs: int) -> list[Path]:
     """Summarise every finished run of ``specs`` into study.json, study.md and study.png in ``out_dir``; returns
     their paths. Unfinished runs are left out (and named); raises SystemExit when no run has finished."""
-    records: dict[str, dict[str, dict[int, list[dict[str, Any]]]]] = {}
     finished = [spec for spec in specs if spec.completed()]
-    for spec in finished:
-        records.setdefault(spec.task, {}).setdefault(spec.arm, {})[spec.seed] = read_metrics(spec.run_dir)
     missing = [spec.name for spec in specs if not spec.completed()]
     if missing:
         more = " ..." if len(missing) > 8 else ""
@@ -273,14 +226,32 @@ def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], 
             f"holderpo study: report without {len(missing)} unfinished run(s): {', '.join(missing[:8])}{more}",
             file=sys.stderr,
         )
-    if not records:
+    if not finished:
         raise SystemExit("holderpo study: no finished run to report on")
-    results, study_curves, per_run = build_results(records, {t: TASKS[t].threshold for t in records})
-    arms, tasks = dict.fromkeys(s.arm for s in specs), dict.fromkeys(s.task for s in specs)
+    records: dict[str, dict[str, dict[int, list[dict[str, Any]]]]] = {}  # [task][arm][seed] = metrics.jsonl rows
+    for spec in finished:
+        records.setdefault(spec.task, {}).setdefault(spec.arm, {})[spec.seed] = read_metrics(spec.run_dir)
+    per_run = {
+        task: {
+            arm: {s: run_summary(recs, TASKS[task].threshold) for s, recs in seeds.items()}
+            for arm, seeds in arms.items()
+        }
+        for task, arms in records.items()
+    }
+    results = {
+        task: {
+            arm: arm_results(v, by_arm.get(BASELINE_ARM) if arm != BASELINE_ARM else None) for arm, v in by_arm.items()
+        }
+        for task, by_arm in per_run.items()
+    }
+    study_curves = {}
+    for task, arms in records.items():
+        window = smoothing_window(max(len(recs) for seeds in arms.values() for recs in seeds.values()))
+        study_curves[task] = {arm: curves(seeds, window) for arm, seeds in arms.items()}
     study = {
         "settings": settings,
-        "arms": {a: asdict(ARMS[a]) for a in arms},  # label, summary, overrides
-        "tasks": {t: asdict(TASKS[t]) for t in tasks},  # summary, overrides, threshold
+        "arms": {a: asdict(ARMS[a]) for a in dict.fromkeys(s.arm for s in specs)},  # label, summary, overrides
+        "tasks": {t: asdict(TASKS[t]) for t in dict.fromkeys(s.task for s in specs)},  # summary, overrides, threshold
         "results": results,
         "runs": {
             t: {a: {str(s): v for s, v in seeds.items()} for a, seeds in by_arm.items()}
@@ -295,5 +266,4 @@ def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], 
     tmp.replace(json_path)
     md_path.write_text(markdown(study))
     labels = {arm: a["label"] for arm, a in study["arms"].items()}
-    fig = plot(study_curves, labels, out_dir / FIGURE_FILE, f"{settings['seeds']} seeds per arm")
-    return [json_path, md_path, fig]
+    return [json_path, md_path, plot(study_curves, labels, out_dir / FIGURE_FILE, f"{settings['seeds']} seeds per arm")]

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from holder_nemo.reference.plotting import smooth  # the training figure's trailing mean, so both plots agree
+
 # t_{0.975, df} for df = 1..30 (two-sided 95 %), from the standard printed tables (4 decimals).
 T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
@@ -50,21 +52,7 @@ def excludes_zero(interval: dict[str, Any]) -> bool:
 
 def final_reward(rewards: Sequence[float]) -> float:
     """Mean reward over the last 10 % of steps (at least one step)."""
-    n = max(1, len(rewards) // 10)
-    return float(np.mean(rewards[-n:]))
-
-
-def reward_auc(rewards: Sequence[float]) -> float:
-    """Area under the per-step reward curve divided by the number of steps: the mean reward over the run, in [0, 1]
-    for a [0, 1] reward. It rewards learning early as well as learning much."""
-    return float(np.mean(rewards))
-
-
-def trailing_mean(values: Sequence[float], window: int) -> np.ndarray:
-    """Mean of the last ``window`` values at each step (fewer at the start); same length as ``values``."""
-    from holder_nemo.reference.plotting import smooth  # the training figure's curve, so both plots agree
-
-    return smooth(np.asarray(values, dtype=float), window)
+    return float(np.mean(rewards[-max(1, len(rewards) // 10) :]))
 
 
 def steps_to_threshold(rewards: Sequence[float], threshold: float, window: int) -> tuple[int, bool]:
@@ -73,11 +61,8 @@ def steps_to_threshold(rewards: Sequence[float], threshold: float, window: int) 
     Returns (step, reached). A run that never reaches it is censored at its last step: (len(rewards), False), so
     the mean over seeds is then a lower bound (the report says how many seeds reached the threshold).
     """
-    smoothed = trailing_mean(rewards, window)
-    hits = np.nonzero(smoothed >= threshold)[0]
-    if len(hits):
-        return int(hits[0]) + 1, True
-    return len(smoothed), False
+    hits = np.nonzero(smooth(np.asarray(rewards, dtype=float), window) >= threshold)[0]
+    return (int(hits[0]) + 1, True) if len(hits) else (len(rewards), False)
 
 
 def paired_differences(arm: dict[int, float], baseline: dict[int, float]) -> list[float]:

@@ -7,15 +7,14 @@ import math
 
 import pytest
 
+from holder_nemo.study.report import run_summary
 from holder_nemo.study.stats import (
     excludes_zero,
     final_reward,
     mean_interval,
     paired_differences,
-    reward_auc,
     steps_to_threshold,
     t975,
-    trailing_mean,
 )
 
 
@@ -68,9 +67,10 @@ def test_mean_interval_by_hand():
 def test_run_summaries_by_hand():
     rewards = [0.0] * 18 + [0.5, 1.0]  # 20 steps: last 10 % = the last 2
     assert final_reward(rewards) == pytest.approx(0.75)
-    assert reward_auc(rewards) == pytest.approx(1.5 / 20)
     assert final_reward([0.2, 0.4]) == pytest.approx(0.4)  # at least one step
-    assert trailing_mean([1, 2, 3, 4], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
+    summary = run_summary([{"reward_mean": r} for r in rewards], threshold=0.5)
+    assert summary["auc"] == pytest.approx(1.5 / 20)  # area under the reward curve / steps = the mean reward
+    assert (summary["steps_to_threshold"], summary["reached_threshold"]) == (19, True)  # window 1 (5 % of 20 steps)
     assert steps_to_threshold([0.1, 0.2, 0.6, 0.9], 0.5, window=2) == (4, True)  # trailing means 0.1 .15 .4 .75
     assert steps_to_threshold([0.1, 0.2, 0.6, 0.9], 0.5, window=1) == (3, True)
     assert steps_to_threshold([0.1, 0.2], 0.5, window=1) == (2, False)  # censored at the last step
