@@ -15,7 +15,6 @@ import fcntl
 import json
 import multiprocessing
 import os
-import resource
 import signal
 import sys
 import time
@@ -55,11 +54,6 @@ def _init_worker(stop_file: str) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def execute(spec: RunSpec) -> int:
     """Run (or resume) one run in this worker; its output goes to its train.log. Returns its exit code."""
     from holder_nemo.reference.train import main as train_main
@@ -69,7 +63,7 @@ def execute(spec: RunSpec) -> int:
         # A worker of a study killed outright (SIGKILL) finishes its run as an orphan; a rerun waits for it here
         # instead of training the same directory twice (the kernel releases the lock when a process dies).
         fcntl.flock(lock, fcntl.LOCK_EX)
-        wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         with (
             (spec.run_dir / LOG_FILE).open("a") as log,
             contextlib.redirect_stdout(log),
@@ -80,7 +74,7 @@ def execute(spec: RunSpec) -> int:
             except Exception as exc:  # a failed run must not take the worker (and the other runs) down
                 print(f"holderpo study: run failed: {exc!r}", file=sys.stderr)
                 code = 1
-        timing = {"wall_s": time.perf_counter() - wall0, "cpu_s": _cpu_seconds() - cpu0, "exit": code}
+        timing = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "exit": code}
         with (spec.run_dir / TIMING_FILE).open("a") as fh:
             fh.write(json.dumps(timing) + "\n")
     return code
