@@ -65,15 +65,8 @@ def run_specs(ns: argparse.Namespace, recipe: Path, overrides: list[str]):
                 run_dir = ns.out_dir / "runs" / task / arm / f"seed_{seed}"
                 # later overrides win: an arm is always what its name says
                 argv = (str(recipe), *shared, *TASKS[task].overrides, *overrides, *ARMS[arm].overrides)
-                specs.append(
-                    RunSpec(
-                        task,
-                        arm,
-                        seed,
-                        run_dir,
-                        (*argv, f"grpo.seed={seed}", f"checkpointing.checkpoint_dir={run_dir}"),
-                    )
-                )
+                argv += (f"grpo.seed={seed}", f"checkpointing.checkpoint_dir={run_dir}")
+                specs.append(RunSpec(task, arm, seed, run_dir, argv))
     return specs
 
 
@@ -86,9 +79,8 @@ def changed_runs(specs) -> list[str]:
             spec.run_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"argv": list(spec.argv)}, indent=1) + "\n")
             continue
-        before = json.loads(path.read_text())["argv"][
-            1:-1
-        ]  # the recipe path and run directory may be spelt differently
+        # the recipe path (first) and the run directory (last) may be spelt differently
+        before = json.loads(path.read_text())["argv"][1:-1]
         if before != list(spec.argv[1:-1]):
             changed = sorted(set(before) ^ set(spec.argv[1:-1]))
             problems.append(f"{spec.run_dir} was started with different settings ({' '.join(changed)})")
@@ -116,7 +108,8 @@ def main(argv: list[str]) -> int:
         print(list_arms_and_tasks())
         return 0
     recipe, overrides = split_recipe(ns.args)
-    specs = run_specs(ns, recipe.resolve(), overrides)
+    recipe = recipe.resolve()
+    specs = run_specs(ns, recipe, overrides)
     try:
         # one run per arm and task (seeds only change grpo.seed): the recipe, the schema, the loss section
         for spec in specs[: 1 if ns.report_only else len(ns.tasks) * len(ns.arms)]:
@@ -126,9 +119,8 @@ def main(argv: list[str]) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS
     jobs = ns.jobs or max(1, min(cores, len(specs)))
     if ns.dry_run:
-        print(
-            f"{len(specs)} runs ({sum(s.completed() for s in specs)} complete) on {jobs} worker(s) into {ns.out_dir}:"
-        )
+        done = sum(spec.completed() for spec in specs)
+        print(f"{len(specs)} runs ({done} complete) on {jobs} worker(s) into {ns.out_dir}:")
         print("\n".join(f"  {spec.name}: holderpo train {shlex.join(spec.argv)}" for spec in specs))
         return 0
     if not ns.report_only:
@@ -141,7 +133,7 @@ def main(argv: list[str]) -> int:
             return code
     settings = {
         "command": shlex.join(["holderpo", "study", *argv]),
-        "recipe": str(recipe.resolve()),
+        "recipe": str(recipe),
         "overrides": [*STUDY_BASE, f"grpo.max_num_steps={ns.steps}", *overrides],
         "seeds": ns.seeds,
         "steps": ns.steps,

@@ -20,7 +20,7 @@ from holder_nemo.reference.metrics_log import read_metrics
 from holder_nemo.reference.plotting import smooth
 from holder_nemo.study.runner import RunSpec, run_cpu_seconds
 from holder_nemo.study.spec import ARMS, BASELINE_ARM, TASKS
-from holder_nemo.study.stats import excludes_zero, final_reward, mean_interval, paired_differences, steps_to_threshold
+from holder_nemo.study.stats import excludes_zero, final_reward, mean_interval, steps_to_threshold
 
 JSON_FILE, MARKDOWN_FILE, FIGURE_FILE = "study.json", "study.md", "study.png"
 OUTCOMES = ("final_reward", "auc", "steps_to_threshold")  # the results table's metrics, also paired against GRPO
@@ -67,13 +67,9 @@ def arm_results(per_seed: dict[int, dict[str, Any]], baseline: dict[int, dict[st
     out: dict[str, Any] = {"seeds": seeds, "n_reached_threshold": sum(per_seed[s]["reached_threshold"] for s in seeds)}
     for metric in (*OUTCOMES, *(name for _, name, _, _ in DIAGNOSTICS)):
         out[metric] = mean_interval([per_seed[s][metric] for s in seeds])
-    if baseline is not None:
-        out["vs_grpo"] = {
-            m: mean_interval(
-                paired_differences({s: v[m] for s, v in per_seed.items()}, {s: v[m] for s, v in baseline.items()})
-            )
-            for m in OUTCOMES
-        }
+    if baseline is not None:  # paired by seed (same initial weights and prompt order), over the seeds both have
+        common = [s for s in seeds if s in baseline]
+        out["vs_grpo"] = {m: mean_interval([per_seed[s][m] - baseline[s][m] for s in common]) for m in OUTCOMES}
     return out
 
 
@@ -109,6 +105,10 @@ def _delta(interval: dict[str, float], digits: int) -> str:
     return f"**{text}**" if excludes_zero(interval) else text
 
 
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def markdown(study: dict[str, Any]) -> str:
     s, timing, labels = study["settings"], study["timing"], {a: v["label"] for a, v in study["arms"].items()}
     lines = [
@@ -125,24 +125,15 @@ def markdown(study: dict[str, Any]) -> str:
         f"**Δ vs GRPO**: per-seed paired difference arm − GRPO; bold when its 95 % interval excludes 0.",
         "",
     ]
+    header = ["arm", "final reward", "AUC", "steps to threshold", "Δ final vs GRPO", "Δ AUC vs GRPO", "Δ steps vs GRPO"]
     for task, arms in study["results"].items():
-        t = study["tasks"][task]
-        lines += [f"## Task `{task}`: {t['summary']}", "", f"Threshold {t['threshold']}.", ""]
-        lines += [
-            "| arm | final reward | AUC | steps to threshold | Δ final vs GRPO | Δ AUC vs GRPO | Δ steps vs GRPO |",
-            "|---|---|---|---|---|---|---|",
-        ]
+        t, rows = study["tasks"][task], []
         for arm, r in arms.items():
+            steps = f"{_fmt(r['steps_to_threshold'], 0)} ({r['n_reached_threshold']}/{len(r['seeds'])})"
             vs = r.get("vs_grpo")
-            deltas = (
-                [_delta(vs[m], 0 if m == "steps_to_threshold" else 3) for m in OUTCOMES] if vs else ["(baseline)"] * 3
-            )
-            lines.append(
-                f"| {labels[arm]} | {_fmt(r['final_reward'])} | {_fmt(r['auc'])} | "
-                f"{_fmt(r['steps_to_threshold'], 0)} ({r['n_reached_threshold']}/{len(r['seeds'])}) | "
-                + " | ".join(deltas)
-                + " |"
-            )
+            deltas = [_delta(vs[m], 0 if m == "steps_to_threshold" else 3) for m in OUTCOMES] if vs else None
+            rows.append([labels[arm], _fmt(r["final_reward"]), _fmt(r["auc"]), steps, *(deltas or ["(baseline)"] * 3)])
+        lines += [f"## Task `{task}`: {t['summary']}", "", f"Threshold {t['threshold']}.", "", *_table(header, rows)]
         lines += [
             "",
             "Diagnostics (means over steps, then over seeds): p; Jensen gap log ρ_p − log ρ_0 per sequence (0 when "
@@ -150,19 +141,16 @@ def markdown(study: dict[str, Any]) -> str:
             "exp(entropy of the token weights) against the response length; sequence- and token-clip fractions; "
             "KL(old ‖ new) per token.",
             "",
-            "| arm | " + " | ".join(column for _, _, column, _ in DIAGNOSTICS) + " |",
-            "|---" * (len(DIAGNOSTICS) + 1) + "|",
+            *_table(
+                ["arm", *(column for _, _, column, _ in DIAGNOSTICS)],
+                [[labels[arm], *(_fmt(r[n], d) for _, n, _, d in DIAGNOSTICS)] for arm, r in arms.items()],
+            ),
+            "",
         ]
-        lines += [
-            f"| {labels[arm]} | " + " | ".join(_fmt(r[n], d) for _, n, _, d in DIAGNOSTICS) + " |"
-            for arm, r in arms.items()
-        ]
-        lines.append("")
-    lines += ["## Arms", "", "| arm | what | overrides |", "|---|---|---|"]
-    lines += [
-        f"| {a['label']} (`{arm}`) | {a['summary']} | `{' '.join(a['overrides'])}` |"
-        for arm, a in study["arms"].items()
+    arm_rows = [
+        [f"{a['label']} (`{arm}`)", a["summary"], f"`{' '.join(a['overrides'])}`"] for arm, a in study["arms"].items()
     ]
+    lines += ["## Arms", "", *_table(["arm", "what", "overrides"], arm_rows)]
     lines += [
         "",
         "## Shared settings",
@@ -253,10 +241,7 @@ def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], 
         "arms": {a: asdict(ARMS[a]) for a in dict.fromkeys(s.arm for s in specs)},  # label, summary, overrides
         "tasks": {t: asdict(TASKS[t]) for t in dict.fromkeys(s.task for s in specs)},  # summary, overrides, threshold
         "results": results,
-        "runs": {
-            t: {a: {str(s): v for s, v in seeds.items()} for a, seeds in by_arm.items()}
-            for t, by_arm in per_run.items()
-        },
+        "runs": per_run,  # [task][arm][seed] (JSON writes the seeds as strings)
         "missing_runs": missing,
         "timing": {"runs": len(finished), "cpu_s": sum(run_cpu_seconds(s.run_dir) for s in finished), "jobs": jobs},
     }

@@ -63,8 +63,3 @@ def steps_to_threshold(rewards: Sequence[float], threshold: float, window: int) 
     """
     hits = np.nonzero(smooth(np.asarray(rewards, dtype=float), window) >= threshold)[0]
     return (int(hits[0]) + 1, True) if len(hits) else (len(rewards), False)
-
-
-def paired_differences(arm: dict[int, float], baseline: dict[int, float]) -> list[float]:
-    """arm[seed] - baseline[seed] over the seeds both have (same seed = same initial weights and prompt order)."""
-    return [arm[s] - baseline[s] for s in sorted(set(arm) & set(baseline))]

@@ -7,12 +7,11 @@ import math
 
 import pytest
 
-from holder_nemo.study.report import run_summary
+from holder_nemo.study.report import DIAGNOSTICS, OUTCOMES, arm_results, run_summary
 from holder_nemo.study.stats import (
     excludes_zero,
     final_reward,
     mean_interval,
-    paired_differences,
     steps_to_threshold,
     t975,
 )
@@ -77,4 +76,12 @@ def test_run_summaries_by_hand():
 
 
 def test_paired_differences_use_common_seeds_only():
-    assert paired_differences({0: 1.0, 1: 2.0, 2: 5.0}, {0: 0.5, 1: 2.5, 3: 9.0}) == [0.5, -0.5]
+    """arm - baseline per seed, over the seeds both arms finished (seed 2 of the arm and 3 of the baseline drop out)."""
+    arm = {0: 1.0, 1: 2.0, 2: 5.0}
+    baseline = {0: 0.5, 1: 2.5, 3: 9.0}
+    metrics = (*OUTCOMES, *(name for _, name, _, _ in DIAGNOSTICS))
+    summaries = [
+        {s: dict.fromkeys(metrics, v) | {"reached_threshold": True} for s, v in d.items()} for d in (arm, baseline)
+    ]
+    diff = arm_results(*summaries)["vs_grpo"]["final_reward"]
+    assert diff["n"] == 2 and diff["mean"] == pytest.approx(0.0)  # the differences 0.5 and -0.5
