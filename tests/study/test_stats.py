@@ -7,11 +7,14 @@ import math
 
 import pytest
 
-from holder_nemo.study.report import DIAGNOSTICS, OUTCOMES, arm_results, run_summary
-from holder_nemo.study.stats import (
+from holder_nemo.study.report import (
+    DIAGNOSTICS,
+    OUTCOMES,
+    arm_results,
     excludes_zero,
     final_reward,
     mean_interval,
+    run_summary,
     steps_to_threshold,
     t975,
 )
