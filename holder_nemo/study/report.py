@@ -275,21 +275,13 @@ def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], 
     records: dict[str, dict[str, dict[int, list[dict[str, Any]]]]] = {}  # [task][arm][seed] = metrics.jsonl rows
     for spec in finished:
         records.setdefault(spec.task, {}).setdefault(spec.arm, {})[spec.seed] = read_metrics(spec.run_dir)
-    per_run = {
-        task: {
-            arm: {s: run_summary(recs, TASKS[task].threshold) for s, recs in seeds.items()}
-            for arm, seeds in arms.items()
-        }
-        for task, arms in records.items()
-    }
-    results = {
-        task: {
-            arm: arm_results(v, by_arm.get(BASELINE_ARM) if arm != BASELINE_ARM else None) for arm, v in by_arm.items()
-        }
-        for task, by_arm in per_run.items()
-    }
-    study_curves = {}
+    per_run, results, study_curves = {}, {}, {}
     for task, arms in records.items():
+        per_run[task] = {
+            a: {s: run_summary(recs, TASKS[task].threshold) for s, recs in v.items()} for a, v in arms.items()
+        }
+        baseline = per_run[task].get(BASELINE_ARM)
+        results[task] = {a: arm_results(v, baseline if a != BASELINE_ARM else None) for a, v in per_run[task].items()}
         window = smoothing_window(max(len(recs) for seeds in arms.values() for recs in seeds.values()))
         study_curves[task] = {arm: curves(seeds, window) for arm, seeds in arms.items()}
     study = {
