@@ -116,7 +116,8 @@ def main(argv: list[str]) -> int:
             load_config(spec.argv[0], list(spec.argv[1:]))
     except ConfigError as exc:
         return print_problems("holderpo study", exc)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS
+    # the cores this process may use (taskset, cgroups); macOS has no sched_getaffinity
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = ns.jobs or max(1, min(cores, len(specs)))
     if ns.dry_run:
         done = sum(spec.completed() for spec in specs)
