@@ -1,7 +1,2 @@
-"""``holderpo study``: a seeded multi-arm comparison of HölderPO p schedules and the GRPO / GSPO / GMPO special
-cases on the CPU reference run, with 95 % confidence intervals over seeds.
-
-Modules: ``spec`` (arms, tasks, shared settings), ``runner`` (parallel, resumable runs), ``stats`` (intervals,
-per-run summaries), ``report`` (study.json / study.md / study.png), ``cli`` (the command). It only drives the
-reference run (``holder_nemo.reference``); nothing here touches the maths.
-"""
+"""``holderpo study``: seeded multi-arm comparisons of HölderPO p schedules and GRPO / GSPO / GMPO on the CPU reference
+run, with 95 % confidence intervals over seeds (docs/study.md; the modules' roles are in docs/architecture.md)."""

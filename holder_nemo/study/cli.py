@@ -1,15 +1,7 @@
 """``holderpo study``: does annealed p help? Every arm x task x seed as a reference run, then tables with 95 % CIs.
 
-    holderpo study                                   # 8 arms x 2 tasks x 5 seeds into runs/study (CPU, resumable)
-    holderpo study --seeds 10 --jobs 4               # more seeds; the 5 already finished are not redone
-    holderpo study --arms grpo,holder_anneal --tasks repeat --seeds 2 --steps 20 --out-dir /tmp/mini
-    holderpo study --report-only                     # rebuild study.md / study.json / study.png from finished runs
-    holderpo study --list                            # print the arms and tasks with their overrides
-    holderpo study --dry-run                         # validate every run's recipe, print the runs, run nothing
-
 Runs live in ``OUT/runs/<task>/<arm>/seed_<k>`` (ordinary ``holderpo train`` run directories); the report goes to
-``OUT/study.{json,md,png}``. Exit codes: 0 complete, 75 stopped on request (rerun to continue), 2 bad arguments,
-1 a run failed (its ``train.log`` says why).
+``OUT/study.{json,md,png}``. The commands, outputs and statistics are described in docs/study.md.
 """
 
 from __future__ import annotations
@@ -55,16 +47,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for flag in ("seeds", "steps", "jobs"):
         if getattr(ns, flag) is not None and getattr(ns, flag) < 1:
             parser.error(f"--{flag} must be >= 1, got {getattr(ns, flag)}")
-    args = list(ns.args)
-    ns.recipe = args.pop(0) if args and args[0].endswith((".yaml", ".yml")) and "=" not in args[0] else None
-    ns.overrides = args
-    for key in (o.lstrip("+~").split("=", 1)[0] for o in ns.overrides):
+    for key in (o.lstrip("+~").split("=", 1)[0] for o in ns.args):
         if key in SET_BY_THE_STUDY:
             parser.error(f"{key} is set by the study (use --steps / --seeds / --out-dir), not by an override")
     return ns
 
 
-def run_specs(ns: argparse.Namespace, recipe: Path):
+def run_specs(ns: argparse.Namespace, recipe: Path, overrides: list[str]):
     """Every (task, arm, seed) run, seed-major so a stopped study has whole seeds of every arm first."""
     from holder_nemo.study.runner import RunSpec
 
@@ -75,25 +64,26 @@ def run_specs(ns: argparse.Namespace, recipe: Path):
             for arm in ns.arms:
                 run_dir = ns.out_dir / "runs" / task / arm / f"seed_{seed}"
                 # later overrides win: an arm is always what its name says
-                overrides = [*shared, *TASKS[task].overrides, *ns.overrides, *ARMS[arm].overrides]
-                argv = (str(recipe), *overrides, f"grpo.seed={seed}", f"checkpointing.checkpoint_dir={run_dir}")
+                argv = (str(recipe), *shared, *TASKS[task].overrides, *overrides, *ARMS[arm].overrides)
+                argv += (f"grpo.seed={seed}", f"checkpointing.checkpoint_dir={run_dir}")
                 specs.append(RunSpec(task, arm, seed, run_dir, argv))
     return specs
 
 
-def check_run_args(specs) -> list[str]:
-    """Record each run's arguments on first use; a run directory started with other settings is an error."""
+def changed_runs(specs) -> list[str]:
+    """Record each run's arguments on first use; name the run directories started with other settings."""
     problems = []
     for spec in specs:
         path = spec.run_dir / RUN_ARGS_FILE
-        if path.exists():
-            before = json.loads(path.read_text())["argv"]
-            if before[1:-1] != list(spec.argv[1:-1]):  # the recipe path and run directory may be spelt differently
-                changed = sorted(set(before[1:-1]) ^ set(spec.argv[1:-1]))
-                problems.append(f"{spec.run_dir} was started with different settings ({' '.join(changed)})")
-        else:
+        if not path.exists():
             spec.run_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"argv": list(spec.argv)}, indent=1) + "\n")
+            continue
+        # the recipe path (first) and the run directory (last) may be spelt differently
+        before = json.loads(path.read_text())["argv"][1:-1]
+        if before != list(spec.argv[1:-1]):
+            changed = sorted(set(before) ^ set(spec.argv[1:-1]))
+            problems.append(f"{spec.run_dir} was started with different settings ({' '.join(changed)})")
     return problems
 
 
@@ -102,16 +92,14 @@ def list_arms_and_tasks() -> str:
     lines += [f"  {name:<16} {a.label}: {a.summary}\n  {'':<16} {' '.join(a.overrides)}" for name, a in ARMS.items()]
     lines += ["tasks:"]
     lines += [
-        f"  {name:<16} {t.summary}; threshold {t.threshold}\n  {'':<16} {' '.join(t.overrides)}"
-        for name, t in TASKS.items()
+        f"  {n:<16} {t.summary}; threshold {t.threshold}\n  {'':<16} {' '.join(t.overrides)}" for n, t in TASKS.items()
     ]
     return "\n".join([*lines, f"shared overrides: {' '.join(STUDY_BASE)}"])
 
 
 def main(argv: list[str]) -> int:
     from holder_nemo.config import ConfigError, print_problems
-    from holder_nemo.reference.schema import default_recipe_path
-    from holder_nemo.reference.train import load_config
+    from holder_nemo.reference.train import load_config, split_recipe
     from holder_nemo.study.report import smoothing_window, write_report
     from holder_nemo.study.runner import run_all
 
@@ -119,14 +107,16 @@ def main(argv: list[str]) -> int:
     if ns.list:
         print(list_arms_and_tasks())
         return 0
-    recipe = (Path(ns.recipe) if ns.recipe else default_recipe_path()).resolve()
-    specs = run_specs(ns, recipe)
+    recipe, overrides = split_recipe(ns.args)
+    recipe = recipe.resolve()
+    specs = run_specs(ns, recipe, overrides)
     try:
         # one run per arm and task (seeds only change grpo.seed): the recipe, the schema, the loss section
         for spec in specs[: 1 if ns.report_only else len(ns.tasks) * len(ns.arms)]:
             load_config(spec.argv[0], list(spec.argv[1:]))
     except ConfigError as exc:
         return print_problems("holderpo study", exc)
+    # the cores this process may use (taskset, cgroups); macOS has no sched_getaffinity
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = ns.jobs or max(1, min(cores, len(specs)))
     if ns.dry_run:
@@ -135,7 +125,7 @@ def main(argv: list[str]) -> int:
         print("\n".join(f"  {spec.name}: holderpo train {shlex.join(spec.argv)}" for spec in specs))
         return 0
     if not ns.report_only:
-        problems = check_run_args(specs)
+        problems = changed_runs(specs)
         if problems:
             print("holderpo study: use a new --out-dir; changed runs:\n  " + "\n  ".join(problems), file=sys.stderr)
             return EXIT_BAD_ARGS
@@ -143,9 +133,9 @@ def main(argv: list[str]) -> int:
         if code != 0:
             return code
     settings = {
-        "command": "holderpo study " + shlex.join(argv) if argv else "holderpo study",
+        "command": shlex.join(["holderpo", "study", *argv]),
         "recipe": str(recipe),
-        "overrides": [*STUDY_BASE, f"grpo.max_num_steps={ns.steps}", *ns.overrides],
+        "overrides": [*STUDY_BASE, f"grpo.max_num_steps={ns.steps}", *overrides],
         "seeds": ns.seeds,
         "steps": ns.steps,
         "window": smoothing_window(ns.steps),

@@ -1,4 +1,4 @@
-"""A study's results: per-run summaries, per-arm intervals over seeds, paired differences against GRPO.
+"""A study's results: per-run summaries, per-arm 95 % Student-t intervals over seeds, paired differences against GRPO.
 
 Outputs in the study directory:
     study.json   settings, arms, tasks, per-run values, per-arm intervals and diagnostics, timing
@@ -9,7 +9,9 @@ Outputs in the study directory:
 from __future__ import annotations
 
 import json
+import math
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,20 +19,12 @@ from typing import Any
 import numpy as np
 
 from holder_nemo.reference.metrics_log import read_metrics
+from holder_nemo.reference.plotting import smooth  # the training figure's trailing mean, so both plots agree
 from holder_nemo.study.runner import RunSpec, run_cpu_seconds
 from holder_nemo.study.spec import ARMS, BASELINE_ARM, TASKS
-from holder_nemo.study.stats import (
-    excludes_zero,
-    final_reward,
-    mean_interval,
-    paired_differences,
-    reward_auc,
-    steps_to_threshold,
-    trailing_mean,
-)
 
 JSON_FILE, MARKDOWN_FILE, FIGURE_FILE = "study.json", "study.md", "study.png"
-
+OUTCOMES = ("final_reward", "auc", "steps_to_threshold")  # the results table's metrics, also paired against GRPO
 # (metrics.jsonl key, name in study.json, column in study.md, digits): means over a run's steps, then over seeds
 DIAGNOSTICS = (
     ("holder_p", "p", "p", 2),
@@ -44,6 +38,61 @@ DIAGNOSTICS = (
 )
 
 
+# t_{0.975, df} for df = 1..30 (two-sided 95 %), from the standard printed tables (4 decimals).
+T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+        2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+        2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)  # fmt: skip
+Z975 = 1.959963984540054  # the normal quantile the t quantile tends to
+
+
+def t975(df: int) -> float:
+    """Two-sided 95 % critical value of Student's t with ``df`` >= 1 degrees of freedom: P(|T| <= t) = 0.95."""
+    if df < 1:
+        raise ValueError(f"df must be >= 1, got {df}")
+    if df <= len(T975):
+        return T975[df - 1]
+    # beyond the table, the Cornish-Fisher expansion in 1/df (Abramowitz & Stegun 26.7.5), within 1e-6 for df > 30:
+    # t = z + g1/df + g2/df^2 + g3/df^3 + g4/df^4
+    z = Z975
+    g = (
+        (z**3 + z) / 4,
+        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
+    )
+    return z + sum(gk / df ** (k + 1) for k, gk in enumerate(g))
+
+
+def mean_interval(values: Sequence[float]) -> dict[str, float]:
+    """Mean and the half-width of its two-sided 95 % t interval over seeds, t_{0.975, n-1} * s / sqrt(n) (sample
+    std, ddof = 1); the half-width is nan with fewer than two values (one seed supports no interval)."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    mean = float(x.mean()) if n else float("nan")
+    half = t975(n - 1) * float(x.std(ddof=1)) / math.sqrt(n) if n >= 2 else float("nan")
+    return {"mean": mean, "half_width": half, "low": mean - half, "high": mean + half, "n": n}
+
+
+def excludes_zero(interval: dict[str, Any]) -> bool:
+    """Whether a (paired-difference) interval lies wholly on one side of 0; never with fewer than two seeds."""
+    return interval["n"] >= 2 and (interval["low"] > 0 or interval["high"] < 0)
+
+
+def final_reward(rewards: Sequence[float]) -> float:
+    """Mean reward over the last 10 % of steps (at least one step)."""
+    return float(np.mean(rewards[-max(1, len(rewards) // 10) :]))
+
+
+def steps_to_threshold(rewards: Sequence[float], threshold: float, window: int) -> tuple[int, bool]:
+    """First 1-based step at which the trailing ``window``-step mean reward reaches ``threshold``.
+
+    Returns (step, reached). A run that never reaches it is censored at its last step: (len(rewards), False), so
+    the mean over seeds is then a lower bound (the report says how many seeds reached the threshold).
+    """
+    hits = np.nonzero(smooth(np.asarray(rewards, dtype=float), window) >= threshold)[0]
+    return (int(hits[0]) + 1, True) if len(hits) else (len(rewards), False)
+
+
 def smoothing_window(steps: int) -> int:
     """Trailing window for curves and steps-to-threshold: 5 % of the run, at least 1 step."""
     return max(1, steps // 20)
@@ -53,10 +102,12 @@ def run_summary(records: list[dict[str, Any]], threshold: float) -> dict[str, An
     """Final reward (last 10 % of steps), AUC, steps to threshold and diagnostic means of one run."""
     rewards = [r["reward_mean"] for r in records]
     step, reached = steps_to_threshold(rewards, threshold, smoothing_window(len(rewards)))
+    # AUC: the area under the per-step reward curve over the number of steps, i.e. the mean reward over the run (in
+    # [0, 1] for a [0, 1] reward): it credits learning early as well as learning much
     out: dict[str, Any] = {
         "steps": len(rewards),
         "final_reward": final_reward(rewards),
-        "auc": reward_auc(rewards),
+        "auc": float(np.mean(rewards)),
         "steps_to_threshold": step,
         "reached_threshold": reached,
     }
@@ -70,27 +121,20 @@ def arm_results(per_seed: dict[int, dict[str, Any]], baseline: dict[int, dict[st
     """Intervals over seeds of one arm's run summaries, and its paired differences against the baseline arm."""
     seeds = sorted(per_seed)
     out: dict[str, Any] = {"seeds": seeds, "n_reached_threshold": sum(per_seed[s]["reached_threshold"] for s in seeds)}
-    for metric in ("final_reward", "auc", "steps_to_threshold", *(name for _, name, _, _ in DIAGNOSTICS)):
+    for metric in (*OUTCOMES, *(name for _, name, _, _ in DIAGNOSTICS)):
         out[metric] = mean_interval([per_seed[s][metric] for s in seeds])
-    if baseline is not None:
-        out["vs_grpo"] = {
-            metric: mean_interval(
-                paired_differences(
-                    {s: v[metric] for s, v in per_seed.items()}, {s: v[metric] for s, v in baseline.items()}
-                )
-            )
-            for metric in ("final_reward", "auc", "steps_to_threshold")
-        }
+    if baseline is not None:  # paired by seed (same initial weights and prompt order), over the seeds both have
+        common = [s for s in seeds if s in baseline]
+        out["vs_grpo"] = {m: mean_interval([per_seed[s][m] - baseline[s][m] for s in common]) for m in OUTCOMES}
     return out
 
 
 def curves(records_by_seed: dict[int, list[dict[str, Any]]], window: int) -> dict[str, list[float]]:
     """Per step: mean over seeds of the smoothed reward with its 95 % band, and the mean p."""
     steps = min(len(r) for r in records_by_seed.values())
-    rewards = np.array(
-        [trailing_mean([r["reward_mean"] for r in recs[:steps]], window) for recs in records_by_seed.values()]
-    )
-    ps = np.array([[r["holder_p"] for r in recs[:steps]] for recs in records_by_seed.values()])
+    runs = [recs[:steps] for recs in records_by_seed.values()]
+    rewards = np.array([smooth(np.array([r["reward_mean"] for r in recs], dtype=float), window) for recs in runs])
+    ps = np.array([[r["holder_p"] for r in recs] for recs in runs])
     bands = [mean_interval(rewards[:, t]) for t in range(steps)]
     return {
         "step": list(range(1, steps + 1)),
@@ -102,42 +146,27 @@ def curves(records_by_seed: dict[int, list[dict[str, Any]]], window: int) -> dic
     }
 
 
-def build_results(records: dict[str, dict[str, dict[int, list[dict[str, Any]]]]], thresholds: dict[str, float]):
-    """records[task][arm][seed] = metrics.jsonl rows -> (results[task][arm], curves[task][arm], per_run)."""
-    results: dict[str, dict[str, Any]] = {}
-    all_curves: dict[str, dict[str, Any]] = {}
-    per_run: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
-    for task, arms in records.items():
-        per_run[task] = {
-            arm: {s: run_summary(recs, thresholds[task]) for s, recs in seeds.items()} for arm, seeds in arms.items()
-        }
-        baseline = per_run[task].get(BASELINE_ARM)
-        results[task] = {
-            arm: arm_results(summaries, baseline if arm != BASELINE_ARM else None)
-            for arm, summaries in per_run[task].items()
-        }
-        steps = max(len(recs) for seeds in arms.values() for recs in seeds.values())
-        all_curves[task] = {arm: curves(seeds, smoothing_window(steps)) for arm, seeds in arms.items()}
-    return results, all_curves, per_run
-
-
 def _fmt(interval: dict[str, float], digits: int = 3, signed: bool = False) -> str:
+    """``mean ± half-width``; the mean alone with one seed, a dash without any."""
     mean, half = interval["mean"], interval["half_width"]
     if np.isnan(mean):
         return "–"
-    sign = "+" if signed else ""
-    text = f"{mean:{sign}.{digits}f}"
+    text = f"{mean:{'+' if signed else ''}.{digits}f}"
     return text if np.isnan(half) else f"{text} ± {half:.{digits}f}"
 
 
-def _marked(interval: dict[str, float], digits: int = 3) -> str:
+def _delta(interval: dict[str, float], digits: int) -> str:
     """A paired difference; bold when its 95 % interval excludes 0."""
     text = _fmt(interval, digits, signed=True)
     return f"**{text}**" if excludes_zero(interval) else text
 
 
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def markdown(study: dict[str, Any]) -> str:
-    s = study["settings"]
+    s, timing, labels = study["settings"], study["timing"], {a: v["label"] for a, v in study["arms"].items()}
     lines = [
         "# HölderPO aggregation study",
         "",
@@ -152,59 +181,33 @@ def markdown(study: dict[str, Any]) -> str:
         f"**Δ vs GRPO**: per-seed paired difference arm − GRPO; bold when its 95 % interval excludes 0.",
         "",
     ]
+    header = ["arm", "final reward", "AUC", "steps to threshold", "Δ final vs GRPO", "Δ AUC vs GRPO", "Δ steps vs GRPO"]
     for task, arms in study["results"].items():
-        lines += _task_tables(task, study["tasks"][task], arms)
-    return "\n".join(lines + _arms_settings_and_time(study))
-
-
-def _label(arm: str) -> str:
-    return ARMS[arm].label if arm in ARMS else arm
-
-
-def _task_tables(task: str, t: dict[str, Any], arms: dict[str, Any]) -> list[str]:
-    """The results table and the diagnostics table of one task."""
-    lines = [f"## Task `{task}`: {t['summary']}", "", f"Threshold {t['threshold']}.", ""]
-    lines += [
-        "| arm | final reward | AUC | steps to threshold | Δ final vs GRPO | Δ AUC vs GRPO | Δ steps vs GRPO |",
-        "|---|---|---|---|---|---|---|",
+        t, rows = study["tasks"][task], []
+        for arm, r in arms.items():
+            steps = f"{_fmt(r['steps_to_threshold'], 0)} ({r['n_reached_threshold']}/{len(r['seeds'])})"
+            vs = r.get("vs_grpo")
+            deltas = [_delta(vs[m], 0 if m == "steps_to_threshold" else 3) for m in OUTCOMES] if vs else None
+            rows.append([labels[arm], _fmt(r["final_reward"]), _fmt(r["auc"]), steps, *(deltas or ["(baseline)"] * 3)])
+        lines += [f"## Task `{task}`: {t['summary']}", "", f"Threshold {t['threshold']}.", "", *_table(header, rows)]
+        lines += [
+            "",
+            "Diagnostics (means over steps, then over seeds): p; Jensen gap log ρ_p − log ρ_0 per sequence (0 when "
+            "every token ratio is equal; how far the arm's aggregate is from the geometric mean); effective tokens "
+            "exp(entropy of the token weights) against the response length; sequence- and token-clip fractions; "
+            "KL(old ‖ new) per token.",
+            "",
+            *_table(
+                ["arm", *(column for _, _, column, _ in DIAGNOSTICS)],
+                [[labels[arm], *(_fmt(r[n], d) for _, n, _, d in DIAGNOSTICS)] for arm, r in arms.items()],
+            ),
+            "",
+        ]
+    arm_rows = [
+        [f"{a['label']} (`{arm}`)", a["summary"], f"`{' '.join(a['overrides'])}`"] for arm, a in study["arms"].items()
     ]
-    for arm, r in arms.items():
-        vs = r.get("vs_grpo")
-        deltas = (
-            [
-                _marked(vs[m]) if m != "steps_to_threshold" else _marked(vs[m], 0)
-                for m in ("final_reward", "auc", "steps_to_threshold")
-            ]
-            if vs
-            else ["(baseline)"] * 3
-        )
-        n = len(r["seeds"])
-        lines.append(
-            f"| {_label(arm)} | {_fmt(r['final_reward'])} | {_fmt(r['auc'])} | "
-            f"{_fmt(r['steps_to_threshold'], 0)} ({r['n_reached_threshold']}/{n}) | " + " | ".join(deltas) + " |"
-        )
+    lines += ["## Arms", "", *_table(["arm", "what", "overrides"], arm_rows)]
     lines += [
-        "",
-        "Diagnostics (means over steps, then over seeds): p; Jensen gap log ρ_p − log ρ_0 per sequence (0 when "
-        "every token ratio is equal; how far the arm's aggregate is from the geometric mean); effective tokens "
-        "exp(entropy of the token weights) against the response length; sequence- and token-clip fractions; "
-        "KL(old ‖ new) per token.",
-        "",
-        "| arm | " + " | ".join(column for _, _, column, _ in DIAGNOSTICS) + " |",
-        "|---" * (len(DIAGNOSTICS) + 1) + "|",
-    ]
-    for arm, r in arms.items():
-        lines.append(f"| {_label(arm)} | " + " | ".join(_fmt(r[name], d) for _, name, _, d in DIAGNOSTICS) + " |")
-    return [*lines, ""]
-
-
-def _arms_settings_and_time(study: dict[str, Any]) -> list[str]:
-    s, timing = study["settings"], study["timing"]
-    lines = ["## Arms", "", "| arm | what | overrides |", "|---|---|---|"]
-    for arm, a in study["arms"].items():
-        lines.append(f"| {a['label']} (`{arm}`) | {a['summary']} | `{' '.join(a['overrides'])}` |")
-    return [
-        *lines,
         "",
         "## Shared settings",
         "",
@@ -218,6 +221,7 @@ def _arms_settings_and_time(study: dict[str, Any]) -> list[str]:
         f"![study]({FIGURE_FILE})",
         "",
     ]
+    return "\n".join(lines)
 
 
 def plot(study_curves: dict[str, dict[str, Any]], labels: dict[str, str], out: Path, title: str) -> Path:
@@ -226,32 +230,28 @@ def plot(study_curves: dict[str, dict[str, Any]], labels: dict[str, str], out: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(study_curves)
     fig, axes = plt.subplots(
         2,
-        len(tasks),
-        figsize=(7.5 * len(tasks), 8),
+        len(study_curves),
+        figsize=(7.5 * len(study_curves), 8),
         sharex="col",
         squeeze=False,
         gridspec_kw={"height_ratios": [2.2, 1]},
         constrained_layout=True,
     )
     colors = plt.get_cmap("tab10")
-    for col, task in enumerate(tasks):
-        top, bottom = axes[0][col], axes[1][col]
-        for i, (arm, c) in enumerate(study_curves[task].items()):
-            steps = np.array(c["step"])
-            mean, half = np.array(c["reward_mean"]), np.array(c["reward_half_width"])
+    for (top, bottom), (task, by_arm) in zip(axes.T, study_curves.items(), strict=True):
+        for i, (arm, c) in enumerate(by_arm.items()):
+            steps, mean, half = np.array(c["step"]), np.array(c["reward_mean"]), np.array(c["reward_half_width"])
             color = colors(i % 10)
-            top.plot(steps, mean, color=color, label=labels.get(arm, arm), lw=1.4)
+            top.plot(steps, mean, color=color, label=labels[arm], lw=1.4)
             top.fill_between(steps, mean - half, mean + half, color=color, alpha=0.15, lw=0)
             bottom.plot(steps, c["p_mean"], color=color, lw=1.4)
-            if np.any(np.array(c["p_max"]) != np.array(c["p_min"])):  # reward-driven p differs between seeds
-                bottom.fill_between(steps, c["p_min"], c["p_max"], color=color, alpha=0.15, lw=0)
+            bottom.fill_between(steps, c["p_min"], c["p_max"], color=color, alpha=0.15, lw=0)  # seeds' p differ: reward
         top.set(title=f"task {task}: mean reward (trailing mean) ± 95 % CI over seeds", ylabel="reward")
         bottom.set(title="Hölder order p (mean over seeds; band: min–max)", xlabel="step", ylabel="p")
-        for ax in (top, bottom):
-            ax.grid(alpha=0.3)
+        top.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
         top.legend(fontsize=8, ncol=2)
     fig.suptitle(title)
     fig.savefig(out, dpi=90)
@@ -262,10 +262,7 @@ def plot(study_curves: dict[str, dict[str, Any]], labels: dict[str, str], out: P
 def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], jobs: int) -> list[Path]:
     """Summarise every finished run of ``specs`` into study.json, study.md and study.png in ``out_dir``; returns
     their paths. Unfinished runs are left out (and named); raises SystemExit when no run has finished."""
-    records: dict[str, dict[str, dict[int, list[dict[str, Any]]]]] = {}
     finished = [spec for spec in specs if spec.completed()]
-    for spec in finished:
-        records.setdefault(spec.task, {}).setdefault(spec.arm, {})[spec.seed] = read_metrics(spec.run_dir)
     missing = [spec.name for spec in specs if not spec.completed()]
     if missing:
         more = " ..." if len(missing) > 8 else ""
@@ -273,19 +270,26 @@ def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], 
             f"holderpo study: report without {len(missing)} unfinished run(s): {', '.join(missing[:8])}{more}",
             file=sys.stderr,
         )
-    if not records:
+    if not finished:
         raise SystemExit("holderpo study: no finished run to report on")
-    results, study_curves, per_run = build_results(records, {t: TASKS[t].threshold for t in records})
-    arms, tasks = dict.fromkeys(s.arm for s in specs), dict.fromkeys(s.task for s in specs)
+    records: dict[str, dict[str, dict[int, list[dict[str, Any]]]]] = {}  # [task][arm][seed] = metrics.jsonl rows
+    for spec in finished:
+        records.setdefault(spec.task, {}).setdefault(spec.arm, {})[spec.seed] = read_metrics(spec.run_dir)
+    per_run, results, study_curves = {}, {}, {}
+    for task, arms in records.items():
+        per_run[task] = {
+            a: {s: run_summary(recs, TASKS[task].threshold) for s, recs in v.items()} for a, v in arms.items()
+        }
+        baseline = per_run[task].get(BASELINE_ARM)
+        results[task] = {a: arm_results(v, baseline if a != BASELINE_ARM else None) for a, v in per_run[task].items()}
+        window = smoothing_window(max(len(recs) for seeds in arms.values() for recs in seeds.values()))
+        study_curves[task] = {arm: curves(seeds, window) for arm, seeds in arms.items()}
     study = {
         "settings": settings,
-        "arms": {a: asdict(ARMS[a]) for a in arms},  # label, summary, overrides
-        "tasks": {t: asdict(TASKS[t]) for t in tasks},  # summary, overrides, threshold
+        "arms": {a: asdict(ARMS[a]) for a in dict.fromkeys(s.arm for s in specs)},  # label, summary, overrides
+        "tasks": {t: asdict(TASKS[t]) for t in dict.fromkeys(s.task for s in specs)},  # summary, overrides, threshold
         "results": results,
-        "runs": {
-            t: {a: {str(s): v for s, v in seeds.items()} for a, seeds in by_arm.items()}
-            for t, by_arm in per_run.items()
-        },
+        "runs": per_run,  # [task][arm][seed] (JSON writes the seeds as strings)
         "missing_runs": missing,
         "timing": {"runs": len(finished), "cpu_s": sum(run_cpu_seconds(s.run_dir) for s in finished), "jobs": jobs},
     }
@@ -295,5 +299,4 @@ def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], 
     tmp.replace(json_path)
     md_path.write_text(markdown(study))
     labels = {arm: a["label"] for arm, a in study["arms"].items()}
-    fig = plot(study_curves, labels, out_dir / FIGURE_FILE, f"{settings['seeds']} seeds per arm")
-    return [json_path, md_path, fig]
+    return [json_path, md_path, plot(study_curves, labels, out_dir / FIGURE_FILE, f"{settings['seeds']} seeds per arm")]

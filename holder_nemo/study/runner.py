@@ -2,12 +2,9 @@
 
 A run is an ordinary ``holderpo train`` run in its own directory: one with ``COMPLETED`` is skipped, one with a
 checkpoint continues from it. Workers are spawned (never forked from a parent holding torch threads) and run one
-run after another, so imports are paid once per worker.
-
-Stopping uses the runs' own contract: every worker's ``$HOLDERPO_STOP_FILE`` is ``OUT/STOP``, which the study
-creates on SIGTERM, SIGUSR1 or Ctrl-C (or when the user's own ``$HOLDERPO_STOP_FILE`` appears); each running run then
-finishes its step, checkpoints and exits 75, queued runs are dropped, and the study exits 75. A lock per run
-directory keeps two processes from training one run (an orphaned worker and a rerun).
+run after another, so imports are paid once per worker. Every worker's ``$HOLDERPO_STOP_FILE`` is ``OUT/STOP``: the
+study creates it on SIGTERM, SIGUSR1 or Ctrl-C (or when the user's own ``$HOLDERPO_STOP_FILE`` appears), running runs
+then checkpoint after their step and exit 75, queued runs are dropped, and the study exits 75.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import fcntl
 import json
 import multiprocessing
 import os
-import resource
 import signal
 import sys
 import time
@@ -57,21 +53,16 @@ def _init_worker(stop_file: str) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def execute(spec: RunSpec) -> int:
     """Run (or resume) one run in this worker; its output goes to its train.log. Returns its exit code."""
     from holder_nemo.reference.train import main as train_main
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     with (spec.run_dir / LOCK_FILE).open("w") as lock:
-        # The one lock: a worker of a study killed outright (SIGKILL) finishes its run as an orphan; a rerun waits for
-        # it here instead of training the same directory twice (the kernel releases the lock when a process dies).
+        # A worker of a study killed outright (SIGKILL) finishes its run as an orphan; a rerun waits for it here
+        # instead of training the same directory twice (the kernel releases the lock when a process dies).
         fcntl.flock(lock, fcntl.LOCK_EX)
-        wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         with (
             (spec.run_dir / LOG_FILE).open("a") as log,
             contextlib.redirect_stdout(log),
@@ -82,7 +73,7 @@ def execute(spec: RunSpec) -> int:
             except Exception as exc:  # a failed run must not take the worker (and the other runs) down
                 print(f"holderpo study: run failed: {exc!r}", file=sys.stderr)
                 code = 1
-        timing = {"wall_s": time.perf_counter() - wall0, "cpu_s": _cpu_seconds() - cpu0, "exit": code}
+        timing = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "exit": code}
         with (spec.run_dir / TIMING_FILE).open("a") as fh:
             fh.write(json.dumps(timing) + "\n")
     return code
@@ -105,31 +96,28 @@ def run_all(specs: list[RunSpec], jobs: int, out_dir: Path) -> int:
     if not pending:
         return 0
     stop_file, user_stop_file = out_dir / "STOP", os.environ.get(STOP_FILE_ENV)
-    stop_file.unlink(missing_ok=True)  # a request of an earlier invocation
-    stop_reason: str | None = None
+    stop_file.unlink(missing_ok=True)  # a request of an earlier invocation; from here on it means "stop requested"
 
     def request_stop(reason: str) -> None:
-        nonlocal stop_reason
-        if stop_reason is None:
-            stop_reason = reason
+        if not stop_file.exists():
             stop_file.touch()
             print(f"holderpo study: {reason}; running runs checkpoint after their current step", file=sys.stderr)
 
     def on_signal(signum: int, _frame: object) -> None:
-        if signum == signal.SIGINT and stop_reason is not None:
+        if signum == signal.SIGINT and stop_file.exists():
             raise KeyboardInterrupt  # a second Ctrl-C: stop waiting (runs still stop at their step boundary)
         request_stop(signal.Signals(signum).name)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     failed, stopped = [], 0
-    ctx = multiprocessing.get_context("spawn")
     try:
+        ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(str(stop_file),)) as pool:
             futures = {pool.submit(execute, spec): spec for spec in pending}
             remaining = set(futures)
             while remaining:
                 finished, remaining = cf.wait(remaining, timeout=1.0, return_when=cf.FIRST_COMPLETED)
-                for future in (f for f in finished if not f.cancelled()):
+                for future in finished:
                     code, name = future.result(), futures[future].name
                     done, stopped = done + (code == 0), stopped + (code == EXIT_STOPPED)
                     if code not in (0, EXIT_STOPPED):
@@ -138,16 +126,15 @@ def run_all(specs: list[RunSpec], jobs: int, out_dir: Path) -> int:
                     print(f"holderpo study: [{done}/{len(specs)} complete] {name} {status}", file=sys.stderr)
                 if user_stop_file and Path(user_stop_file).exists():
                     request_stop(f"stop file {user_stop_file}")
-                if stop_reason is not None:
-                    for future in remaining:
-                        future.cancel()  # queued runs never start; running ones stop at their next step boundary
+                if stop_file.exists():  # queued runs never start; running ones stop at their next step boundary
+                    remaining = {f for f in remaining if not f.cancel()}
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if failed:
         print(f"holderpo study: {len(failed)} run(s) failed; see their train.log: {', '.join(failed)}", file=sys.stderr)
         return 1
-    if stop_reason is not None or stopped:
+    if stop_file.exists() or stopped:
         print("holderpo study: stopped; rerun the same command to continue where it stopped", file=sys.stderr)
         return EXIT_STOPPED
     return 0

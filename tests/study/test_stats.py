@@ -7,15 +7,16 @@ import math
 
 import pytest
 
-from holder_nemo.study.stats import (
+from holder_nemo.study.report import (
+    DIAGNOSTICS,
+    OUTCOMES,
+    arm_results,
     excludes_zero,
     final_reward,
     mean_interval,
-    paired_differences,
-    reward_auc,
+    run_summary,
     steps_to_threshold,
     t975,
-    trailing_mean,
 )
 
 
@@ -68,13 +69,22 @@ def test_mean_interval_by_hand():
 def test_run_summaries_by_hand():
     rewards = [0.0] * 18 + [0.5, 1.0]  # 20 steps: last 10 % = the last 2
     assert final_reward(rewards) == pytest.approx(0.75)
-    assert reward_auc(rewards) == pytest.approx(1.5 / 20)
     assert final_reward([0.2, 0.4]) == pytest.approx(0.4)  # at least one step
-    assert trailing_mean([1, 2, 3, 4], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
+    summary = run_summary([{"reward_mean": r} for r in rewards], threshold=0.5)
+    assert summary["auc"] == pytest.approx(1.5 / 20)  # area under the reward curve / steps = the mean reward
+    assert (summary["steps_to_threshold"], summary["reached_threshold"]) == (19, True)  # window 1 (5 % of 20 steps)
     assert steps_to_threshold([0.1, 0.2, 0.6, 0.9], 0.5, window=2) == (4, True)  # trailing means 0.1 .15 .4 .75
     assert steps_to_threshold([0.1, 0.2, 0.6, 0.9], 0.5, window=1) == (3, True)
     assert steps_to_threshold([0.1, 0.2], 0.5, window=1) == (2, False)  # censored at the last step
 
 
 def test_paired_differences_use_common_seeds_only():
-    assert paired_differences({0: 1.0, 1: 2.0, 2: 5.0}, {0: 0.5, 1: 2.5, 3: 9.0}) == [0.5, -0.5]
+    """arm - baseline per seed, over the seeds both arms finished (seed 2 of the arm and 3 of the baseline drop out)."""
+    arm = {0: 1.0, 1: 2.0, 2: 5.0}
+    baseline = {0: 0.5, 1: 2.5, 3: 9.0}
+    metrics = (*OUTCOMES, *(name for _, name, _, _ in DIAGNOSTICS))
+    summaries = [
+        {s: dict.fromkeys(metrics, v) | {"reached_threshold": True} for s, v in d.items()} for d in (arm, baseline)
+    ]
+    diff = arm_results(*summaries)["vs_grpo"]["final_reward"]
+    assert diff["n"] == 2 and diff["mean"] == pytest.approx(0.0)  # the differences 0.5 and -0.5
