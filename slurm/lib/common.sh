@@ -17,11 +17,16 @@
 #   progress timeout)                        -> requeue unless the same fault already requeued this job and no newer
 #                                               checkpoint completed since (then the job ends naming the node or the
 #                                               stall: no loop); a lost node is excluded from the next attempt
+#   SIGUSR1 while Slurm preempts the job (`scontrol show job` has a PreemptTime: with
+#   SlurmctldParameters=preempt_send_user_signal and a GraceTime, Slurm sends the job's --signal at preemption and
+#   the grace time lets the stop path run)    -> requeue, also past HOLDERPO_MAX_RESTARTS (Slurm would requeue a
+#                                               preempted --requeue job itself; a preemption is no loop of ours)
 #   another stop request (SIGUSR1 / time limit; also when the checkpoint then outlived HOLDERPO_CKPT_TIMEOUT_S and
 #   the steps were cancelled), the driver exited 75 (its own deadline), or the newest complete checkpoint advanced
 #   during this attempt                      -> requeue
 #   anything else (a crash before any progress)       -> the job ends with the driver's exit code, no requeue
-# "requeue" is `scontrol requeue` while restarts < HOLDERPO_MAX_RESTARTS, else the job ends with the driver's code.
+# "requeue" is `scontrol requeue` while restarts < HOLDERPO_MAX_RESTARTS (but for a preemption), else the job ends
+# with the driver's code.
 
 # Owner: holder_nemo/run_control.py (EXIT_STOPPED; 2: config/errors.py) - tests/nemo_rl_plugin/test_plugin_stop.py
 HP_EXIT_STOPPED=75
@@ -372,7 +377,7 @@ hp_check_progress() {
 # ------------------------------------------------------------------------------------------------- outcome
 # hp_finish: the rule at the top of this file; never returns.
 hp_finish() {
-  local rc=$HP_DRIVER_RC why previous again broken exclude
+  local rc=$HP_DRIVER_RC why previous again broken exclude preempted=""
   hp_cancel_steps  # whatever still runs (ray.sub leaves its worker step behind when the head ends)
   HP_NEWEST=$(hp_newest_step)
   HP_CAUSE=""
@@ -394,6 +399,7 @@ hp_finish() {
     hp_record_result "$rc" "stopped by SIGTERM"
     exit "$rc"
   fi
+  [[ "$HP_STOP_REASON" != USR1 ]] || preempted=$(hp_preempt_time)
   if [[ -n "$HP_SETUP_FAILED" ]]; then
     HP_CAUSE=setup
     why="set-up failed ($HP_SETUP_FAILED)"
@@ -423,6 +429,9 @@ hp_finish() {
         "and no newer checkpoint completed since (newest: step $HP_NEWEST). Not requeueing into a loop$broken." \
         "Resume by hand once fixed: HOLDERPO_RUN_DIR=$HOLDERPO_RUN_DIR sbatch <same script and overrides>"
     fi
+  elif [[ -n "$preempted" ]]; then
+    HP_CAUSE=preempted
+    why="stop requested (USR1: Slurm preempts this job, PreemptTime=$preempted)"
   elif [[ -n "$HP_STOP_REASON" ]]; then
     HP_CAUSE=stop
     why="stop requested ($HP_STOP_REASON)"
@@ -437,7 +446,10 @@ hp_finish() {
     hp_fail "$rc" "driver failed" "driver failed with exit code $rc before any new checkpoint; not requeueing" \
       "(see $HOLDERPO_LOG_DIR)"
   fi
-  if ((HP_RESTART >= HOLDERPO_MAX_RESTARTS)); then
+  if ((HP_RESTART >= HOLDERPO_MAX_RESTARTS)) && [[ "$HP_CAUSE" == preempted ]]; then
+    hp_log "restart limit reached ($HP_RESTART requeues, HOLDERPO_MAX_RESTARTS=$HOLDERPO_MAX_RESTARTS), but a" \
+      "preemption is requeued all the same, as Slurm would requeue it"
+  elif ((HP_RESTART >= HOLDERPO_MAX_RESTARTS)); then
     hp_fail "$rc" "restart limit reached" "$why, but the restart limit is reached ($HP_RESTART requeues," \
       "HOLDERPO_MAX_RESTARTS=$HOLDERPO_MAX_RESTARTS). Resume by hand: HOLDERPO_RUN_DIR=$HOLDERPO_RUN_DIR sbatch" \
       "<same script and overrides>"
@@ -470,6 +482,17 @@ hp_finish() {
     fi
   fi
   exit 0
+}
+
+# hp_preempt_time: when Slurm selected this job for preemption (`scontrol show job`'s PreemptTime), "" when it has
+# not (None) or the query failed. With SlurmctldParameters=preempt_send_user_signal a preemption reaches the batch
+# shell as the job's own --signal (B:USR1), as the time limit's does: this tells the two apart.
+hp_preempt_time() {
+  local when
+  when=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -oE '(^| )PreemptTime=[^ ]+' | head -1 | cut -d= -f2) ||
+    when=""
+  case "$when" in None | Unknown | "(null)") when="" ;; esac
+  echo "$when"
 }
 
 # hp_fail CODE REASON MESSAGE...: end the job with CODE, no requeue; REASON goes to result.env.

@@ -386,7 +386,7 @@ hp_run_nemo_rl() {
   hp_prepare_containers
   hp_record_provenance
   # The driver's save-and-exit deadline: the allocation's real end minus HOLDERPO_SAVE_MARGIN_S (absolute clock,
-  # holder_nemo.nemo_rl.stop); the container has no squeue, so the end time goes in SLURM_JOB_END_TIME. NeMo RL's
+  # holder_nemo.run_control); the container has no squeue, so the end time goes in SLURM_JOB_END_TIME. NeMo RL's
   # own timer is a backstop: it counts from the start of training, so it can only fire later.
   overrides=("cluster.num_nodes=$SLURM_JOB_NUM_NODES" "cluster.gpus_per_node=$GPUS_PER_NODE"
     "checkpointing.checkpoint_dir=$HP_CKPT_DIR" "logger.log_dir=$HOLDERPO_LOG_DIR/nemo_rl"

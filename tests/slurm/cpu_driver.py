@@ -31,6 +31,10 @@ shell has written the stop file) writes part of its temporary directory
 and then hangs, as a checkpoint slower than ``HOLDERPO_CKPT_TIMEOUT_S`` (or than
 Slurm's KillWait after a preemption) would. Its SIGTERM handler only records the request, so only SIGKILL ends it.
 
+Test-only pacing, ``HOLDERPO_TEST_STOP_SAVE_S=SECONDS``: a save made while a stop is requested (as above) takes that
+much longer (a sleep before it writes anything), as a large model's checkpoint does: longer than Slurm's KillWait,
+shorter than a preemption's GraceTime (``test_preemption.py``).
+
 Test-only fault, ``HOLDERPO_TEST_HANG_AT_STEP=A:N[,B:M...]``: in attempt A the driver hangs when it starts step N
 (step N-1, its metrics, its checkpoint if one was due and its progress record complete first), as a stuck NCCL
 collective or vLLM engine would: it never reaches another step boundary, so it ignores the stop file, and it ignores
@@ -87,7 +91,8 @@ def ray_check(out: Path) -> None:
     print(f"cpu_driver: Ray cluster {report}", flush=True)
 
 
-def hang_saves_requested_by_a_stop() -> None:
+def on_saves_requested_by_a_stop(fault) -> None:
+    """Run ``fault(original_save, run_dir, step, **kwargs)`` instead of a save made while a stop is requested."""
     from holder_nemo.reference import checkpoint
     from holder_nemo.run_control import StopRequest
 
@@ -103,6 +108,16 @@ def hang_saves_requested_by_a_stop() -> None:
         stop_file = os.environ.get("HOLDERPO_STOP_FILE")
         if not (signalled or (stop_file and Path(stop_file).exists())):
             return original(run_dir, step, **kwargs)
+        return fault(original, run_dir, step, **kwargs)
+
+    StopRequest.request = request
+    checkpoint.save_checkpoint = save_checkpoint
+
+
+def hang_saves_requested_by_a_stop() -> None:
+    from holder_nemo.reference import checkpoint
+
+    def hang(original, run_dir, step, **kwargs):
         partial = Path(run_dir) / f"tmp_step_{step}"  # named as NeMo RL names its unfinished saves
         partial.mkdir(parents=True, exist_ok=True)
         (partial / checkpoint.MODEL_FILE).write_bytes(b"half a model")
@@ -110,8 +125,17 @@ def hang_saves_requested_by_a_stop() -> None:
         while True:
             time.sleep(3600)
 
-    StopRequest.request = request
-    checkpoint.save_checkpoint = save_checkpoint
+    on_saves_requested_by_a_stop(hang)
+
+
+def slow_saves_requested_by_a_stop(seconds: float) -> None:
+    def slow(original, run_dir, step, **kwargs):
+        print(f"cpu_driver: save of step {step} after a stop request takes {seconds:g} s more (test pacing)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        time.sleep(seconds)
+        return original(run_dir, step, **kwargs)
+
+    on_saves_requested_by_a_stop(slow)
 
 
 def pace_steps(seconds: float) -> None:
@@ -163,6 +187,8 @@ def main(argv: list[str]) -> int:
     attempt = os.environ.get("SLURM_RESTART_COUNT") or "0"
     if attempt in os.environ.get("HOLDERPO_TEST_SLOW_SAVE", "").split(","):
         hang_saves_requested_by_a_stop()
+    elif os.environ.get("HOLDERPO_TEST_STOP_SAVE_S"):
+        slow_saves_requested_by_a_stop(float(os.environ["HOLDERPO_TEST_STOP_SAVE_S"]))
     hangs = dict(item.split(":") for item in os.environ.get("HOLDERPO_TEST_HANG_AT_STEP", "").split(",") if item)
     if attempt in hangs:
         hang_at_step(int(hangs[attempt]))

@@ -8,7 +8,12 @@ munged gets its own key and socket). Nodes, all on 127.0.0.1, one slurmd each (`
   there preempts (``PreemptType=preempt/partition_prio``, ``PreemptMode=REQUEUE``) like a real higher-priority job;
 * ``hp-gpu[1-4]`` (partition ``gpu``): 64 CPUs and ``gpu:8`` each, backed by 8 fake character devices, so
   ``sbatch --test-only`` checks the GPU entries against the shape of 8-GPU nodes, and two of them carry a real
-  2-node Ray cluster started by NeMo RL's ``ray.sub`` (``test_nemo_rl_entry.py``).
+  2-node Ray cluster started by NeMo RL's ``ray.sub`` (``test_nemo_rl_entry.py``); partition ``gpu-urgent`` holds
+  them at a higher ``PriorityTier``, as ``cpu-urgent`` does ``hp-cpu1``.
+
+Preemption is Slurm's default (``GraceTime=0``, no ``SlurmctldParameters``: SIGTERM to every step and the batch
+shell, SIGKILL after ``KillWait``) unless ``preemption=PreemptionSettings(...)`` configures it as docs/slurm.md asks
+a cluster admin to (``test_preemption.py``, on a cluster of its own so that the other tests keep the default).
 
 What makes one host behave like separate nodes (each said where it is done):
 
@@ -106,6 +111,17 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 
 
 @dataclass(frozen=True)
+class PreemptionSettings:
+    """Preemption as docs/slurm.md ("Preemption that checkpoints") asks a cluster admin to set it: the preemptable
+    partitions ``cpu`` and ``gpu`` get ``GraceTime``, slurmctld ``SlurmctldParameters=preempt_send_user_signal``
+    (``send_user_signal``), and ``KillWait`` its value (30 s as the docs ask, for pyxis' container removal)."""
+
+    grace_time: int = 90
+    send_user_signal: bool = True
+    kill_wait: int = 30
+
+
+@dataclass(frozen=True)
 class PyxisSettings:
     """pyxis' plugstack options for a test cluster (``container_scope``: ``job`` or pyxis' default ``global``)."""
 
@@ -193,13 +209,19 @@ class LocalSlurm:
     """Owns the temp dir, the config and the daemon processes."""
 
     def __init__(
-        self, base: Path, pyxis: PyxisSettings | None = None, gpu_nodes: int | Sequence[str] | None = None
+        self,
+        base: Path,
+        pyxis: PyxisSettings | None = None,
+        gpu_nodes: int | Sequence[str] | None = None,
+        preemption: PreemptionSettings | None = None,
     ) -> None:
         """``pyxis``: the container tier's cluster, no CPU node, its GPU nodes from ``PYXIS_NODES`` (``gpu_nodes``:
         how many, default 2, or which: two pyxis clusters at once must not share a node name, which keys the
-        node's pyxis/enroot state); else the plain one (the CPU node and the first ``gpu_nodes`` of ``GPU_NODES``)."""
+        node's pyxis/enroot state); else the plain one (the CPU node and the first ``gpu_nodes`` of ``GPU_NODES``).
+        ``preemption``: see ``PreemptionSettings`` (None: Slurm's default preemption)."""
         self.base = base
         self.pyxis = pyxis
+        self.preemption = preemption
         names = GPU_NODES if pyxis is None else PYXIS_NODES
         if gpu_nodes is None or isinstance(gpu_nodes, int):
             chosen = names[: gpu_nodes or (len(names) if pyxis is None else 2)]
@@ -231,9 +253,13 @@ class LocalSlurm:
         epilog.write_text(EPILOG.format(python=sys.executable, confs=confs))
         epilog.chmod(0o755)
         gpus = ",".join(self.gpu_nodes)
+        preempt = self.preemption
+        grace = f" GraceTime={preempt.grace_time}" if preempt else ""
+        kill_wait = preempt.kill_wait if preempt else 5 if self.pyxis is None else 30
+        ctld_params = "SlurmctldParameters=preempt_send_user_signal\n" if preempt and preempt.send_user_signal else ""
         cpu_lines = f"""NodeName={CPU_NODE} NodeHostname=localhost NodeAddr=127.0.0.1 Port={cpu_port} CPUs=8 \
 RealMemory=8192 State=UNKNOWN
-PartitionName=cpu Nodes={CPU_NODE} Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=cpu Nodes={CPU_NODE} Default=YES MaxTime=INFINITE State=UP PriorityTier=1{grace}
 PartitionName=cpu-urgent Nodes={CPU_NODE} MaxTime=INFINITE State=UP PriorityTier=2
 """
         pyxis_lines = ""
@@ -270,15 +296,16 @@ JobCompType=jobcomp/filetxt
 JobCompLoc={b}/log/jobcomp.txt
 AccountingStorageType=accounting_storage/none
 MinJobAge=600
-KillWait={5 if self.pyxis is None else 30}
+KillWait={kill_wait}
 Epilog={epilog}
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-DefMemPerCPU=256
+{ctld_params}DefMemPerCPU=256
 {pyxis_lines}{cpu_lines if self.cpu_nodes else ""}NodeName={gpus} NodeHostname=localhost NodeAddr=127.0.0.1 \
 Port=[{",".join(map(str, gpu_ports))}] CPUs=64 Sockets=2 CoresPerSocket=32 ThreadsPerCore=1 RealMemory=1000000 \
 Gres=gpu:8 State=UNKNOWN
-PartitionName=gpu Nodes={gpus} MaxTime=INFINITE State=UP {"" if self.cpu_nodes else "Default=YES"}
+PartitionName=gpu Nodes={gpus} MaxTime=INFINITE State=UP PriorityTier=1{grace} {"" if self.cpu_nodes else "Default=YES"}
+{"" if self.pyxis else f"PartitionName=gpu-urgent Nodes={gpus} MaxTime=INFINITE State=UP PriorityTier=2"}
 """
         )
         (b / "gres.conf").write_text(f"NodeName={gpus} Name=gpu File={b}/fakedev/nvidia[0-7]\n")
@@ -416,9 +443,12 @@ PartitionName=gpu Nodes={gpus} MaxTime=INFINITE State=UP {"" if self.cpu_nodes e
 
 @contextmanager
 def local_slurm(
-    base: Path, pyxis: PyxisSettings | None = None, gpu_nodes: int | Sequence[str] | None = None
+    base: Path,
+    pyxis: PyxisSettings | None = None,
+    gpu_nodes: int | Sequence[str] | None = None,
+    preemption: PreemptionSettings | None = None,
 ) -> Iterator[LocalSlurm]:
-    cluster = LocalSlurm(base, pyxis, gpu_nodes)
+    cluster = LocalSlurm(base, pyxis, gpu_nodes, preemption)
     try:
         cluster.start()
         yield cluster

@@ -12,13 +12,17 @@ small scripts that answer as Slurm 22.05 does, messages and exit codes included,
 * a set-up failure (defect 4: the image or Ray bring-up, before the driver starts): requeued when the run had
   progressed, at most ``HOLDERPO_SETUP_RETRIES`` times in a row; a new run's first set-up failing ends the job;
 * the progress watchdog (defect 2): a driver that completes a step and then hangs is stopped, its step cancelled
-  and the job requeued, the cause logged; the same hang again without a newer checkpoint ends the job.
+  and the job requeued, the cause logged; the same hang again without a newer checkpoint ends the job;
+* a preemption (defect 1) that reaches the batch shell as the job's USR1 (``preempt_send_user_signal``): told from
+  the time limit's USR1 by the job's PreemptTime, requeued even past the restart limit; SIGTERM still means stop.
+  On the real Slurm: ``test_preemption.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -349,6 +353,42 @@ def test_an_image_that_fails_to_start_goes_through_the_rule(tmp_path: Path, rest
     assert (proc.returncode, result["reason"], result["cause"]) == (*want, "setup"), out
 
 
+# ------------------------------------------------------------------- defect 1: a preemption reaching the shell as USR1
+
+PREEMPTED_AT = "2026-12-07T12:15:18"
+
+
+@pytest.mark.parametrize(
+    ("reason", "preempt_time", "restart", "want"),
+    [
+        ("USR1", PREEMPTED_AT, 0, (0, "requeued", "preempted", 1)),
+        ("USR1", PREEMPTED_AT, 2, (0, "requeued", "preempted", 1)),  # past the limit: Slurm would requeue it too
+        ("USR1", "", 0, (0, "requeued", "stop", 1)),  # the time limit's USR1, or scancel --signal=USR1 --batch
+        ("USR1", "", 2, (75, "restart limit reached", "stop", 0)),
+        ("TERM", PREEMPTED_AT, 0, (75, "stopped by SIGTERM", "term", 0)),  # the grace time ran out: Slurm requeues
+        ("TERM", "", 0, (75, "stopped by SIGTERM", "term", 0)),  # scancel --signal=TERM --batch: stop, no requeue
+    ],
+    ids=["preempted", "preempted past the restart limit", "time limit", "time limit past the restart limit",
+         "SIGTERM at the grace time's end", "the user's SIGTERM"],
+)  # fmt: skip
+def test_a_preemption_signalled_as_usr1_checkpoints_and_requeues(
+    tmp_path: Path, reason: str, preempt_time: str, restart: int, want: tuple
+) -> None:
+    """With SlurmctldParameters=preempt_send_user_signal and a GraceTime, Slurm preempts a job by sending its own
+    --signal (B:USR1) to the batch shell, as at the time limit; the driver checkpoints and the batch shell requeues
+    the job itself. `scontrol show job`'s PreemptTime tells a preemption (cause=preempted, requeued whatever the
+    restart count) from the time limit (cause=stop, under HOLDERPO_MAX_RESTARTS); a SIGTERM keeps meaning stop."""
+    fake = Fake(tmp_path)
+    fake.checkpoints(3, 5)
+    if preempt_time:
+        (fake.dir / "preempt_time").mkdir()
+        (fake.dir / "preempt_time" / JOB).write_text(preempt_time + "\n")
+    rc, result, out = attempt(fake, restart, rc=75, reason=reason, start=3, MAX="2")
+    assert (rc, result["reason"], result["cause"], requeues(fake)) == want, out
+    assert result["newest_step"] == "5"
+    assert (f"Slurm preempts this job, PreemptTime={PREEMPTED_AT}" in out) == (want[2] == "preempted"), out
+
+
 # ---------------------------------------------------------------------------- defect 2: the progress watchdog
 
 HANGING_DRIVER = r"""
@@ -460,7 +500,8 @@ def test_the_watchdog_is_not_armed_before_the_first_step(tmp_path: Path) -> None
 
 @pytest.mark.slurm
 def test_fake_slurm_matches_slurm(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
-    """What fake_slurm/ relies on, asked of the real local Slurm: squeue's answer for a purged job id; ExcNodeList
+    """What fake_slurm/ relies on, asked of the real local Slurm: squeue's answer for a purged job id; the
+    PreemptTime of a job not preempted; ExcNodeList
     refused for a running job and taken once it is requeued (and honoured by the next start); `scancel JOB.STEP`
     kills the step's tasks with SIGKILL at once (a SIGTERM trap never runs, KillWait is not waited)."""
     unknown = slurm_cluster.run(["squeue", "-h", "-j", "999999", "-o", "%T"], check=False)
@@ -473,6 +514,8 @@ def test_fake_slurm_matches_slurm(slurm_cluster: LocalSlurm, tmp_path: Path) -> 
                              f"--wrap=srun --nodes=1 --ntasks=1 bash -c \"{script}\"; sleep 300"],
                             cwd=tmp_path).stdout.strip()  # fmt: skip
     info = slurm_cluster.wait_job(job, lambda i: i["JobState"] == "RUNNING", 60, "the job to run")
+    shown = slurm_cluster.run(["scontrol", "show", "job", job]).stdout  # hp_preempt_time's source, as the fake's
+    assert re.search(r"(^| )PreemptTime=None( |$)", shown, re.MULTILINE), shown  # (set: test_preemption.py)
     steps = wait_until(
         lambda: [s for s in slurm_cluster.run(["squeue", "-h", "-s", "-j", job, "-o", "%i"]).stdout.split()
                  if s == f"{job}.0"], 60, "the step to start")  # fmt: skip
