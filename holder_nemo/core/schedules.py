@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 SCHEDULE_KINDS = (
@@ -78,9 +78,6 @@ class PSchedule:
         if unknown:
             raise ValueError(f"PSchedule: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
         return cls(**dict(config))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def progress(self, step: int) -> float:
         """Fraction of the schedule completed at ``step``, in [0, 1]."""

@@ -48,11 +48,6 @@ def apply_no_template(problem: str) -> str:
     return problem
 
 
-def qwen_math_messages(problem: str) -> list[dict[str, str]]:
-    """The qwen_math prompt as chat messages (system + user), for chat-message based pipelines."""
-    return [{"role": "system", "content": QWEN_MATH_SYSTEM_PROMPT}, {"role": "user", "content": problem}]
-
-
 TEMPLATES: dict[str, Callable[[str], str]] = {"qwen_math": apply_qwen_math_template, "no": apply_no_template}
 
 
@@ -61,8 +56,3 @@ def apply_template(name: str, problem: str) -> str:
     if name not in TEMPLATES:
         raise ValueError(f"prompt_template must be one of {sorted(TEMPLATES)}, got {name!r}")
     return TEMPLATES[name](problem)
-
-
-def qwen_math_chat_template() -> str:
-    """The qwen_math Jinja chat template (to set ``tokenizer.chat_template`` in code)."""
-    return QWEN_MATH_CHAT_TEMPLATE

@@ -159,12 +159,3 @@ def register_environment(env_name: str, actor_class_fqn: str) -> str:
         register_env(env_name, actor_class_fqn)
     ACTOR_ENVIRONMENT_REGISTRY.setdefault(actor_class_fqn, PY_EXECUTABLES.SYSTEM)
     return f"env {env_name}"
-
-
-def register_data_processor(name: str, function: Any) -> str:
-    """``register_processor``, idempotently (NeMo RL's raises on a second registration)."""
-    from nemo_rl.data.processors import PROCESSOR_REGISTRY, register_processor
-
-    if name not in PROCESSOR_REGISTRY:
-        register_processor(name, function)
-    return f"processor {name}"

@@ -12,7 +12,6 @@ from holder_nemo.eval.prompts import (
     QWEN_MATH_SYSTEM_PROMPT,
     apply_qwen_math_template,
     apply_template,
-    qwen_math_messages,
 )
 
 PROBLEM = "Let $f(x) = \\frac{1}{x}$. Find $f(2)$.\nGive {braces} a try."
@@ -32,7 +31,8 @@ def test_qwen_math_string_is_the_papers() -> None:
 @pytest.mark.parametrize(
     "messages",
     [
-        qwen_math_messages(PROBLEM),  # system + user, as NeMo RL's math processor sends with a system prompt file
+        # system + user, as NeMo RL's math processor sends with a system prompt file
+        [{"role": "system", "content": QWEN_MATH_SYSTEM_PROMPT}, {"role": "user", "content": PROBLEM}],
         [{"role": "user", "content": PROBLEM}],  # no system prompt file: the template supplies it
         [{"role": "system", "content": QWEN_MATH_SYSTEM_PROMPT + "\n"}, {"role": "user", "content": PROBLEM}],
     ],

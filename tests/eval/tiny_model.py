@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from holder_nemo.eval.prompts import qwen_math_chat_template
+from holder_nemo.eval.prompts import QWEN_MATH_CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 
@@ -34,7 +34,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>"
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
-    tokenizer.chat_template = qwen_math_chat_template()
+    tokenizer.chat_template = QWEN_MATH_CHAT_TEMPLATE
     return tokenizer
 
 
