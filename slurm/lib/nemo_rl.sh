@@ -324,15 +324,19 @@ hp_check_bring_up() {
 }
 
 # hp_lost_node: sets HP_LOST_NODE to the node Ray reports dead in the driver's log ("ip: A.B.C.D" of an
-# ActorDiedError, "Node IP: A.B.C.D" of a task's node), mapped to the allocation's node of that address. Without such
-# a report, a 2-node job whose worker step ended (ENDED) lost its one worker node, the node that is not ray.sub's
-# head. "" when neither tells (more nodes, or an address no node of the allocation resolves to).
+# ActorDiedError, "Node IP: A.B.C.D" of a task's node; else the actor's address "ipv4:A.B.C.D:PORT" that an
+# ActorUnavailableError could not connect to, as Ray 2.60 reports an actor on a lost node), mapped to the
+# allocation's node of that address. Without such a report, a 2-node job whose worker step ended (ENDED) lost its
+# one worker node, the node that is not ray.sub's head. "" when neither tells (more nodes, or an address no node of
+# the allocation resolves to).
 hp_lost_node() {
   local ip node address
   HP_LOST_NODE=""
   [[ -r "$HP_RAY_LOG_DIR/ray-driver.log" ]] || return 0
   ip=$(grep -oE '((^|[[:space:]])ip|Node IP): [0-9]+(\.[0-9]+){3}' "$HP_RAY_LOG_DIR/ray-driver.log" | tail -1 |
     grep -oE '[0-9]+(\.[0-9]+){3}') || ip=""
+  [[ -n "$ip" ]] || ip=$(grep -E 'ActorUnavailableError' "$HP_RAY_LOG_DIR/ray-driver.log" |
+    grep -oE 'ipv4:[0-9]+(\.[0-9]+){3}:' | tail -1 | grep -oE '[0-9]+(\.[0-9]+){3}') || ip=""
   if [[ -z "$ip" ]]; then
     if ((SLURM_JOB_NUM_NODES == 2)) && [[ -e "$HP_RAY_LOG_DIR/ENDED" ]]; then
       address=$(hp_ray_head_node)

@@ -35,10 +35,18 @@ Test-only pacing, ``HOLDERPO_TEST_STOP_SAVE_S=SECONDS``: a save made while a sto
 much longer (a sleep before it writes anything), as a large model's checkpoint does: longer than Slurm's KillWait,
 shorter than a preemption's GraceTime (``test_preemption.py``).
 
+Test-only fault model, ``HOLDERPO_TEST_RAY_STEPS=1`` (with ``--ray``): the driver stays in the Ray cluster, keeps an
+actor on every node (started before ``ray_cluster.json`` is written) and each training step first calls every one of
+them, as each NeMo RL step runs on every node's workers. Once a node is lost no step completes (Ray's error ends the
+driver, or the call waits until the batch shell cancels it), so no checkpoint follows the loss: NeMo RL's behaviour,
+where this stand-in's stop contract alone would finish a step and checkpoint it. Not with
+``HOLDERPO_TEST_TRAIN_PYTHON`` (training then runs in another process, outside the Ray cluster).
+
 Test-only fault, ``HOLDERPO_TEST_HANG_AT_STEP=A:N[,B:M...]``: in attempt A the driver hangs when it starts step N
 (step N-1, its metrics, its checkpoint if one was due and its progress record complete first), as a stuck NCCL
 collective or vLLM engine would: it never reaches another step boundary, so it ignores the stop file, and it ignores
-SIGTERM; only SIGKILL ends it.
+SIGTERM; only SIGKILL ends it. ``A:+K``: when it starts the K-th step this attempt runs, whatever step it resumed
+from (``+1``: its first step, as NeMo RL's first collective after a node was lost).
 """
 
 from __future__ import annotations
@@ -56,7 +64,9 @@ NEMO_RL_ONLY = re.compile(
 )
 
 
-def ray_check(out: Path) -> None:
+def ray_check(out: Path, stay: bool = False) -> list:
+    """Join the Ray cluster and write what it saw to ``out``; ``stay``: keep the connection and return one actor
+    pinned to each node (``HOLDERPO_TEST_RAY_STEPS``), else disconnect and return []."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -83,12 +93,42 @@ def ray_check(out: Path) -> None:
             "nodes": [{"ip": node["NodeManagerAddress"], "resources": node["Resources"]} for node in nodes],
             "tasks": ray.get(pinned, timeout=300),
         }
+        actors = []
+        if stay:
+
+            @ray.remote(num_cpus=0, max_restarts=0)
+            class StepWorker:  # a node's share of a step; max_restarts=0: a lost node is not replaced
+                def step(self, n: int) -> int:
+                    return n
+
+            actors = [
+                StepWorker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                .remote() for node in nodes
+            ]  # fmt: skip
+            ray.get([actor.step.remote(0) for actor in actors], timeout=300)  # all placed before the report
     finally:
-        ray.shutdown()
+        if not stay:
+            ray.shutdown()
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=1))
     os.replace(tmp, out)
     print(f"cpu_driver: Ray cluster {report}", flush=True)
+    return actors
+
+
+def steps_on_every_node(actors: list) -> None:
+    """Each training step first runs on every node's actor (``HOLDERPO_TEST_RAY_STEPS``)."""
+    import ray
+
+    from holder_nemo.reference.train import ReferenceRecipe
+
+    original = ReferenceRecipe._train_step
+
+    def _train_step(self, step):
+        ray.get([actor.step.remote(step) for actor in actors])  # raises (or waits) once a node is gone
+        return original(self, step)
+
+    ReferenceRecipe._train_step = _train_step
 
 
 def on_saves_requested_by_a_stop(fault) -> None:
@@ -150,17 +190,22 @@ def pace_steps(seconds: float) -> None:
     ReferenceRecipe._train_step = _train_step
 
 
-def hang_at_step(step: int) -> None:
+def hang_at_step(spec: str) -> None:
+    """``spec``: N (hang at the start of step N) or +K (of the K-th step this attempt runs)."""
     import signal
 
     from holder_nemo.reference.train import ReferenceRecipe
 
     original = ReferenceRecipe._train_step
+    relative, target = spec.startswith("+"), int(spec.removeprefix("+"))
+    ran = 0
 
     def _train_step(self, current):
-        if current == step:
+        nonlocal ran
+        ran += 1
+        if (ran if relative else current) == target:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            print(f"cpu_driver: hanging at the start of step {step} (test fault)", file=sys.stderr, flush=True)
+            print(f"cpu_driver: hanging at the start of step {current} (test fault)", file=sys.stderr, flush=True)
             while True:
                 time.sleep(3600)
         return original(self, current)
@@ -175,15 +220,21 @@ def main(argv: list[str]) -> int:
         print("usage: cpu_driver.py [--ray] --config RECIPE [overrides...]", file=sys.stderr)
         return 2
     recipe, overrides = argv[1], [a for a in argv[2:] if not NEMO_RL_ONLY.match(a)]
-    if use_ray:
-        ray_check(Path(os.environ["HOLDERPO_LOG_DIR"]) / "ray_cluster.json")
     train_python = os.environ.get("HOLDERPO_TEST_TRAIN_PYTHON")
+    ray_steps = use_ray and os.environ.get("HOLDERPO_TEST_RAY_STEPS") == "1"
+    if ray_steps and train_python:
+        print("cpu_driver: HOLDERPO_TEST_RAY_STEPS needs training in this process (HOLDERPO_TEST_TRAIN_PYTHON is set)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    actors = ray_check(Path(os.environ["HOLDERPO_LOG_DIR"]) / "ray_cluster.json", stay=ray_steps) if use_ray else []
     if train_python and Path(train_python).resolve() != Path(sys.executable).resolve():
         print(f"cpu_driver: Python {sys.version.split()[0]} hands the training to {train_python}", flush=True)
         os.execv(train_python, [train_python, __file__, *argv])
     print(f"cpu_driver: training on Python {sys.version.split()[0]} ({sys.executable})", flush=True)
     if os.environ.get("HOLDERPO_TEST_STEP_S"):
         pace_steps(float(os.environ["HOLDERPO_TEST_STEP_S"]))
+    if actors:
+        steps_on_every_node(actors)
     attempt = os.environ.get("SLURM_RESTART_COUNT") or "0"
     if attempt in os.environ.get("HOLDERPO_TEST_SLOW_SAVE", "").split(","):
         hang_saves_requested_by_a_stop()
@@ -191,7 +242,7 @@ def main(argv: list[str]) -> int:
         slow_saves_requested_by_a_stop(float(os.environ["HOLDERPO_TEST_STOP_SAVE_S"]))
     hangs = dict(item.split(":") for item in os.environ.get("HOLDERPO_TEST_HANG_AT_STEP", "").split(",") if item)
     if attempt in hangs:
-        hang_at_step(int(hangs[attempt]))
+        hang_at_step(hangs[attempt])
     from holder_nemo.reference import train
 
     return train.main([recipe, *overrides])

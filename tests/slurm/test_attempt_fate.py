@@ -229,6 +229,11 @@ echo "lost node: '$HP_LOST_NODE'"
          "The actor died because its node has died. Node Id: 9c1e", "hp-gpu[1-3]", "", "hp-gpu2"),
         ("Task failed because the node it was running on is dead or unavailable. Node IP: 127.0.1.4, node ID: ab",
          "hp-gpu[1-3]", "", "hp-gpu3"),
+        # Ray 2.60 (the local Slurm, test_nemo_rl_entry.py): a call to an actor whose node was lost fails to connect
+        # to the actor's own address.
+        ("ray.exceptions.ActorUnavailableError: The actor ae82 is unavailable: The actor is temporarily unavailable: "
+         "RpcError: RPC error: failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.1.3:20042: "
+         "Failed to connect to remote host: Connection refused", "hp-gpu[1-3]", "1", "hp-gpu2"),
         ("The actor died because its node has died. Node Id: 9c1e", "hp-gpu[1-3]", "1", ""),
         ("\tip: 10.9.9.9\nThe actor died because its node has died.", "hp-gpu[1-3]", "", ""),
         # No address in the log: a 2-node job whose worker step ended lost its one worker, the node that is not
@@ -236,8 +241,8 @@ echo "lost node: '$HP_LOST_NODE'"
         ("RuntimeError: NCCL timeout", "hp-gpu[1-2]", "1", "hp-gpu2"),
         ("RuntimeError: NCCL timeout", "hp-gpu[1-2]", "", ""),
     ],
-    ids=["actor died", "task's node dead", "no address, 3 nodes", "address of no node", "2 nodes, ENDED",
-         "2 nodes, no ENDED"],
+    ids=["actor died", "task's node dead", "actor unavailable", "no address, 3 nodes", "address of no node",
+         "2 nodes, ENDED", "2 nodes, no ENDED"],
 )  # fmt: skip
 def test_the_lost_node_is_the_node_ray_names(tmp_path: Path, log: str, nodes: str, ended: str, node: str) -> None:
     fake = Fake(tmp_path)

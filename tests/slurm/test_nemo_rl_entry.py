@@ -185,30 +185,43 @@ def job_nodes(cluster: LocalSlurm, job: str) -> list[str]:
     return cluster.run(["scontrol", "show", "hostnames", hostlist]).stdout.split()
 
 
+def worker_step(cluster: LocalSlurm, job: str, node: str) -> str:
+    """The id of the job's one step running on ``node`` alone: ray.sub's worker step there."""
+    steps = cluster.run(["squeue", "-h", "-s", "-j", job, "-o", "%i %N"]).stdout.split("\n")
+    found = [s.split()[0] for s in steps if s.split()[1:] == [node] and ".batch" not in s]
+    assert len(found) == 1, steps
+    return found[0]
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
-    """One run of the 7B entry through ray.sub, stopped three different ways, then finished:
+def test_every_stop_path_ends_in_an_exact_resume_or_a_failure_naming_the_cause(
+    slurm_cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """One run of the 7B entry through ray.sub, stopped four different ways, then finished:
 
-    attempt 0: USR1 -> the driver checkpoints at its step boundary -> requeue (and a second job for the same run
-    directory, submitted meanwhile, is refused); attempt 1: the Ray worker node's step is killed -> ray.sub marks the
-    cluster ENDED -> stop -> requeue, that node excluded from the later attempts (the partition has 4 nodes, the job
-    needs 2); attempt 2: USR1, but the checkpoint hangs past HOLDERPO_CKPT_TIMEOUT_S -> the job's steps are
-    cancelled -> requeue from the previous complete checkpoint; attempt 3: runs to the end. The per-step metrics
-    equal an uninterrupted run's exactly."""
+    job A, attempt 0: USR1 -> the driver checkpoints at its step boundary -> requeue (and a second job for the same
+    run directory, submitted meanwhile, is refused); attempt 1: the Ray worker node's step is killed once training
+    runs -> ray.sub marks the cluster ENDED -> stop -> requeue, that node excluded (the partition has 4 nodes, the
+    job needs 2); attempt 2: the new worker node's step is killed as soon as the driver has joined Ray, before any
+    newer checkpoint -> the job ends FAILED naming that node and the cause, no further requeue (issue 21, defect 3).
+    The driver's steps run on every node's Ray actor (``HOLDERPO_TEST_RAY_STEPS``), as NeMo RL's do: after a lost
+    node no step completes and nothing is checkpointed. Job B, the resume by hand the failure message gives
+    (``HOLDERPO_RUN_DIR=... sbatch`` with the same overrides), attempt 0: USR1, but the checkpoint hangs past
+    HOLDERPO_CKPT_TIMEOUT_S -> the job's steps are cancelled -> requeue from the previous complete checkpoint;
+    attempt 1: runs to the end. The per-step metrics equal an uninterrupted run's exactly."""
     tree, python = nemo_rl_tree(), python_with_ray()
     steps, period = 40, 4
     run_dir = tmp_path / "run"
-    env = entry_env(
-        slurm_cluster, tmp_path, run_dir, python, HOLDERPO_NEMO_RL_IN_IMAGE=str(tree), HOLDERPO_TEST_STEP_S="0.5",
-        HOLDERPO_TEST_SLOW_SAVE="2", HOLDERPO_CKPT_TIMEOUT_S="20",
-    )  # fmt: skip
+    common = {"HOLDERPO_NEMO_RL_IN_IMAGE": str(tree), "HOLDERPO_TEST_STEP_S": "0.5", "HOLDERPO_CKPT_TIMEOUT_S": "20"}
+    env = entry_env(slurm_cluster, tmp_path, run_dir, python, HOLDERPO_TEST_RAY_STEPS="1", **common)
+    env_b = entry_env(slurm_cluster, tmp_path, run_dir, python, HOLDERPO_TEST_SLOW_SAVE="0", **common)
     want = uninterrupted_metrics(tmp_path, steps, TINY)
     ckpt = run_dir / "checkpoints"
     job = submit_entry(slurm_cluster, tmp_path, env, steps, f"checkpointing.save_period={period}")
 
-    def attempt(n: int) -> Path:
-        return run_dir / "logs" / f"{job}-{n}"
+    def attempt(n: int, of: str = job) -> Path:
+        return run_dir / "logs" / f"{of}-{n}"
 
     with SocketWatch(slurm_cluster, job) as sockets:
         # 0: USR1 once the driver has joined Ray; a second submission to the same run directory is refused.
@@ -221,62 +234,153 @@ def test_every_stop_path_ends_in_a_requeue_and_an_exact_resume(slurm_cluster: Lo
         wait_for(lambda: len(read_metrics(ckpt)) > (resumed_step(attempt(1) / "driver.log") or 1e9), 240, "a step")
         nodes = job_nodes(slurm_cluster, job)
         lost = sorted(nodes)[1]  # ray.sub's worker node (the head is the first in sort order)
-        steps_now = slurm_cluster.run(["squeue", "-h", "-s", "-j", job, "-o", "%i %N"]).stdout.split("\n")
-        worker = [s.split()[0] for s in steps_now if s.split()[1:] == [lost] and ".batch" not in s]
-        assert len(worker) == 1, steps_now
-        slurm_cluster.run(["scancel", "--signal=KILL", worker[0]])
+        slurm_cluster.run(["scancel", "--signal=KILL", worker_step(slurm_cluster, job, lost)])
         wait_requeued(slurm_cluster, job, 2)
-        # 2: USR1 after a periodic checkpoint of this attempt; that stop's save hangs (test fault).
+        # 2: on other nodes; kill the new worker node's Ray step as soon as the driver has joined Ray.
         wait_for(lambda: (attempt(2) / "ray_cluster.json").exists(), 420, "attempt 2's driver to join Ray")
-        wait_for(lambda: resumed_step(attempt(2) / "driver.log") is not None, 240, "attempt 2 to resume")
-        start = resumed_step(attempt(2) / "driver.log")
-        wait_for(lambda: newest_step(ckpt) > start, 240, "a periodic checkpoint in attempt 2")
-        slurm_cluster.run(["scancel", "--signal=USR1", "--batch", job])
-        wait_requeued(slurm_cluster, job, 3)
-        info = wait_final(slurm_cluster, job, timeout=600)
+        nodes2 = job_nodes(slurm_cluster, job)
+        lost2 = sorted(nodes2)[1]
+        slurm_cluster.run(["scancel", "--signal=KILL", worker_step(slurm_cluster, job, lost2)])
+        failed = wait_final(slurm_cluster, job, timeout=300)
     out = (tmp_path / f"holderpo-7b-{job}.out").read_text()
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "3"), out[-5000:]
-
-    refused = wait_final(slurm_cluster, intruder)
-    assert (refused["JobState"], refused["ExitCode"], refused["Restarts"]) == ("FAILED", "2:0", "0"), refused
-    assert f"belongs to job {job}" in (tmp_path / f"holderpo-7b-{intruder}.out").read_text()
-    assert [p.name for p in attempt_dirs(run_dir)] == [f"{job}-{n}" for n in range(4)]
-
-    results = [read_env_file(attempt(n) / "result.env") for n in range(4)]
-    assert [r["reason"] for r in results] == ["requeued"] * 3 + ["complete"]
-    # The lost worker's node (the 2-node job's one worker: its step ended) is named and kept out of later attempts.
+    results = [read_env_file(attempt(n) / "result.env") for n in range(3)]
+    assert (failed["JobState"], failed["Restarts"]) == ("FAILED", "2"), out[-5000:]
+    assert failed["ExitCode"] == f"{results[2]['exit_code']}:0" != "0:0", (failed, results[2])
+    assert [p.name for p in attempt_dirs(run_dir)] == [f"{job}-{n}" for n in range(3)]
+    assert [r["reason"] for r in results] == ["requeued", "requeued", "lost Ray worker again, no progress"]
+    # The lost worker's node (the 2-node job's one worker: its step ended) is named and kept out of attempt 2.
     assert (results[1]["cause"], results[1]["node"]) == ("lost_worker", lost), results[1]
     assert f"the next attempt excludes {lost} (ExcNodeList)" in out
     assert slurm_cluster.job(job)["ExcNodeList"] == lost
-    attempt_nodes = [
-        slurm_cluster.run(["scontrol", "show", "hostnames", read_env_file(attempt(n) / "attempt.env")["nodes"]])
-        .stdout.split() for n in range(4)
-    ]  # fmt: skip
-    assert attempt_nodes[1] == nodes and all(lost not in later for later in attempt_nodes[2:]), attempt_nodes
-    assert results[0]["exit_code"] == "75" and results[2]["exit_code"] not in ("0", "75")
-    for why in ("stop requested (USR1)", "stop requested (lost Ray worker)", "(HOLDERPO_CKPT_TIMEOUT_S): cancelling"):
+    assert nodes2 != nodes and lost not in nodes2 and lost2 != lost, (nodes, nodes2)
+    # Attempt 2 lost its worker before any newer checkpoint: the job ends naming that node and the cause.
+    assert (results[2]["cause"], results[2]["node"]) == ("lost_worker", lost2), results[2]
+    assert results[2]["newest_step"] == results[1]["newest_step"] == str(newest_step(ckpt)), results
+    assert f"node {lost2} looks broken" in out and f"NodeName={lost2} State=DRAIN" in out, out[-3000:]
+    assert f"requeued for the same fault at checkpoint step {results[1]['newest_step']}" in out, out[-3000:]
+    assert f"Resume by hand once fixed: HOLDERPO_RUN_DIR={run_dir}" in out
+    assert out.count("requeueing job") == 2, out[-5000:]
+    refused = wait_final(slurm_cluster, intruder)
+    assert (refused["JobState"], refused["ExitCode"], refused["Restarts"]) == ("FAILED", "2:0", "0"), refused
+    assert f"belongs to job {job}" in (tmp_path / f"holderpo-7b-{intruder}.out").read_text()
+    assert not job_pids(slurm_cluster, job), "processes of the failed job are still running"
+
+    # Job B: the resume by hand, with the same overrides (a new job id, so no ExcNodeList).
+    job_b = submit_entry(slurm_cluster, tmp_path, env_b, steps, f"checkpointing.save_period={period}")
+    with SocketWatch(slurm_cluster, job_b) as sockets_b:
+        # 0: USR1 after a periodic checkpoint of this attempt; that stop's save hangs (test fault).
+        wait_for(lambda: (attempt(0, job_b) / "ray_cluster.json").exists(), 420, "job B's driver to join Ray")
+        wait_for(lambda: resumed_step(attempt(0, job_b) / "driver.log") is not None, 240, "job B to resume")
+        start = resumed_step(attempt(0, job_b) / "driver.log")
+        wait_for(lambda: newest_step(ckpt) > start, 240, "a periodic checkpoint in job B")
+        slurm_cluster.run(["scancel", "--signal=USR1", "--batch", job_b])
+        wait_requeued(slurm_cluster, job_b, 1)
+        info = wait_final(slurm_cluster, job_b, timeout=600)
+    out_b = (tmp_path / f"holderpo-7b-{job_b}.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), out_b[-5000:]
+    assert f"taking over run directory from job {job}" in out_b
+    results_b = [read_env_file(attempt(n, job_b) / "result.env") for n in range(2)]
+    assert [r["reason"] for r in results_b] == ["requeued", "complete"]
+
+    assert results[0]["exit_code"] == "75" and results_b[0]["exit_code"] not in ("0", "75")
+    for why in ("stop requested (USR1)", "stop requested (lost Ray worker"):
         assert why in out, why
+    assert "(HOLDERPO_CKPT_TIMEOUT_S): cancelling" in out_b
     stop0 = int(re.search(r"checkpointed step (\d+)", (attempt(0) / "driver.log").read_text()).group(1))
     assert resumed_step(attempt(1) / "driver.log") == stop0
-    hung = int(re.search(r"slow save of step (\d+)", (attempt(2) / "driver.log").read_text()).group(1))
-    before_hang = int(re.findall(r"stop requested \(USR1\); newest checkpoint step (\d+)", out)[-1])
-    assert resumed_step(attempt(3) / "driver.log") == before_hang < hung
-    assert f"removing {ckpt}/tmp_step_{hung} (a save that never completed)" in out
+    assert resumed_step(attempt(0, job_b) / "driver.log") == int(results[2]["newest_step"])
+    hung = int(re.search(r"slow save of step (\d+)", (attempt(0, job_b) / "driver.log").read_text()).group(1))
+    before_hang = int(re.findall(r"stop requested \(USR1\); newest checkpoint step (\d+)", out_b)[-1])
+    assert resumed_step(attempt(1, job_b) / "driver.log") == before_hang < hung
+    assert f"removing {ckpt}/tmp_step_{hung} (a save that never completed)" in out_b
     assert reproducible(read_metrics(ckpt)) == want
     assert (ckpt / "COMPLETED").exists()
 
-    for n in range(4):
-        log = (attempt(n) / "ray.sub.log").read_text()
+    attempts = [(attempt(n), nodes if n < 2 else nodes2) for n in range(3)]
+    for n in range(2):
+        held = read_env_file(attempt(n, job_b) / "attempt.env")["nodes"]
+        attempts.append((attempt(n, job_b), slurm_cluster.run(["scontrol", "show", "hostnames", held]).stdout.split()))
+    for path, held in attempts:
+        log = (path / "ray.sub.log").read_text()
         assert "ray.sub started" in log and "head: cluster ready, launching driver" in log.replace("'", "")
         # ray.sub's head step got its container name (an empty account would have swallowed it: -A is unquoted).
         assert "[stand-in srun] account='(null)' container-name=ray-head dropped: " in log, log[-3000:]
         assert "[stand-in srun] account='(null)' container-name=ray-worker dropped: " in log
-        assert filecmp.cmp(attempt(n) / "nemo_rl_release" / "ray.sub", tree / "ray.sub", shallow=False)
-        check_ray_cluster(attempt(n), attempt_nodes[n])
+        assert filecmp.cmp(path / "nemo_rl_release" / "ray.sub", tree / "ray.sub", shallow=False)
+        check_ray_cluster(path, held)
     assert "ray.sub from the image" in out and "NeMo RL 0.7.0 ray.sub" in out
-    assert sockets.seen, "the socket sampler saw nothing: the no-off-loopback check would be vacuous"
-    assert not sockets.off_loopback, sockets.off_loopback[:20]
-    assert not job_pids(slurm_cluster, job), "processes of the finished job are still running"
+    for watch in (sockets, sockets_b):
+        assert watch.seen, "the socket sampler saw nothing: the no-off-loopback check would be vacuous"
+        assert not watch.off_loopback, watch.off_loopback[:20]
+    assert not job_pids(slurm_cluster, job_b), "processes of the finished job are still running"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_node_lost_again_without_progress_fails_the_job_naming_it(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
+    """Issue 21, defect 3, on the real Slurm without a NeMo RL tree or Ray (so on CI): the 7B entry with a stand-in
+    ray.sub (``stand_ins/nemo_rl_tree``: ray.sub's worker step, head step, ``ray-driver.log`` and ``ENDED``, no Ray)
+    and the CPU driver. Attempt 0: past a periodic checkpoint, the worker node's step is killed -> stop, checkpoint
+    -> requeue with that node excluded; attempt 1, on other nodes: the driver hangs at its first step (as NeMo RL's
+    first collective after a node loss), the new worker node's step is killed -> the job ends FAILED naming that
+    node and the cause, with no further requeue and nothing of the job left running."""
+    problem = ensure_node_names_resolve()  # ray.sub resolves the node names (host, getent): never through DNS
+    if problem:
+        pytest.skip(problem)
+    steps, period = 40, 4
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints"
+    env = {
+        "PATH": f"{STAND_INS}:{os.environ['PATH']}",
+        "HOLDERPO_TEST_REAL_SRUN": shutil.which("srun") or "/usr/bin/srun",
+        "NEMO_RL_HOME": str(STAND_INS / "nemo_rl_tree"),
+        "HOLDERPO_DRIVER": f"{sys.executable} {CPU_DRIVER}",
+        "HOLDERPO_RECIPE": str(REPO / "recipes" / "smoke_cpu.yaml"),
+        "HOLDERPO_CONTAINER_IMAGE": str(tmp_path / "nemo-rl-v0.7.0.sqsh"),  # never opened: srun drops it
+        "HOLDERPO_RUN_DIR": str(run_dir),
+        "HOLDERPO_CACHE_DIR": str(tmp_path / "cache"),
+        "HOLDERPO_DATA_DIR": str(tmp_path),
+        "HOLDERPO_TEST_STEP_S": "0.5",
+        "HOLDERPO_TEST_HANG_AT_STEP": "1:+1",
+        "HOLDERPO_CKPT_TIMEOUT_S": "10",
+        "OMP_NUM_THREADS": "1",
+    }
+    job = submit_entry(slurm_cluster, tmp_path, env, steps, f"checkpointing.save_period={period}")
+
+    def attempt(n: int) -> Path:
+        return run_dir / "logs" / f"{job}-{n}"
+
+    with SocketWatch(slurm_cluster, job) as sockets:
+        wait_for(lambda: newest_step(ckpt) >= period, 300, "a periodic checkpoint")
+        nodes = job_nodes(slurm_cluster, job)
+        lost = sorted(nodes)[1]  # the worker node (the head is the first in sort order)
+        slurm_cluster.run(["scancel", "--signal=KILL", worker_step(slurm_cluster, job, lost)])
+        wait_requeued(slurm_cluster, job, 1)
+        hang = attempt(1) / "driver.log"
+        wait_for(lambda: hang.exists() and "hanging at the start of step" in hang.read_text(), 300, "attempt 1's hang")
+        nodes2 = job_nodes(slurm_cluster, job)
+        lost2 = sorted(nodes2)[1]
+        slurm_cluster.run(["scancel", "--signal=KILL", worker_step(slurm_cluster, job, lost2)])
+        info = wait_final(slurm_cluster, job, timeout=120)
+    out = (tmp_path / f"holderpo-7b-{job}.out").read_text()
+    results = [read_env_file(attempt(n) / "result.env") for n in range(2)]
+    assert (info["JobState"], info["Restarts"]) == ("FAILED", "1"), out[-5000:]
+    assert info["ExitCode"] == f"{results[1]['exit_code']}:0" != "0:0", (info, results[1])
+    assert [(r["reason"], r["cause"]) for r in results] == [
+        ("requeued", "lost_worker"), ("lost Ray worker again, no progress", "lost_worker")]  # fmt: skip
+    assert (results[0]["node"], results[1]["node"]) == (lost, lost2), results
+    assert f"the next attempt excludes {lost} (ExcNodeList)" in out
+    assert slurm_cluster.job(job)["ExcNodeList"] == lost and lost not in nodes2, (nodes, nodes2)
+    # Attempt 0 checkpointed at its stop; attempt 1 resumed there and completed nothing: no newer checkpoint.
+    stopped = int(re.search(r"checkpointed step (\d+)", (attempt(0) / "driver.log").read_text()).group(1))
+    assert int(results[0]["newest_step"]) == stopped == resumed_step(attempt(1) / "driver.log") == newest_step(ckpt)
+    assert results[1]["newest_step"] == str(stopped), results[1]
+    assert f"requeued for the same fault at checkpoint step {stopped}" in out
+    assert f"node {lost2} looks broken" in out and f"NodeName={lost2} State=DRAIN" in out, out[-3000:]
+    assert out.count("requeueing job") == 1, out[-5000:]
+    assert "exited before the head" in (attempt(1) / "ray.sub.log").read_text()
+    assert sockets.seen and not sockets.off_loopback, sockets.off_loopback[:20]
+    assert not job_pids(slurm_cluster, job), "processes of the failed job are still running"
 
 
 @pytest.mark.slurm

@@ -331,7 +331,9 @@ def test_gpu_scripts_fit_fake_8_gpu_nodes(slurm_cluster: LocalSlurm, tmp_path: P
 
 def slurm_scripts() -> list[Path]:
     here = Path(__file__).parent
-    return sorted([*SLURM_DIR.rglob("*.sh"), *(here / "stand_ins").iterdir(), *(here / "fake_slurm").iterdir()])
+    stand_ins = [path for path in (here / "stand_ins").iterdir() if path.is_file()]
+    ray_sub = here / "stand_ins" / "nemo_rl_tree" / "ray.sub"
+    return sorted([*SLURM_DIR.rglob("*.sh"), *stand_ins, ray_sub, *(here / "fake_slurm").iterdir()])
 
 
 def test_every_slurm_script_is_shellcheck_clean() -> None:
@@ -353,6 +355,7 @@ def test_every_slurm_script_is_shellcheck_clean() -> None:
         "scancel",
         "sinfo",
         "getent",
+        "ray.sub",
     }
     proc = subprocess.run(
         [shellcheck, "--external-sources", "--severity=style", *map(str, scripts)], capture_output=True, text=True
