@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from holder_nemo.files import atomic_write
 from holder_nemo.reference.metrics_log import read_metrics
 from holder_nemo.reference.plotting import smooth  # the training figure's trailing mean, so both plots agree
 from holder_nemo.study.runner import RunSpec, run_cpu_seconds
@@ -294,9 +295,8 @@ def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], 
         "timing": {"runs": len(finished), "cpu_s": sum(run_cpu_seconds(s.run_dir) for s in finished), "jobs": jobs},
     }
     json_path, md_path = out_dir / JSON_FILE, out_dir / MARKDOWN_FILE
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**study, "curves": study_curves}, indent=1, allow_nan=True) + "\n")
-    tmp.replace(json_path)
+    with atomic_write(json_path) as fh:
+        fh.write(json.dumps({**study, "curves": study_curves}, indent=1, allow_nan=True) + "\n")
     md_path.write_text(markdown(study))
     labels = {arm: a["label"] for arm, a in study["arms"].items()}
     return [json_path, md_path, plot(study_curves, labels, out_dir / FIGURE_FILE, f"{settings['seeds']} seeds per arm")]
