@@ -57,12 +57,6 @@ class DigitsTask:
         self.op, self.reward_kind, self.seed = op, reward, seed
         self.min_digits, self.max_digits, self.repeat_length = min_digits, max_digits, repeat_length
 
-    @property
-    def max_answer_chars(self) -> int:
-        if self.op == "repeat":
-            return self.repeat_length
-        return self.max_digits + 1 if self.op == "add" else self.max_digits
-
     def _number(self, rng: np.random.Generator) -> str:
         n = int(rng.integers(self.min_digits, self.max_digits + 1))
         return "".join(str(d) for d in rng.integers(0, 10, size=n))
