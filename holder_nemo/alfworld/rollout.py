@@ -32,8 +32,6 @@ Policy = Callable[[list[str]], Sequence["str | Generation"]]
 
 def sample_games(game_files: Sequence[str | Path], num_games: int, seed: int) -> list[str]:
     """``num_games`` distinct games for one step (with replacement only when there are fewer games than asked)."""
-    if not game_files:
-        raise ValueError("game_files: empty")
     rng = random.Random(seed)
     files = [str(f) for f in game_files]
     if num_games <= len(files):
@@ -57,8 +55,6 @@ def validation_games(game_files: Sequence[str | Path], num_episodes: int, seed: 
     if round_index < 0:
         raise ValueError(f"round_index must be >= 0, got {round_index}")
     files = sorted(str(f) for f in game_files)
-    if not files:
-        raise ValueError("game_files: empty")
     passes, position = divmod(round_index, len(files))
     games = []
     for episode in range(num_episodes):
