@@ -47,8 +47,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from holder_nemo.files import atomic_write
-
 PROGRESS_FILE_ENV = "HOLDERPO_PROGRESS_FILE"
 KINDS = ("step", "validation", "checkpoint")
 DEFAULT_FLOOR_S = 1800.0
@@ -144,9 +142,13 @@ class ProgressRecorder:
     def _write(self) -> None:
         if self.path is None:
             return
+        # Not holder_nemo.files.atomic_write: the batch shell runs this file as a script (python3 -I, outside the
+        # container, no holder_nemo on the path), so it imports the standard library only.
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            with atomic_write(self.path) as fh:
-                fh.write(json.dumps(self.record, sort_keys=True) + "\n")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.record, sort_keys=True) + "\n")
+            os.replace(tmp, self.path)
         except OSError as exc:  # the watchdog may go blind, training must not stop for it
             if not self._warned:
                 print(f"holder_nemo: WARNING cannot write the progress file {self.path}: {exc}", flush=True)
