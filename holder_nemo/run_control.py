@@ -67,6 +67,7 @@ from types import ModuleType
 from typing import Any
 
 from holder_nemo.config.errors import ConfigError
+from holder_nemo.files import atomic_write
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_STOPPED = 0, 1, 75
 COMPLETED_FILE = "COMPLETED"  # in the run (checkpoint) directory once every step is trained and saved
@@ -515,20 +516,16 @@ def guard_resume(config: dict[str, Any], checkpoint_dir: Path, *, accept: bool, 
         )
     if write:
         record_accepted_changes(checkpoint_dir, changes, f"step_{step}")
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_name(f".{RECIPE_RECORD}.tmp")
-        tmp.write_text(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, record)
+        with atomic_write(record) as fh:
+            fh.write(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
     return changes
 
 
 def write_completed_marker(checkpoint_dir: Path) -> Path:
     """Atomically write ``checkpoint_dir/COMPLETED`` (lets a requeued job see the run is done)."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     marker = checkpoint_dir / COMPLETED_FILE
-    tmp = marker.with_name(f".{COMPLETED_FILE}.tmp")
-    tmp.write_text(json.dumps({"completed": True}) + "\n")
-    os.replace(tmp, marker)
+    with atomic_write(marker) as fh:
+        fh.write(json.dumps({"completed": True}) + "\n")
     return marker
 
 

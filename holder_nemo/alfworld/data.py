@@ -18,12 +18,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
 
 from holder_nemo.alfworld.games import TASK_TYPES
+from holder_nemo.files import atomic_write
 
 JSON_URL = "https://github.com/alfworld/alfworld/releases/download/0.2.2/json_2.1.1_json.zip"
 TW_PDDL_URL = "https://github.com/alfworld/alfworld/releases/download/0.4.0/json_2.1.2_tw-pddl.zip"
@@ -97,15 +97,9 @@ def task_type_of(game_file: str | Path) -> str:
 
 
 def _download(url: str, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
-        os.replace(tmp, dest)  # atomic: a half-downloaded archive never has the final name
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # atomic: a half-downloaded archive never has the final name
+    with atomic_write(dest, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        shutil.copyfileobj(response, out)
     return dest
 
 

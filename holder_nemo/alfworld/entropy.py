@@ -32,8 +32,6 @@ class EntropyBonusLoss:
     ``set_step``, ``loss_type``, ``input_type``...), so the step hook and NeMo RL see the HölderPO loss."""
 
     def __init__(self, inner: Any, coeff: float) -> None:
-        if not coeff >= 0:
-            raise ValueError(f"alfworld.entropy_coeff must be >= 0, got {coeff!r}")
         self.inner = inner
         self.coeff = float(coeff)
 

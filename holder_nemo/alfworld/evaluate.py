@@ -118,8 +118,6 @@ def evaluate_policy(
     policy: Policy, game_files: Sequence[str | Path], *, config: ProtocolConfig | None = None, batch_games: int = 64
 ) -> list[Episode]:
     """One episode per game (the protocol's evaluation), ``batch_games`` environments at a time."""
-    if batch_games < 1:
-        raise ValueError(f"batch_games must be >= 1, got {batch_games}")
     episodes: list[Episode] = []
     for start in range(0, len(game_files), batch_games):
         chunk = list(game_files[start : start + batch_games])

@@ -32,10 +32,6 @@ Policy = Callable[[list[str]], Sequence["str | Generation"]]
 
 def sample_games(game_files: Sequence[str | Path], num_games: int, seed: int) -> list[str]:
     """``num_games`` distinct games for one step (with replacement only when there are fewer games than asked)."""
-    if num_games < 1:
-        raise ValueError(f"num_games must be >= 1, got {num_games}")
-    if not game_files:
-        raise ValueError("game_files: empty")
     rng = random.Random(seed)
     files = [str(f) for f in game_files]
     if num_games <= len(files):
@@ -56,13 +52,9 @@ def validation_games(game_files: Sequence[str | Path], num_episodes: int, seed: 
     """
     import numpy as np
 
-    if num_episodes < 1:
-        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
     if round_index < 0:
         raise ValueError(f"round_index must be >= 0, got {round_index}")
     files = sorted(str(f) for f in game_files)
-    if not files:
-        raise ValueError("game_files: empty")
     passes, position = divmod(round_index, len(files))
     games = []
     for episode in range(num_episodes):
@@ -86,8 +78,6 @@ def run_episodes(
 
     Episode ``group_id`` is the index of its game in ``game_files``; ``episode_id`` is its position in the output.
     """
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
     config = config or ProtocolConfig()
     envs: list[AlfworldEpisode] = []
     episodes: list[Episode] = []
@@ -136,8 +126,6 @@ def hf_sampling_config(
     (no flag from the checkpoint's ``generation_config.json``); stops at the tokenizer's EOS and the checkpoint's."""
     from holder_nemo.eval.backends import full_distribution_config, stop_token_ids
 
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not greedy and not temperature > 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
     if not 0 < top_p <= 1:

@@ -92,10 +92,6 @@ def build_step_samples(
 
     Rows come out in episode order then step order. Episodes with no steps contribute no rows.
     """
-    if stats_over not in ("steps", "episodes"):
-        raise ValueError(f"stats_over must be 'steps' or 'episodes', got {stats_over!r}")
-    if invalid_action_penalty < 0:
-        raise ValueError(f"invalid_action_penalty must be >= 0, got {invalid_action_penalty}")
     scores = {id(ep): step_scores(ep, invalid_action_penalty) for ep in episodes}
     pooled: dict[Hashable, list[float]] = defaultdict(list)
     for ep in episodes:

@@ -195,16 +195,10 @@ class PerStepSettings:
         return settings
 
     def _validate(self, policy: Mapping[str, Any]) -> None:
-        positive = {
-            "num_games": "grpo.num_prompts_per_step",
-            "group_size": "grpo.num_generations_per_prompt",
-            "max_num_steps": "grpo.max_num_steps",
-            "train_global_batch_size": "policy.train_global_batch_size",
-            "sequence_multiple": "policy.make_sequence_length_divisible_by",
-        }
-        for name, key in positive.items():
-            if getattr(self, name) < 1:
-                raise ConfigError(key, f"must be >= 1, got {getattr(self, name)}")
+        # The step's counts (grpo.num_prompts_per_step, ...) are the NeMo RL pre-flight's (check_counts), which runs
+        # before this check and before training: checking them here too printed each error twice.
+        if self.sequence_multiple < 1:
+            raise ConfigError("policy.make_sequence_length_divisible_by", f"must be >= 1, got {self.sequence_multiple}")
         if self.stats_over not in ("steps", "episodes"):
             raise ConfigError(
                 "alfworld.advantage_stats_over", f"must be 'steps' or 'episodes', got {self.stats_over!r}"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 from holder_nemo.data.normalize import DataError, normalize_rows
 from holder_nemo.data.sources import SPECS, DatasetSpec
 from holder_nemo.data.suite import SUITE, SUITE_COMMIT, SUITE_REPO, SUITE_URL, load_split
+from holder_nemo.files import atomic_write
 
 MANIFEST = "manifest.json"
 
@@ -93,24 +92,11 @@ def read_local_rows(path: str | Path) -> list[dict[str, Any]]:
     raise DataError(f"--from-file: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> str:
     """Write rows atomically; returns the file's sha256."""
     text = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
-    _write_atomic(path, text)
+    with atomic_write(path, fsync=True) as fh:
+        fh.write(text)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -118,7 +104,8 @@ def _update_manifest(out_dir: Path, entry: dict[str, Any]) -> None:
     path = out_dir / MANIFEST
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     manifest[entry["name"]] = entry
-    _write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    with atomic_write(path, fsync=True) as fh:
+        fh.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def prepare(

@@ -52,7 +52,5 @@ TEMPLATES: dict[str, Callable[[str], str]] = {"qwen_math": apply_qwen_math_templ
 
 
 def apply_template(name: str, problem: str) -> str:
-    """Format ``problem`` with the template called ``name`` (one of ``TEMPLATES``)."""
-    if name not in TEMPLATES:
-        raise ValueError(f"prompt_template must be one of {sorted(TEMPLATES)}, got {name!r}")
+    """Format ``problem`` with the template called ``name`` (one of ``TEMPLATES``: ``EvalConfig`` checks it)."""
     return TEMPLATES[name](problem)

@@ -8,7 +8,6 @@ answer, reward), ``results.json`` (config, model, per-benchmark metrics with cou
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from holder_nemo.eval.prompts import apply_template
 from holder_nemo.eval.report import markdown_table, pass_at_k
 from holder_nemo.eval.scoring import score_response
 from holder_nemo.eval.settings import EvalConfig
+from holder_nemo.files import atomic_write
 
 
 @dataclass
@@ -69,12 +69,6 @@ def default_output_dir(cfg: EvalConfig, model: ResolvedModel) -> Path:
         return cfg.output_dir
     local = Path(cfg.model)
     return local / "eval" if local.is_dir() else Path("eval_results") / cfg.model.replace("/", "__")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _sampling(backend: Backend, cfg: EvalConfig, name: str, problems: list[Problem]) -> tuple[list, list, Any]:
@@ -180,9 +174,8 @@ def run_eval(cfg: EvalConfig, *, label: str | None = None, backend: Backend | No
         print(f"[eval] {name}: {metrics['metric']} = {metrics['score']:.1f} ({metrics['count']})", flush=True)
     average = sum(m["score"] for m in per_benchmark.values()) / len(per_benchmark)
     table = markdown_table(label, per_benchmark, average)
-    _atomic_write(
-        output_dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in all_records)
-    )
+    with atomic_write(output_dir / "generations.jsonl") as fh:
+        fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in all_records))
     summary = {
         "label": label,
         "model": model.__dict__,
@@ -191,6 +184,8 @@ def run_eval(cfg: EvalConfig, *, label: str | None = None, backend: Backend | No
         "average": average,
         "table_markdown": table,
     }
-    _atomic_write(output_dir / "results.json", json.dumps(summary, indent=2) + "\n")
-    _atomic_write(output_dir / "results.md", f"# Evaluation of {label}\n\n{table}")
+    with atomic_write(output_dir / "results.json") as fh:
+        fh.write(json.dumps(summary, indent=2) + "\n")
+    with atomic_write(output_dir / "results.md") as fh:
+        fh.write(f"# Evaluation of {label}\n\n{table}")
     return EvalResult(per_benchmark, average, table, output_dir)

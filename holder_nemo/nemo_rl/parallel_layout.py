@@ -20,11 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from holder_nemo.config.errors import Report
 
 
-def _int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """An integer of the recipe (YAML's true/false are Python ints too, and no count or size may be one)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _on(cfg: DictConfig, key: str) -> bool:
+def is_on(cfg: DictConfig, key: str) -> bool:
+    """The flag at a dotted key is exactly true (absent, null or a string is off)."""
     return OmegaConf.select(cfg, key, default=None) is True
 
 
@@ -69,7 +71,7 @@ def _sizes(cfg: DictConfig, keys: dict[str, str | None], report: Report) -> dict
     out = {}
     for name, key in keys.items():
         value = 1 if key is None else OmegaConf.select(cfg, key, default=1)
-        if not _int(value):
+        if not is_int(value):
             return None
         if value < 1:
             report.error(key or name, f"must be >= 1, got {value}")
@@ -84,7 +86,7 @@ def _generation_gpus(cfg: DictConfig, nodes: int, gpn: int, report: Report) -> t
     res_gpn = OmegaConf.select(cfg, key + ".gpus_per_node", default=None)
     res_nodes = OmegaConf.select(cfg, key + ".num_nodes", default=None)
     if nodes == 1:  # generation takes res_gpn of the node's GPUs
-        if not (_int(res_gpn) and res_gpn > 0):
+        if not (is_int(res_gpn) and res_gpn > 0):
             report.error(
                 f"{key}.gpus_per_node",
                 f"must be set to the generation GPUs (> 0) when "
@@ -101,7 +103,7 @@ def _generation_gpus(cfg: DictConfig, nodes: int, gpn: int, report: Report) -> t
             return None
         return res_gpn, res_gpn
     # several nodes: generation takes whole nodes
-    if not (_int(res_nodes) and res_nodes > 0):
+    if not (is_int(res_nodes) and res_nodes > 0):
         report.error(
             f"{key}.num_nodes",
             f"must be the generation nodes (> 0) when policy.generation.colocated.enabled "
@@ -123,7 +125,7 @@ def parallel_layout(cfg: DictConfig, report: Report | None = None) -> ParallelLa
     """The layout, or None when the keys it needs are missing, mistyped or refused (refusals go to ``report``)."""
     report = report if report is not None else Report()
     cluster = _sizes(cfg, {"nodes": "cluster.num_nodes", "gpus_per_node": "cluster.gpus_per_node"}, report)
-    megatron = _on(cfg, "policy.megatron_cfg.enabled")
+    megatron = is_on(cfg, "policy.megatron_cfg.enabled")
     tp_key, cp_key, pp_key = _parallel_keys(megatron)
     model = _sizes(cfg, {"tp": tp_key, "cp": cp_key, "pp": pp_key}, report)
     vllm = "policy.generation.vllm_cfg."
@@ -147,7 +149,7 @@ def parallel_layout(cfg: DictConfig, report: Report | None = None) -> ParallelLa
         tp=model["tp"],
         pp=model["pp"],
         cp=model["cp"],
-        sequence_parallel=_on(cfg, prefix + "sequence_parallel"),
+        sequence_parallel=is_on(cfg, prefix + "sequence_parallel"),
         gen_tp=gen["tp"],
         gen_pp=gen["pp"],
         gen_gpus=gen_gpus,
@@ -157,7 +159,7 @@ def parallel_layout(cfg: DictConfig, report: Report | None = None) -> ParallelLa
 
 
 def _check_switches(cfg: DictConfig, report: Report) -> None:
-    megatron, dtensor = _on(cfg, "policy.megatron_cfg.enabled"), _on(cfg, "policy.dtensor_cfg.enabled")
+    megatron, dtensor = is_on(cfg, "policy.megatron_cfg.enabled"), is_on(cfg, "policy.dtensor_cfg.enabled")
     if megatron == dtensor:
         state = "both enabled" if megatron else "neither enabled"
         report.error(
@@ -165,7 +167,7 @@ def _check_switches(cfg: DictConfig, report: Report) -> None:
             f"exactly one training backend must be on (policy.megatron_cfg.enabled / policy.dtensor_cfg.enabled: "
             f"{state})",
         )
-    if _on(cfg, "policy.sequence_packing.enabled") and _on(cfg, "policy.dynamic_batching.enabled"):
+    if is_on(cfg, "policy.sequence_packing.enabled") and is_on(cfg, "policy.dynamic_batching.enabled"):
         report.error("policy.sequence_packing.enabled", "sequence packing and dynamic batching are mutually exclusive")
 
 
@@ -198,7 +200,7 @@ def _check_gpus(cfg: DictConfig, layout: ParallelLayout, report: Report) -> None
 
 def _check_sequences(cfg: DictConfig, layout: ParallelLayout, report: Report) -> None:
     """Packing with Megatron CP; sequence length and packing pad factor against CP and TP; a packed micro-batch."""
-    megatron, packing = layout.backend == "megatron", _on(cfg, "policy.sequence_packing.enabled")
+    megatron, packing = layout.backend == "megatron", is_on(cfg, "policy.sequence_packing.enabled")
     _, cp_key, _ = _parallel_keys(megatron)
     if megatron and layout.cp > 1 and not packing:
         report.error(
@@ -207,13 +209,13 @@ def _check_sequences(cfg: DictConfig, layout: ParallelLayout, report: Report) ->
         )
     seq = OmegaConf.select(cfg, "policy.max_total_sequence_length", default=None)
     multiple = layout.cp * math.lcm(2, layout.tp)
-    if _int(seq) and seq % multiple:
+    if is_int(seq) and seq % multiple:
         report.error(
             "policy.max_total_sequence_length",
             f"must be divisible by CP x lcm(2, TP) = {layout.cp} x {math.lcm(2, layout.tp)} = {multiple}, got {seq}",
         )
     pad = OmegaConf.select(cfg, "policy.make_sequence_length_divisible_by", default=None)
-    if megatron and packing and _int(pad) and pad >= 1:
+    if megatron and packing and is_int(pad) and pad >= 1:
         # NeMo RL pads every packed sequence to a multiple of make_sequence_length_divisible_by, which must be a
         # multiple of 2 x CP (CP > 1) times TP (TP > 1 with sequence parallelism).
         sp = layout.tp if layout.tp > 1 and layout.sequence_parallel else 1
@@ -224,7 +226,7 @@ def _check_sequences(cfg: DictConfig, layout: ParallelLayout, report: Report) ->
                 f"must be a multiple of {factor} (2 x CP when CP > 1, times TP when sequence parallel), got {pad}",
             )
     mb_tokens = OmegaConf.select(cfg, "policy.sequence_packing.train_mb_tokens", default=None)
-    if packing and _int(seq) and _int(mb_tokens) and mb_tokens < seq:
+    if packing and is_int(seq) and is_int(mb_tokens) and mb_tokens < seq:
         report.error(
             "policy.sequence_packing.train_mb_tokens",
             f"({mb_tokens}) must be >= policy.max_total_sequence_length ({seq}) so a full sequence fits",

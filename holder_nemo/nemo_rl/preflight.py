@@ -37,17 +37,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from holder_nemo.config.errors import ConfigError, Report
-from holder_nemo.nemo_rl.parallel_layout import ParallelLayout, check_layout
+from holder_nemo.nemo_rl.parallel_layout import ParallelLayout, check_layout, is_int, is_on
 
 _at = functools.partial(OmegaConf.select, default=None)  # the value at a dotted key, None when absent
-
-
-def _int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _on(cfg: DictConfig, key: str) -> bool:
-    return _at(cfg, key) is True
 
 
 # ------------------------------------------------------------------------------------------ loss_fn and schedule
@@ -83,7 +75,7 @@ def check_schedule_length(cfg: Mapping, report: Report) -> None:
 
     schedule = ((cfg.get("loss_fn") or {}).get("holder") or {}).get("schedule")
     total = (cfg.get("grpo") or {}).get("max_num_steps")
-    if not isinstance(schedule, Mapping) or not _int(total):
+    if not isinstance(schedule, Mapping) or not is_int(total):
         return
     try:
         sched = PSchedule.from_dict(schedule)
@@ -105,9 +97,9 @@ def check_schedule_length(cfg: Mapping, report: Report) -> None:
 def check_entry_point(cfg: DictConfig, report: Report) -> None:
     """What ``holder_nemo.nemo_rl.run_grpo`` does not run: it trains with ``grpo_train``, which the step hook (p per
     step) and the stop contract hook into."""
-    if _on(cfg, "grpo.async_grpo.enabled"):
+    if is_on(cfg, "grpo.async_grpo.enabled"):
         report.error("grpo.async_grpo.enabled", "must be false: the HölderPO entry point runs synchronous grpo_train")
-    if _on(cfg, "data_plane.enabled"):
+    if is_on(cfg, "data_plane.enabled"):
         report.error(
             "data_plane.enabled",
             "must be false: the HölderPO entry point runs grpo_train, not the TransferQueue trainer",
@@ -128,7 +120,7 @@ _GENERATION_BACKENDS = ("vllm", "megatron", "sglang")
 
 def _validating(cfg: DictConfig) -> bool:
     period = _at(cfg, "grpo.val_period")
-    return (_int(period) and period > 0) or _on(cfg, "grpo.val_at_start") or _on(cfg, "grpo.val_at_end")
+    return (is_int(period) and period > 0) or is_on(cfg, "grpo.val_at_start") or is_on(cfg, "grpo.val_at_end")
 
 
 def check_grpo_setup(cfg: DictConfig, report: Report) -> None:
@@ -139,11 +131,11 @@ def check_grpo_setup(cfg: DictConfig, report: Report) -> None:
     for key in _READ_BY_SETUP:
         if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
             report.error(key, "required: NeMo RL's grpo.setup reads it")
-    multiplier, dynamic = _at(cfg, "grpo.batch_multiplier"), _on(cfg, "grpo.use_dynamic_sampling")
+    multiplier, dynamic = _at(cfg, "grpo.batch_multiplier"), is_on(cfg, "grpo.use_dynamic_sampling")
     if multiplier is not None and multiplier != 1 and not dynamic:
         report.error("grpo.batch_multiplier", f"must be 1 unless grpo.use_dynamic_sampling is true, got {multiplier}")
     per_loader, prompts = _at(cfg, "data.num_prompts_per_dataloader"), _at(cfg, "grpo.num_prompts_per_step")
-    if _on(cfg, "data.use_multiple_dataloader") and _int(per_loader) and _int(prompts) and prompts % per_loader:
+    if is_on(cfg, "data.use_multiple_dataloader") and is_int(per_loader) and is_int(prompts) and prompts % per_loader:
         report.error(
             "data.num_prompts_per_dataloader", f"({per_loader}) must divide grpo.num_prompts_per_step ({prompts})"
         )
@@ -153,7 +145,7 @@ def check_grpo_setup(cfg: DictConfig, report: Report) -> None:
             "a validation dataset is required when grpo.val_period > 0 or grpo.val_at_start/val_at_end is true",
         )
     kl = _at(cfg, "loss_fn.reference_policy_kl_penalty")
-    if _on(cfg, "grpo.skip_reference_policy_logprobs_calculation") and isinstance(kl, int | float) and kl != 0:
+    if is_on(cfg, "grpo.skip_reference_policy_logprobs_calculation") and isinstance(kl, int | float) and kl != 0:
         report.error(
             "grpo.skip_reference_policy_logprobs_calculation",
             f"true requires loss_fn.reference_policy_kl_penalty == 0, got {kl}",
@@ -170,14 +162,14 @@ def _check_vllm_precision(cfg: DictConfig, report: Report) -> None:
     vllm = "policy.generation.vllm_cfg."
     if OmegaConf.select(cfg, vllm + "precision", default=KeyError) is KeyError:
         report.error(vllm + "precision", "required with the vLLM backend: NeMo RL's grpo.setup reads it")
-    if _at(cfg, vllm + "precision") == "fp8" and not _on(cfg, "loss_fn.use_importance_sampling_correction"):
+    if _at(cfg, vllm + "precision") == "fp8" and not is_on(cfg, "loss_fn.use_importance_sampling_correction"):
         report.error(vllm + "precision", "'fp8' needs loss_fn.use_importance_sampling_correction: true (NeMo RL)")
     kv_cache = _at(cfg, vllm + "kv_cache_dtype")
     if isinstance(kv_cache, str) and kv_cache.startswith("fp8"):
-        async_engine = _on(cfg, vllm + "async_engine")
+        async_engine = is_on(cfg, vllm + "async_engine")
         for wrong, message in (
             (_at(cfg, vllm + "precision") != "fp8", "needs policy.generation.vllm_cfg.precision: fp8"),
-            (_on(cfg, "policy.dtensor_cfg.enabled"), "is not supported with the DTensor backend"),
+            (is_on(cfg, "policy.dtensor_cfg.enabled"), "is not supported with the DTensor backend"),
             (async_engine, "is not supported with async rollouts (policy.generation.vllm_cfg.async_engine)"),
             ((_at(cfg, "policy.megatron_cfg.pipeline_model_parallel_size") or 1) != 1, "needs Megatron PP 1"),
         ):
@@ -187,25 +179,25 @@ def _check_vllm_precision(cfg: DictConfig, report: Report) -> None:
 
 def check_policy(cfg: DictConfig, layout: ParallelLayout | None, report: Report) -> None:
     """Conditions NeMo RL v0.7.0's ``Policy.__init__`` asserts (one backend and the world size: ``check_layout``)."""
-    megatron, dtensor = _on(cfg, "policy.megatron_cfg.enabled"), _on(cfg, "policy.dtensor_cfg.enabled")
-    if _on(cfg, "policy.draft.enabled") and not megatron:
+    megatron, dtensor = is_on(cfg, "policy.megatron_cfg.enabled"), is_on(cfg, "policy.dtensor_cfg.enabled")
+    if is_on(cfg, "policy.draft.enabled") and not megatron:
         report.error("policy.draft.enabled", "true needs the Megatron backend (policy.megatron_cfg.enabled)")
-    if _on(cfg, "policy.draft.enabled") and _on(cfg, "policy.sequence_packing.enabled"):
+    if is_on(cfg, "policy.draft.enabled") and is_on(cfg, "policy.sequence_packing.enabled"):
         report.error("policy.draft.enabled", "true does not support policy.sequence_packing.enabled: true")
-    if dtensor and not megatron and not _on(cfg, "policy.dtensor_cfg._v2"):
-        if _on(cfg, "policy.dtensor_cfg.lora_cfg.enabled"):
+    if dtensor and not megatron and not is_on(cfg, "policy.dtensor_cfg._v2"):
+        if is_on(cfg, "policy.dtensor_cfg.lora_cfg.enabled"):
             report.error("policy.dtensor_cfg.lora_cfg.enabled", "LoRA needs DTensor v2 (policy.dtensor_cfg._v2: true)")
         replicas = _at(cfg, "policy.dtensor_cfg.dp_replicate_size")
-        if _int(replicas) and replicas > 1:
+        if is_int(replicas) and replicas > 1:
             report.error(
                 "policy.dtensor_cfg.dp_replicate_size",
                 f"({replicas}) > 1 needs DTensor v2 (policy.dtensor_cfg._v2: true)",
             )
-    if _on(cfg, "policy.dynamic_batching.enabled") and layout is not None and layout.pp != 1:
+    if is_on(cfg, "policy.dynamic_batching.enabled") and layout is not None and layout.pp != 1:
         report.error("policy.dynamic_batching.enabled", f"true needs pipeline parallel size 1, got {layout.pp}")
     tp_key = "megatron_cfg.tensor_model_parallel_size" if megatron else "dtensor_cfg.tensor_parallel_size"
     tp, mbs, lbs = _at(cfg, "policy." + tp_key), _at(cfg, "policy.train_micro_batch_size"), None
-    if _int(tp) and tp >= 4 and "logprob_batch_size" in (_at(cfg, "policy") or {}):
+    if is_int(tp) and tp >= 4 and "logprob_batch_size" in (_at(cfg, "policy") or {}):
         lbs = _at(cfg, "policy.logprob_batch_size")
     if lbs is not None and lbs != mbs:
         # TP >= 4 kernels are batch-variant: prev_logprobs computed at another batch size would not equal the
@@ -218,7 +210,7 @@ def check_policy(cfg: DictConfig, layout: ParallelLayout | None, report: Report)
             report.warn("policy.logprob_batch_size", message + "; bypassed by NRL_IGNORE_TP_ACCURACY_CHECK")
         else:
             report.error("policy.logprob_batch_size", message)
-    if megatron and _on(cfg, "policy.megatron_cfg.use_linear_ce_fusion_loss"):
+    if megatron and is_on(cfg, "policy.megatron_cfg.use_linear_ce_fusion_loss"):
         report.error(
             "policy.megatron_cfg.use_linear_ce_fusion_loss",
             "must be false: the fused linear-CE forward "
@@ -236,10 +228,10 @@ def check_vllm_generation(cfg: DictConfig, report: Report) -> None:
     tp, pp, ep = (
         _at(cfg, vllm + k) for k in ("tensor_parallel_size", "pipeline_parallel_size", "expert_parallel_size")
     )
-    async_engine = _on(cfg, vllm + "async_engine")
-    if _int(pp) and pp > 1 and not async_engine:
+    async_engine = is_on(cfg, vllm + "async_engine")
+    if is_int(pp) and pp > 1 and not async_engine:
         report.error(vllm + "async_engine", f"must be true when {vllm}pipeline_parallel_size > 1 ({pp})")
-    if _int(ep) and _int(tp) and ep > 1 and tp >= 1:
+    if is_int(ep) and is_int(tp) and ep > 1 and tp >= 1:
         if ep % tp:
             report.error(
                 vllm + "expert_parallel_size",
@@ -252,7 +244,7 @@ def check_vllm_generation(cfg: DictConfig, report: Report) -> None:
                 f"tensor_parallel_size ({tp}): NeMo RL's vLLM async engine fails with DP inside vLLM",
             )
     top_k, top_p = _at(cfg, "policy.generation.top_k"), _at(cfg, "policy.generation.top_p")
-    if _int(top_k) and top_k != -1 and top_k < 1:
+    if is_int(top_k) and top_k != -1 and top_k < 1:
         report.error("policy.generation.top_k", f"must be null, -1 (no filtering) or >= 1, got {top_k}")
     if isinstance(top_p, int | float) and not isinstance(top_p, bool) and not 0 < top_p <= 1:
         report.error("policy.generation.top_p", f"must be in (0, 1] (1.0: no filtering), got {top_p}")
@@ -278,14 +270,14 @@ def check_counts(cfg: DictConfig, report: Report) -> None:
     keys = [*_COUNTS, *(("grpo.val_batch_size",) if _validating(cfg) else ())]
     for key in keys:
         value = _at(cfg, key)
-        if _int(value) and value < 1:
+        if is_int(value) and value < 1:
             report.error(key, f"must be >= 1, got {value}")
 
 
 def check_batch(cfg: DictConfig, layout: ParallelLayout | None, report: Report, *, grpo_train: bool = True) -> None:
     prompts, gens = _at(cfg, "grpo.num_prompts_per_step"), _at(cfg, "grpo.num_generations_per_prompt")
     gbs, mbs = _at(cfg, "policy.train_global_batch_size"), _at(cfg, "policy.train_micro_batch_size")
-    if not all(_int(v) and v >= 1 for v in (prompts, gens, gbs, mbs)):
+    if not all(is_int(v) and v >= 1 for v in (prompts, gens, gbs, mbs)):
         return
     rows = prompts * gens
     # A component's own loop (ALFWorld's per-step rows) pads its rows to whole global batches itself.
@@ -302,14 +294,14 @@ def check_batch(cfg: DictConfig, layout: ParallelLayout | None, report: Report, 
             f"policy.train_micro_batch_size ({layout.dp} x {mbs} = {layout.dp * mbs})",
         )
     seq, new = _at(cfg, "policy.max_total_sequence_length"), _at(cfg, "policy.generation.max_new_tokens")
-    if _int(seq) and _int(new):
+    if is_int(seq) and is_int(new):
         if new >= seq:
             report.error(
                 "policy.generation.max_new_tokens",
                 f"({new}) must be < policy.max_total_sequence_length ({seq}), which also holds the prompt",
             )
         prompt = _at(cfg, "data.max_input_seq_length")
-        if _int(prompt) and prompt + new > seq:
+        if is_int(prompt) and prompt + new > seq:
             report.warn(
                 "data.max_input_seq_length",
                 f"prompt ({prompt}) + policy.generation.max_new_tokens ({new}) > "

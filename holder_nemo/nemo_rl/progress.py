@@ -142,6 +142,8 @@ class ProgressRecorder:
     def _write(self) -> None:
         if self.path is None:
             return
+        # Not holder_nemo.files.atomic_write: the batch shell runs this file as a script (python3 -I, outside the
+        # container, no holder_nemo on the path), so it imports the standard library only.
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,8 @@ class StepScheduledTrain:
 
     Args:
         train: the policy's original bound ``train`` method.
-        completed_steps: steps already completed (``grpo_save_state["total_steps"]`` after ``setup()``).
+        completed_steps: steps already completed (``grpo_save_state["total_steps"]`` after ``setup()``, checked by
+            ``completed_steps_from_state``).
         logger: optional NeMo RL ``Logger`` (anything with ``log_metrics(metrics, step, prefix=...)``).
         on_step_done: optional ``f(step)`` called once ``train`` has returned for that global step (the progress
             record, ``progress.py``).
@@ -42,8 +43,6 @@ class StepScheduledTrain:
         logger: Any | None = None,
         on_step_done: Callable[[int], None] | None = None,
     ) -> None:
-        if isinstance(completed_steps, bool) or not isinstance(completed_steps, int) or completed_steps < 0:
-            raise ValueError(f"completed_steps must be an integer >= 0, got {completed_steps!r}")
         self.wrapped = train
         self.completed_steps = completed_steps
         self.logger = logger

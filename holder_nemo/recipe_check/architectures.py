@@ -126,14 +126,6 @@ class Architecture:
         per_layer = self.layer_matmul_params() + self.layer_small_params()
         return self.layers * per_layer + self.hidden + self.embedding_params() * (1 if self.tied_embeddings else 2)
 
-    def matmul_params(self) -> int:
-        """Weights that multiply every token (2 FLOPs each per token forward): the layers' GEMMs and the output layer.
-
-        The input embedding is a lookup and the norms and biases are not GEMMs (Megatron's and NeMo RL's FLOPs
-        formulas count the same terms).
-        """
-        return self.layers * self.layer_matmul_params() + self.embedding_params()
-
     def describe(self) -> str:
         attention = f"heads {self.heads}/{self.kv_heads} kv" + (
             f" x {self.head_dim}" if self.q_width != self.hidden else ""

@@ -168,11 +168,6 @@ def forward_flops(arch: Architecture, seq_len: float, logit_tokens: float | None
     return gemms + attention + 2 * arch.embedding_params() * logits
 
 
-def training_flops(arch: Architecture, seq_len: float) -> float:
-    """Model FLOPs of forward + backward over one sequence: 3 x forward (recomputation not counted, as MFU)."""
-    return 3 * forward_flops(arch, seq_len)
-
-
 def kv_cache_bytes_per_token(arch: Architecture, tp: int = 1, dtype_bytes: float = 2) -> float:
     """KV-cache bytes per token on one GPU of a vLLM engine with TP ``tp`` (K and V of every layer; KV heads
     split over TP, replicated when TP exceeds them)."""

@@ -94,6 +94,7 @@ def compute_lines(
     length = options.fill * shape.seq
     forward = sz.forward_flops(arch, length)
     generate = sz.forward_flops(arch, length, logit_tokens=options.fill * shape.new_tokens)
+    # training = forward + backward = 3 x forward (recomputation not counted, as in NeMo RL's MFU)
     train, logprobs, gen = shape.rows * 3 * forward, shape.rows * shape.logprob_passes * forward, shape.rows * generate
     tokens = f"<= {shape.tokens:,}" if options.fill == 1 else f"~ {shape.rows * length:,.0f} (--fill {options.fill:g})"
     out.add(

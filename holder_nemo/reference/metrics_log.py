@@ -7,7 +7,6 @@ it had not checkpointed does not leave duplicate or diverging lines behind.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from holder_nemo.core import Reduce
+from holder_nemo.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -35,9 +35,8 @@ class MetricsLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS_FILE
         kept = [r for r in read_metrics(self.run_dir) if r["step"] <= upto_step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        with atomic_write(self.path) as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in kept))
         self._fh = self.path.open("a")
         self._tb = None
         if tensorboard:

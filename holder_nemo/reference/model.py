@@ -21,10 +21,7 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerBase:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = list(dict.fromkeys(alphabet))
-    if not chars:
-        raise ValueError("data.digits alphabet is empty")
-    vocab = {tok: i for i, tok in enumerate([PAD, EOS, BOS, *chars])}
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, BOS, *dict.fromkeys(alphabet)])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()  # decode "1","2" as "12", not "1 2"

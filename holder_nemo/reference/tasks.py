@@ -19,9 +19,6 @@ from holder_nemo.config.errors import ConfigError
 # A response is decoded with its special tokens kept (``keep_special_tokens``): "<bos>" counts as one wrong token.
 SPECIAL_OR_CHAR = re.compile(r"<[a-z]+>|.", re.DOTALL)
 
-DIGITS_OPS = ("copy", "reverse", "add", "repeat")
-DIGITS_REWARDS = ("exact", "partial")
-
 
 @dataclass(frozen=True)
 class Example:
@@ -48,20 +45,9 @@ class DigitsTask:
     def __init__(
         self, op: str, min_digits: int, max_digits: int, reward: str, seed: int, *, repeat_length: int = 8
     ) -> None:
-        if op not in DIGITS_OPS:
-            raise ValueError(f"data.digits.op must be one of {DIGITS_OPS}, got {op!r}")
-        if reward not in DIGITS_REWARDS:
-            raise ValueError(f"data.digits.reward must be one of {DIGITS_REWARDS}, got {reward!r}")
-        if repeat_length < 1:
-            raise ValueError(f"data.digits.repeat_length must be >= 1, got {repeat_length}")
+        # op, reward and repeat_length are checked by the recipe schema (reference/schema.py, DigitsSection)
         self.op, self.reward_kind, self.seed = op, reward, seed
         self.min_digits, self.max_digits, self.repeat_length = min_digits, max_digits, repeat_length
-
-    @property
-    def max_answer_chars(self) -> int:
-        if self.op == "repeat":
-            return self.repeat_length
-        return self.max_digits + 1 if self.op == "add" else self.max_digits
 
     def _number(self, rng: np.random.Generator) -> str:
         n = int(rng.integers(self.min_digits, self.max_digits + 1))

@@ -8,6 +8,7 @@ Outputs in the study directory:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -16,8 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import mpmath
 import numpy as np
 
+from holder_nemo.files import atomic_write
 from holder_nemo.reference.metrics_log import read_metrics
 from holder_nemo.reference.plotting import smooth  # the training figure's trailing mean, so both plots agree
 from holder_nemo.study.runner import RunSpec, run_cpu_seconds
@@ -38,29 +41,20 @@ DIAGNOSTICS = (
 )
 
 
-# t_{0.975, df} for df = 1..30 (two-sided 95 %), from the standard printed tables (4 decimals).
-T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-        2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-        2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)  # fmt: skip
-Z975 = 1.959963984540054  # the normal quantile the t quantile tends to
-
-
+@functools.cache  # a report asks for the same few df thousands of times (one interval per step per arm)
 def t975(df: int) -> float:
     """Two-sided 95 % critical value of Student's t with ``df`` >= 1 degrees of freedom: P(|T| <= t) = 0.95."""
     if df < 1:
         raise ValueError(f"df must be >= 1, got {df}")
-    if df <= len(T975):
-        return T975[df - 1]
-    # beyond the table, the Cornish-Fisher expansion in 1/df (Abramowitz & Stegun 26.7.5), within 1e-6 for df > 30:
-    # t = z + g1/df + g2/df^2 + g3/df^3 + g4/df^4
-    z = Z975
-    g = (
-        (z**3 + z) / 4,
-        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
-        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
-        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
+    # P(|T| > t) = I_x(df/2, 1/2) with x = df / (df + t^2) (the regularised incomplete beta function), solved for
+    # 0.05 between t(0.975, inf) = 1.96 and t(0.975, 1) = 12.71
+    return float(
+        mpmath.findroot(
+            lambda t: mpmath.betainc(df / 2, 0.5, 0, df / (df + t * t), regularized=True) - 0.05,
+            (1.9, 13.0),
+            solver="anderson",
+        )
     )
-    return z + sum(gk / df ** (k + 1) for k, gk in enumerate(g))
 
 
 def mean_interval(values: Sequence[float]) -> dict[str, float]:
@@ -76,11 +70,6 @@ def mean_interval(values: Sequence[float]) -> dict[str, float]:
 def excludes_zero(interval: dict[str, Any]) -> bool:
     """Whether a (paired-difference) interval lies wholly on one side of 0; never with fewer than two seeds."""
     return interval["n"] >= 2 and (interval["low"] > 0 or interval["high"] < 0)
-
-
-def final_reward(rewards: Sequence[float]) -> float:
-    """Mean reward over the last 10 % of steps (at least one step)."""
-    return float(np.mean(rewards[-max(1, len(rewards) // 10) :]))
 
 
 def steps_to_threshold(rewards: Sequence[float], threshold: float, window: int) -> tuple[int, bool]:
@@ -106,7 +95,7 @@ def run_summary(records: list[dict[str, Any]], threshold: float) -> dict[str, An
     # [0, 1] for a [0, 1] reward): it credits learning early as well as learning much
     out: dict[str, Any] = {
         "steps": len(rewards),
-        "final_reward": final_reward(rewards),
+        "final_reward": float(np.mean(rewards[-max(1, len(rewards) // 10) :])),  # the last 10 % of steps, at least one
         "auc": float(np.mean(rewards)),
         "steps_to_threshold": step,
         "reached_threshold": reached,
@@ -294,9 +283,8 @@ def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], 
         "timing": {"runs": len(finished), "cpu_s": sum(run_cpu_seconds(s.run_dir) for s in finished), "jobs": jobs},
     }
     json_path, md_path = out_dir / JSON_FILE, out_dir / MARKDOWN_FILE
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**study, "curves": study_curves}, indent=1, allow_nan=True) + "\n")
-    tmp.replace(json_path)
+    with atomic_write(json_path) as fh:
+        fh.write(json.dumps({**study, "curves": study_curves}, indent=1, allow_nan=True) + "\n")
     md_path.write_text(markdown(study))
     labels = {arm: a["label"] for arm, a in study["arms"].items()}
     return [json_path, md_path, plot(study_curves, labels, out_dir / FIGURE_FILE, f"{settings['seeds']} seeds per arm")]

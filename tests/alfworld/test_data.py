@@ -31,7 +31,7 @@ def test_prepare_unpacks_counts_and_is_idempotent(offline_root, tmp_path, monkey
     )
     out = tmp_path / "alfworld_data"
     assert data.prepare_alfworld(out) == {"train": 6, "valid_seen": 6, "valid_unseen": 6}
-    assert not list(out.glob("*.zip")) and not list(out.glob("*.part"))  # archives removed after unpacking
+    assert not list(out.glob("*.zip")) and not list(out.glob(".*.tmp"))  # archives removed after unpacking
     assert len(data.list_games(out / "json_2.1.1", "valid_unseen")) == 6  # AlfredTWEnv reads the unpacked tree
 
     (tmp_path / "json_2.1.1_json.zip").unlink()  # a second run must not download again

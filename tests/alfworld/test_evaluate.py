@@ -80,8 +80,6 @@ def test_policy_evaluation_counts_failures(offline_root):
     episodes = evaluate_policy(looker, games, config=ProtocolConfig(max_steps=2), batch_games=4)
     assert calls == [4, 4, 2, 2]  # two batches of games, two steps each
     assert summarize(episodes)["overall"] == {"won": 0, "total": 6, "success": 0.0}
-    with pytest.raises(ValueError, match="batch_games"):
-        evaluate_policy(looker, games, batch_games=0)
 
 
 def test_paper_protocol_draws_validation_episodes_from_valid_seen(offline_root, tmp_path, capsys):
@@ -166,7 +164,9 @@ def test_model_errors_exit_2(offline_root, tmp_path, capsys):
 
     assert main(["eval", "--data-root", str(offline_root), "--model", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["eval", "--data-root", str(offline_root), "--policy", "expert", "--episodes", "0"]) == 2
+    for flag in ("--episodes", "--batch-games", "--max-new-tokens"):  # checked here only, not again below
+        assert main(["eval", "--data-root", str(offline_root), "--policy", "expert", flag, "0"]) == 2
+        assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_prompt_over_the_budget_stops_the_evaluation(offline_root, tmp_path):

@@ -49,7 +49,7 @@ def test_the_recipe_is_the_papers_protocol() -> None:
         ("policy.dtensor_cfg.context_parallel_size=2", r"alfworld.entropy_coeff: > 0 needs whole rows"),
         ("policy.sequence_packing.enabled=true", r"alfworld.entropy_coeff: > 0 needs whole rows"),
         ("grpo.max_val_samples=0", r"grpo.max_val_samples: validation episodes must be >= 1"),
-        ("policy.train_global_batch_size=0", r"policy.train_global_batch_size: must be >= 1"),
+        ("policy.make_sequence_length_divisible_by=0", r"policy.make_sequence_length_divisible_by: must be >= 1"),
         ("+env.alfworld.history=3", r"unknown keys \['history'\]"),
     ],
 )
@@ -75,3 +75,14 @@ def test_recipe_check_reports_the_same_errors(capsys: pytest.CaptureFixture[str]
     assert "error: grpo.normalize_rewards: must be True for ALFWorld's per-step layout" in out.out + out.err
     assert main(["check", str(RECIPE), "--no-config"]) == 0
     assert "256 rows per optimizer update" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override", ["grpo.num_prompts_per_step=0", "policy.train_global_batch_size=0"])
+def test_a_count_the_preflight_checks_is_reported_once(override: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The NeMo RL pre-flight owns the counts; the loop's settings do not check them a second time."""
+    from holder_nemo.recipe_check.cli import main
+
+    assert main(["check", str(RECIPE), override, "--no-config"]) == 2
+    out = capsys.readouterr()
+    key = override.split("=")[0]
+    assert (out.out + out.err).count(f"error: {key}: must be >= 1, got 0") == 1

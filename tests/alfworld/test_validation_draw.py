@@ -48,10 +48,6 @@ def test_draw_is_seeded_with_replacement_and_new_each_round() -> None:
     assert len(set(first)) < 128  # independent per episode: repeats happen (about 83 distinct expected)
     assert validation_games(files, 128, 1000, round_index=1) != first
     assert validation_games(files, 128, 7) != first
-    with pytest.raises(ValueError, match="num_episodes"):
-        validation_games(files, 0, 1000)
-    with pytest.raises(ValueError, match="empty"):
-        validation_games([], 4, 1000)
 
 
 def test_first_128_sorted_games_would_drop_a_task_type(offline_root) -> None:

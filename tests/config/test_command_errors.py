@@ -103,6 +103,7 @@ def test_schedule_to_a_missing_directory_is_one_line(tmp_path, capsys):
         (["recipe", "check", str(SMOKE), "grpo.typo=1"], "unknown key"),
         (["convert-smollm2", "{tmp}/out", "--gguf", "{tmp}/missing.gguf"], "no GGUF file"),
         (["eval", "{tmp}", "--set", "no_such_field=1"], "no_such_field: unknown key"),
+        (["eval", "{tmp}", "--set", "prompt_template=r1"], "prompt_template"),
         (["eval", "{tmp}", "--config", "{tmp}/settings.yaml"], "duplicate key 'backend'"),
         (["eval-alfworld", "--data-root", "{tmp}", "--policy", "expert"], "no games found"),
         (["data", "prepare", "no_such_set", "{tmp}"], "invalid choice"),

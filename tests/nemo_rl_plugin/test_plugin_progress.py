@@ -149,9 +149,14 @@ def test_command_line_the_shell_calls(tmp_path):
     # The batch shell runs outside the container: the file alone, without site-packages (no torch, no holder_nemo).
     import holder_nemo.nemo_rl.progress as progress
 
-    bare = subprocess.run([sys.executable, "-I", "-S", progress.__file__, "check", str(path), "--timeout", "60"],
-                          capture_output=True, text=True)  # fmt: skip
-    assert bare.returncode == EXIT_STALLED, bare.stderr
+    def bare(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-I", "-S", progress.__file__, "check", *args],
+                              capture_output=True, text=True)  # fmt: skip
+
+    # The verdict's text too: an ImportError's traceback would also exit 1, which the shell reads as "stalled".
+    stalled = bare(str(path), "--timeout", "60")
+    assert stalled.returncode == EXIT_STALLED and "> 60 s" in stalled.stdout, stalled.stderr
+    assert bare(str(tmp_path / "none.json")).returncode == EXIT_NOT_ARMED
 
 
 def test_unwritable_progress_file_warns_once_and_never_stops_training(tmp_path, capsys):

@@ -45,6 +45,13 @@ def test_megatron_bytes_per_parameter():
         sz.model_state_bytes(1, stage=4)
 
 
+def _matmul_params(arch: Architecture) -> int:
+    """Weights that multiply every token (2 FLOPs each per token forward): the layers' GEMMs and the output layer
+    (the input embedding is a lookup; norms and biases are not GEMMs: Megatron's and NeMo RL's FLOPs formulas count
+    the same terms)."""
+    return arch.layers * arch.layer_matmul_params() + arch.embedding_params()
+
+
 def _gpt(h: int, a: int, ffn: int | None = None, layers: int = 1, vocab: int = 1000) -> Architecture:
     """Korthikanti's model: MHA, GELU FFN (4h), no gating."""
     return Architecture("gpt", h, layers, a, a, h // a, ffn or 4 * h, vocab, True, "test", gated_mlp=False)
@@ -81,7 +88,7 @@ def test_tiny_qwen2_by_hand():
     assert arch.layer_matmul_params() == gemms == 61_440
     assert arch.layer_small_params() == 64 + 32 + 32 + 2 * 64 == 256
     assert arch.parameters() == 2 * (61_440 + 256) + 64 + 15 * 64 == 124_416  # + final norm + tied embedding
-    assert arch.matmul_params() == 2 * 61_440 + 15 * 64
+    assert _matmul_params(arch) == 2 * 61_440 + 15 * 64
 
     # Megatron TP 2: GEMM weights, biases and the embedding split, norms replicated
     per_gpu = sz.megatron_params_per_gpu(arch, tp=2, pp=1)
@@ -101,7 +108,6 @@ def test_tiny_qwen2_by_hand():
 
     # one forward over 8 tokens: 2 x GEMM weights x 8 + 2 x layers x q_width x 8^2 + 2 x 960 x 8
     assert sz.forward_flops(arch, 8) == 2 * 2 * 61_440 * 8 + 2 * 2 * 64 * 64 + 2 * 960 * 8 == 1_997_824
-    assert sz.training_flops(arch, 8) == 3 * 1_997_824
     assert sz.forward_flops(arch, 8, logit_tokens=3) == 1_997_824 - 2 * 960 * 5
     assert sz.kv_cache_bytes_per_token(arch) == 2 * 2 * 2 * 16 * 2 == 256  # K and V, 2 layers, 2 heads of 16, bf16
     assert sz.kv_cache_bytes_per_token(arch, tp=4) == 2 * 2 * 1 * 16 * 2  # 2 KV heads on 4 GPUs: one each
@@ -125,15 +131,15 @@ def test_table_parameter_counts_are_the_transformers_modules(name):
     arch = Architecture.from_hf_config(KNOWN[name], "test")
     assert sum(p.numel() for p in model.parameters()) == arch.parameters()
     gemms = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n)
-    assert gemms + (arch.embedding_params() if arch.tied_embeddings else 0) == arch.matmul_params()
+    assert gemms + (arch.embedding_params() if arch.tied_embeddings else 0) == _matmul_params(arch)
 
 
 def test_training_flops_are_6n_plus_attention():
     arch = Architecture.from_hf_config(KNOWN["Qwen/Qwen2.5-Math-7B"], "test")
     for s in (1, 512, 4096):
-        per_token = sz.training_flops(arch, s) / s
-        assert per_token == pytest.approx(6 * arch.matmul_params() + 6 * arch.layers * arch.q_width * s, rel=1e-12)
-    assert sz.training_flops(arch, 1) / 6 / arch.matmul_params() == pytest.approx(1, rel=1e-3)
+        per_token = 3 * sz.forward_flops(arch, s) / s
+        assert per_token == pytest.approx(6 * _matmul_params(arch) + 6 * arch.layers * arch.q_width * s, rel=1e-12)
+    assert 3 * sz.forward_flops(arch, 1) / 6 / _matmul_params(arch) == pytest.approx(1, rel=1e-3)
 
 
 def _nemo_rl_flops_formulas():
@@ -160,4 +166,4 @@ def test_training_flops_equal_nemo_rls_qwen3_formula(name):
             query_groups=arch.kv_heads, attention_heads=arch.heads, head_dim=arch.head_dim,
             moe_ffn_hidden_size=arch.ffn, moe_router_topk=1,
         )  # fmt: skip
-        assert formulas.qwen3(config) == pytest.approx(rows * sz.training_flops(arch, s), rel=1e-12)
+        assert formulas.qwen3(config) == pytest.approx(rows * 3 * sz.forward_flops(arch, s), rel=1e-12)

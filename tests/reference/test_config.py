@@ -55,6 +55,8 @@ def test_default_recipe_is_the_source_trees_and_a_wheel_ships_it(tmp_path):
         ("grpo.num_generations_per_prompt=1", "grpo.num_generations_per_prompt"),
         ("policy.generation.temperature=0", "policy.generation.temperature"),
         ("data.digits.op=multiply", "data.digits.op"),
+        ("data.digits.reward=fuzzy", "data.digits.reward"),
+        ("++data.digits.repeat_length=0", "data.digits.repeat_length"),
         ("+policy.learning_rate=0.1", "policy.learning_rate"),
         ("policy.train_global_batch_size=100", "policy.train_global_batch_size"),
         ("data.digits.min_digits=3", "min_digits"),
