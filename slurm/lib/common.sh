@@ -17,9 +17,10 @@
 #   progress timeout)                        -> requeue unless the same fault already requeued this job and no newer
 #                                               checkpoint completed since (then the job ends naming the node or the
 #                                               stall: no loop); a lost node is excluded from the next attempt
-#   SIGUSR1 while Slurm preempts the job (`scontrol show job` has a PreemptTime: with
-#   SlurmctldParameters=preempt_send_user_signal and a GraceTime, Slurm sends the job's --signal at preemption and
-#   the grace time lets the stop path run)    -> requeue, also past HOLDERPO_MAX_RESTARTS (Slurm would requeue a
+#   SIGUSR1 while Slurm preempts the job (`scontrol show job` has a PreemptTime: with a GraceTime and
+#   PreemptParameters=send_user_signal, on 22.05 SlurmctldParameters=preempt_send_user_signal, Slurm sends the
+#   job's --signal at preemption and the grace time lets the stop path run)
+#                                            -> requeue, also past HOLDERPO_MAX_RESTARTS (Slurm would requeue a
 #                                               preempted --requeue job itself; a preemption is no loop of ours)
 #   another stop request (SIGUSR1 / time limit; also when the checkpoint then outlived HOLDERPO_CKPT_TIMEOUT_S and
 #   the steps were cancelled), the driver exited 75 (its own deadline), or the newest complete checkpoint advanced
@@ -485,8 +486,9 @@ hp_finish() {
 }
 
 # hp_preempt_time: when Slurm selected this job for preemption (`scontrol show job`'s PreemptTime), "" when it has
-# not (None) or the query failed. With SlurmctldParameters=preempt_send_user_signal a preemption reaches the batch
-# shell as the job's own --signal (B:USR1), as the time limit's does: this tells the two apart.
+# not (None) or the query failed. With PreemptParameters=send_user_signal (22.05: SlurmctldParameters=
+# preempt_send_user_signal) a preemption reaches the batch shell as the job's own --signal (B:USR1), as the time
+# limit's does: this tells the two apart.
 hp_preempt_time() {
   local when
   when=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -oE '(^| )PreemptTime=[^ ]+' | head -1 | cut -d= -f2) ||
