@@ -17,9 +17,10 @@
 #   progress timeout)                        -> requeue unless the same fault already requeued this job and no newer
 #                                               checkpoint completed since (then the job ends naming the node or the
 #                                               stall: no loop); a lost node is excluded from the next attempt
-#   SIGUSR1 while Slurm preempts the job (`scontrol show job` has a PreemptTime: with
-#   SlurmctldParameters=preempt_send_user_signal and a GraceTime, Slurm sends the job's --signal at preemption and
-#   the grace time lets the stop path run)    -> requeue, also past HOLDERPO_MAX_RESTARTS (Slurm would requeue a
+#   SIGUSR1 while Slurm preempts the job (`scontrol show job` has a PreemptTime: with a GraceTime and
+#   PreemptParameters=send_user_signal, on 22.05 SlurmctldParameters=preempt_send_user_signal, Slurm sends the
+#   job's --signal at preemption and the grace time lets the stop path run)
+#                                            -> requeue, also past HOLDERPO_MAX_RESTARTS (Slurm would requeue a
 #                                               preempted --requeue job itself; a preemption is no loop of ours)
 #   another stop request (SIGUSR1 / time limit; also when the checkpoint then outlived HOLDERPO_CKPT_TIMEOUT_S and
 #   the steps were cancelled), the driver exited 75 (its own deadline), or the newest complete checkpoint advanced
@@ -272,8 +273,16 @@ hp_start_watchdog() {
     trap 'kill "$!" 2>/dev/null; exit 0' TERM
     sleep "$HOLDERPO_CKPT_TIMEOUT_S" &
     wait "$!"
-    hp_err "driver still running ${HOLDERPO_CKPT_TIMEOUT_S}s after the stop request (HOLDERPO_CKPT_TIMEOUT_S):" \
-      "cancelling the job's steps"
+    # A stop that came during the set-up (image import, Ray bring-up, model load) finds no step of this attempt to
+    # save: the newest complete checkpoint is all there is, and killing the set-up loses nothing else.
+    if [[ "$(hp_progress_state)" == "not armed" ]]; then
+      hp_log "driver still running ${HOLDERPO_CKPT_TIMEOUT_S}s after the stop request (HOLDERPO_CKPT_TIMEOUT_S)" \
+        "without a completed step in this attempt (still setting up; nothing newer than checkpoint step" \
+        "$(hp_newest_step) to save): cancelling the job's steps"
+    else
+      hp_err "driver still running ${HOLDERPO_CKPT_TIMEOUT_S}s after the stop request (HOLDERPO_CKPT_TIMEOUT_S):" \
+        "cancelling the job's steps"
+    fi
     hp_cancel_steps
   ) &
   HP_WATCHDOG_PID=$!
@@ -341,6 +350,21 @@ hp_run_driver() {
   hp_log "driver exited with code $HP_DRIVER_RC"
 }
 
+# hp_progress_check [ARGS...]: progress.py's check of this attempt's progress record (exit 0 progressing, 1 stalled,
+# 3 not armed: no step completed by this attempt's driver); needs only the host's python3 and this checkout.
+hp_progress_check() {
+  python3 -I "$HOLDERPO_HOME/holder_nemo/nemo_rl/progress.py" check "$HOLDERPO_PROGRESS_FILE" \
+    --since "$HP_ATTEMPT_START" "$@"
+}
+
+# hp_progress_state: "not armed" when this attempt's driver has completed no step yet, else "".
+hp_progress_state() {
+  local rc=0
+  [[ -n "${HOLDERPO_PROGRESS_FILE:-}" ]] || return 0
+  hp_progress_check >/dev/null 2>&1 || rc=$?
+  ((rc != 3)) || echo "not armed"
+}
+
 # hp_check_progress (every HOLDERPO_PROGRESS_POLL_S while the driver runs): the progress watchdog. The driver rewrites
 # HOLDERPO_PROGRESS_FILE at each completed step, validation and checkpoint (holder_nemo/nemo_rl/progress.py); once
 # this attempt's driver has completed a step, no such event for the timeout (HOLDERPO_PROGRESS_TIMEOUT_S, else
@@ -356,9 +380,7 @@ hp_check_progress() {
   [[ "${HOLDERPO_PROGRESS_TIMEOUT_S:-}" != off ]] || return 0
   ((SECONDS >= HP_NEXT_PROGRESS_CHECK)) || return 0
   HP_NEXT_PROGRESS_CHECK=$((SECONDS + HOLDERPO_PROGRESS_POLL_S))
-  out=$(python3 -I "$HOLDERPO_HOME/holder_nemo/nemo_rl/progress.py" check "$HOLDERPO_PROGRESS_FILE" \
-    --since "$HP_ATTEMPT_START" ${HOLDERPO_PROGRESS_TIMEOUT_S:+--timeout "$HOLDERPO_PROGRESS_TIMEOUT_S"} 2>&1) ||
-    rc=$?
+  out=$(hp_progress_check ${HOLDERPO_PROGRESS_TIMEOUT_S:+--timeout "$HOLDERPO_PROGRESS_TIMEOUT_S"} 2>&1) || rc=$?
   case "$rc" in
     0 | 3) return 0 ;;  # progressing, or not armed yet (no step completed by this attempt's driver)
     1)
@@ -485,8 +507,9 @@ hp_finish() {
 }
 
 # hp_preempt_time: when Slurm selected this job for preemption (`scontrol show job`'s PreemptTime), "" when it has
-# not (None) or the query failed. With SlurmctldParameters=preempt_send_user_signal a preemption reaches the batch
-# shell as the job's own --signal (B:USR1), as the time limit's does: this tells the two apart.
+# not (None) or the query failed. With PreemptParameters=send_user_signal (22.05: SlurmctldParameters=
+# preempt_send_user_signal) a preemption reaches the batch shell as the job's own --signal (B:USR1), as the time
+# limit's does: this tells the two apart.
 hp_preempt_time() {
   local when
   when=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -oE '(^| )PreemptTime=[^ ]+' | head -1 | cut -d= -f2) ||

@@ -67,6 +67,12 @@ def preempt_past_a_checkpoint(
         return (periodic, done) if periodic >= period and done >= periodic + 2 else None
 
     periodic, done = wait_until(past_a_checkpoint, 600, "the run two steps past a periodic checkpoint", interval=0.2)
+    return preempt_now(cluster, tmp, job, urgent, periodic, done)
+
+
+def preempt_now(cluster: LocalSlurm, tmp: Path, job: str, urgent: list[str], periodic: int, done: int) -> Preemption:
+    """Submit a job with sbatch options ``urgent`` that preempts ``job`` now; wait for the run's requeue and the
+    preempting job's end."""
     started = time.monotonic()
     urgent_job = cluster.run(
         ["sbatch", "--parsable", *urgent, "--wrap=sleep 1", f"--output={tmp}/urgent-%j.out"], cwd=tmp
@@ -179,3 +185,57 @@ def test_preemption_of_the_ray_sub_path_checkpoints_and_resumes_exactly(
         assert "head: cluster ready, launching driver" in log.replace("'", ""), log[-3000:]
     assert sockets.seen and not sockets.off_loopback, sockets.off_loopback[:20]
     assert not job_pids(cluster, job), "processes of the finished job are still running"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_preemption_during_set_up_of_the_ray_sub_path_requeues_and_resumes_exactly(
+    preempting_slurm_cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """The 7B entry through NeMo RL's real ray.sub (needs a NeMo RL v0.7.0 tree), preempted with the admin settings
+    while ray.sub is still bringing Ray up, before the driver has completed a step: the batch shell has the USR1 at
+    once and writes the stop file; HOLDERPO_CKPT_TIMEOUT_S (5 s here, shorter than this set-up; a 7B set-up is
+    minutes, the default timeout 240 s) later the driver has completed no step of this attempt, so there is nothing
+    to save but what the newest complete checkpoint holds: the batch shell says so, cancels the steps and requeues
+    (``cause=preempted``) well within the grace time. The next attempt starts where the run was (here: from
+    scratch) and ends exactly as an uninterrupted run."""
+    tree, python = nemo_rl_tree(), python_with_ray()
+    cluster = preempting_slurm_cluster
+    steps, period = 12, 4
+    run_dir = tmp_path / "run"
+    env = entry_env(
+        cluster, tmp_path, run_dir, python, HOLDERPO_NEMO_RL_IN_IMAGE=str(tree), HOLDERPO_TEST_STEP_S="1.0",
+        HOLDERPO_CKPT_TIMEOUT_S="5",
+    )  # fmt: skip
+    want = uninterrupted_metrics(tmp_path, steps, TINY)
+    ckpt = run_dir / "checkpoints"
+    job = submit_entry(cluster, tmp_path, env, steps, f"checkpointing.save_period={period}")
+    first_attempt = run_dir / "logs" / f"{job}-0"
+    with SocketWatch(cluster, job) as sockets:
+        # ray.sub has started, and the driver has not joined Ray yet: the set-up is under way.
+        wait_for(lambda: "ray.sub started" in _text(first_attempt / "ray.sub.log"), 300, "ray.sub to start")
+        assert not (first_attempt / "ray_cluster.json").exists(), "the driver started before the preemption"
+        head = sorted(job_nodes(cluster, job))[0]
+        urgent = ["--partition=gpu-urgent", f"--nodelist={head}", "--exclusive"]
+        got = preempt_now(cluster, tmp_path, job, urgent, periodic=-1, done=0)
+        info = wait_final(cluster, job, timeout=600)
+    out = (tmp_path / f"holderpo-7b-{job}.out").read_text()
+    print(f"[ray.sub, during set-up] requeued {got.requeued_s:.1f} s after the preempting job's submission")
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), out[-5000:]
+    first, second = attempt_dirs(run_dir)
+    result = read_env_file(first / "result.env")
+    assert (result["reason"], result["cause"], result["newest_step"]) == ("requeued", "preempted", "-1"), result
+    assert "Slurm preempts this job, PreemptTime=" in out and "DUE TO PREEMPTION" not in out, out[-5000:]
+    assert "without a completed step in this attempt (still setting up; nothing newer than checkpoint step -1" in out
+    assert "ERROR: driver still running" not in out, out[-5000:]
+    assert "holderpo train: step" not in _text(first / "driver.log") and resumed_step(second / "driver.log") is None
+    assert cluster.preemption and got.requeued_s < cluster.preemption.grace_time, got
+    assert got.urgent["JobState"] == "COMPLETED", got.urgent
+    assert reproducible(read_metrics(ckpt)) == want
+    assert (ckpt / "COMPLETED").exists() and not list(ckpt.glob("tmp_step_*"))
+    assert sockets.seen and not sockets.off_loopback, sockets.off_loopback[:20]
+    assert not job_pids(cluster, job), "processes of the finished job are still running"
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
