@@ -73,8 +73,8 @@ def pyxis_clusters(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[..., AbstractContextManager[LocalSlurm]]:
     """``pyxis_clusters(scope="job", gpu_nodes=2)``: a context manager starting a private cluster with pyxis (each
-    node its own pyxis/enroot state; two at once must use different ``gpu_nodes`` names). Reusable as is with
-    ``gpu_nodes=3`` for a three-node job."""
+    node its own pyxis/enroot state; two at once must use different ``gpu_nodes`` names: ``pyxis_cluster`` holds
+    ``hpx-gpu1..3``, so another cluster during the session takes ``hpx-gpu4``)."""
     problem = _cluster_problem()
     if problem:
         pytest.skip(problem)
@@ -87,6 +87,7 @@ def pyxis_clusters(
 
 @pytest.fixture(scope="session")
 def pyxis_cluster(pyxis_clusters: Callable[..., AbstractContextManager[LocalSlurm]]) -> Iterator[LocalSlurm]:
-    """The tier's cluster: 2 nodes (hpx-gpu1, hpx-gpu2), pyxis with container_scope=job."""
-    with pyxis_clusters("job", 2) as cluster:
+    """The tier's cluster: 3 nodes (hpx-gpu1..3), pyxis with container_scope=job. Its jobs take 2 nodes, so a job
+    that loses one has a spare to be requeued onto with the lost node excluded."""
+    with pyxis_clusters("job", 3) as cluster:
         yield cluster

@@ -1,12 +1,13 @@
 """The NeMo RL entries under real pyxis + enroot on the local Slurm cluster, with the image built from
 containers/Dockerfile (FROM the NGC stand-in) and imported by enroot as ``HOLDERPO_CONTAINER_IMAGE``.
 
-Real: Slurm 22.05 (2 slurmd "nodes" on this host, each with its own pyxis runtime path), pyxis v0.24.0 and enroot
-v4.1.2 built from their fetched sources (skipped with that reason where absent, as on CI), the image and its enroot
-import, ``sbatch slurm/holderpo_7b.sh`` and ``slurm/holderpo_32b.sh`` with their libraries, NeMo RL v0.7.0's own
-``ray.sub`` (taken out of the image, or from ``NEMO_RL_HOME``) starting the Ray head and workers inside the
-containers, Ray 2.x on the image's Python 3.13, and ``holderpo train`` (the image's holder_nemo) with its stop
-contract on the image's Python 3.11 CPU torch. Faked, and why:
+Real: Slurm 22.05 (3 slurmd "nodes" on this host, each with its own pyxis runtime path; the jobs take 2, so one that
+loses a node has a spare), pyxis v0.24.0 and enroot v4.1.2 built from their fetched sources (skipped with that
+reason where absent, as on CI), the image and its enroot import, ``sbatch slurm/holderpo_7b.sh`` and
+``slurm/holderpo_32b.sh`` with their libraries, NeMo RL v0.7.0's own ``ray.sub`` (taken out of the image, or from
+``NEMO_RL_HOME``) starting the Ray head and workers inside the containers, Ray 2.x on the image's Python 3.13, and
+``holderpo train`` (the image's holder_nemo) with its stop contract on the image's Python 3.11 CPU torch.
+Faked, and why:
 
 * ``srun`` is ``stand_ins/srun`` in pass-through mode (``HOLDERPO_TEST_SRUN_PYXIS=real``): it keeps every pyxis flag,
   drops ``--mpi=pmix`` (this cluster's PMIx cannot start two slurmd's PMIx servers on one host) and applies Slurm
@@ -28,9 +29,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -52,7 +54,7 @@ from slurm_runs import (
     wait_for,
     wait_requeued,
 )
-from test_nemo_rl_entry import SocketWatch, ray_sub_ports
+from test_nemo_rl_entry import SocketWatch, job_nodes, ray_sub_ports, worker_step
 
 # Each test builds on the image fixtures (minutes, once) and runs jobs through several container starts.
 pytestmark = [pytest.mark.container, pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -105,6 +107,19 @@ def containers_on(node: str) -> list[str]:
     return sorted(p.name for p in data.iterdir()) if data.is_dir() else []
 
 
+def program(pid: int) -> str:
+    """The name of what process ``pid`` runs ("" once it is gone)."""
+    with suppress(OSError):
+        return Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()).name
+    return ""
+
+
+def attempt_nodes(cluster: LocalSlurm, attempt: Path) -> list[str]:
+    """The nodes an attempt ran on (its attempt.env), in sort order: ray.sub's head first."""
+    hostlist = read_env_file(attempt / "attempt.env")["nodes"]
+    return sorted(cluster.run(["scontrol", "show", "hostnames", hostlist]).stdout.split())
+
+
 def slurmd_log(cluster: LocalSlurm, node: str) -> str:
     return (cluster.base / "log" / f"slurmd-{node}.log").read_text()
 
@@ -134,50 +149,116 @@ def record_timing(name: str, value: float) -> None:
     TIMINGS.write_text(json.dumps(data, indent=1) + "\n")
 
 
-def test_7b_entry_under_pyxis_checkpoints_stops_requeues_and_resumes_exactly(
+def test_7b_entry_under_pyxis_stops_loses_nodes_requeues_and_resumes_exactly(
     pyxis_cluster: LocalSlurm, holder_nemo_sqsh: Path, tree: Path, tmp_path: Path
 ) -> None:
-    """`sbatch slurm/holderpo_7b.sh` on 2 nodes under pyxis: ray.sub (out of the image) brings Ray up in the named
-    containers the entry started on both nodes at once; the run writes its first checkpoint, a USR1 stops it
-    (checkpoint, requeue), attempt 1 resumes and completes; per-step metrics equal an uninterrupted run's. What
-    runs is what attempt.env says (the image file and its sha256, the image's holder_nemo), and pyxis removes the
-    job's containers when it ends (container_scope=job)."""
-    steps, period = 12, 3
+    """`sbatch slurm/holderpo_7b.sh` on 2 of the 3 nodes under pyxis: ray.sub (out of the image) brings Ray up in the
+    named containers the entry started on both nodes at once; one job through four attempts (issue 21 in containers):
+
+    0. first checkpoint; a USR1 stops it (checkpoint, requeue);
+    1. resumed; past one of its periodic checkpoints the worker node's Ray step (ray.sub's `ray-worker` srun step:
+       the raylet in that node's container) is killed, `scancel --signal=KILL <job>.<step>`, as a node that dies
+       takes its step with it: ray.sub writes ENDED, the driver checkpoints at its stop, the job is requeued with
+       `cause=lost_worker node=<that node>` and that node in ExcNodeList;
+    2. fresh containers on the two other nodes (the spare among them), resumed from the newest complete checkpoint;
+       past a periodic checkpoint every process of the job on the new worker node (inside its container: ray.sub's
+       worker loop, `ray start --block`, the raylet, Ray's workers) is SIGKILLed from the host at once: lost worker
+       again, but after progress, so requeued, and that node not excluded (no node left to spare);
+    3. on the same two nodes, resumed, completes; per-step metrics equal an uninterrupted run's.
+
+    What runs is what attempt.env says (the image file and its sha256, the image's holder_nemo), and pyxis removes
+    the job's containers when each attempt ends (container_scope=job)."""
+    steps, period = 36, 3
     run_dir = tmp_path / "run"
-    env = pyxis_env(tmp_path, run_dir, holder_nemo_sqsh, HOLDERPO_TEST_STEP_S="0.5")
+    # 1 s a step: a lost worker's stop (worker step ended -> ray.sub's ENDED -> the batch shell's poll -> stop file ->
+    # the driver's next step boundary) takes several seconds, and each attempt must still have steps left to stop in.
+    env = pyxis_env(tmp_path, run_dir, holder_nemo_sqsh, HOLDERPO_TEST_STEP_S="1")
     want = uninterrupted_metrics(tmp_path, steps, TINY)
     ckpt = run_dir / "checkpoints"
     job = submit(pyxis_cluster, tmp_path, "holderpo_7b.sh", env, steps, f"checkpointing.save_period={period}")
-    nodes = list(pyxis_cluster.gpu_nodes)
     attempt = lambda n: run_dir / "logs" / f"{job}-{n}"  # noqa: E731
+    held: list[list[str]] = []  # each attempt's nodes, ray.sub's head first (the first in sort order)
+
+    def joined_ray(n: int) -> None:
+        """Wait for attempt ``n``'s driver to join Ray; check that each of its nodes holds this job's one named
+        container (pyxis_<job>_<name>), nothing else, and that nodes outside the attempt hold none."""
+        wait_for(lambda: (attempt(n) / "ray_cluster.json").exists(), 600, f"attempt {n}'s driver to join Ray")
+        held.append(sorted(job_nodes(pyxis_cluster, job)))
+        head, worker = held[n]
+        assert containers_on(head) == [f"pyxis_{job}_ray-head"], containers_on(head)
+        assert containers_on(worker) == [f"pyxis_{job}_ray-worker"], containers_on(worker)
+        for node in set(pyxis_cluster.gpu_nodes) - {head, worker}:  # the previous attempt's epilog removed them
+            wait_for(lambda node=node: not containers_on(node), 120, f"no container of the job on {node}")
+
+    def past_a_periodic_checkpoint(n: int) -> int:
+        """Wait for attempt ``n`` to resume and then write a periodic checkpoint; the step it resumed from."""
+        wait_for(lambda: resumed_step(attempt(n) / "driver.log") is not None, 300, f"attempt {n} to resume")
+        start = resumed_step(attempt(n) / "driver.log")
+        wait_for(lambda: newest_step(ckpt) > start, 300, f"a periodic checkpoint in attempt {n}")
+        return start
 
     with SocketWatch(pyxis_cluster, job) as sockets:
-        wait_for(lambda: (attempt(0) / "ray_cluster.json").exists(), 600, "attempt 0's driver to join Ray")
-        # While the job runs, each node holds this job's named containers (pyxis_<job>_<name>), nothing else.
-        assert containers_on(nodes[0]) == [f"pyxis_{job}_ray-head"], containers_on(nodes[0])
-        assert containers_on(nodes[1]) == [f"pyxis_{job}_ray-worker"], containers_on(nodes[1])
-        for node, name in zip(nodes, ("ray-head", "ray-worker"), strict=True):
+        # 0: USR1 after the first checkpoint.
+        joined_ray(0)
+        for node, name in zip(held[0], ("ray-head", "ray-worker"), strict=True):
             rootfs = pyxis_runtime_path(node) / "data" / f"pyxis_{job}_{name}"
             du = subprocess.run(["du", "-sb", str(rootfs)], capture_output=True, text=True).stdout.split()[0]
             record_timing(f"bytes unpacked on {node} ({name})", int(du))
         wait_for(lambda: newest_step(ckpt) >= period, 300, "the first checkpoint")
         pyxis_cluster.run(["scancel", "--signal=USR1", "--batch", job])
         wait_requeued(pyxis_cluster, job, 1)
+        # 1: kill the worker node's Ray step.
+        joined_ray(1)
+        start1 = past_a_periodic_checkpoint(1)
+        lost = held[1][1]  # ray.sub's one worker node
+        pyxis_cluster.run(["scancel", "--signal=KILL", worker_step(pyxis_cluster, job, lost)])
+        wait_requeued(pyxis_cluster, job, 2)
+        # 2: kill every process of the job on the new worker node, Slurm not involved.
+        joined_ray(2)
+        start2 = past_a_periodic_checkpoint(2)
+        lost2 = held[2][1]
+        victims = {pid: program(pid) for pid in job_pids(pyxis_cluster, job, lost2)}
+        for pid in victims:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_requeued(pyxis_cluster, job, 3)
+        # 3: resume and complete.
+        joined_ray(3)
         info = wait_final(pyxis_cluster, job, timeout=900)
     out = (tmp_path / f"holderpo-7b-{job}.out").read_text()
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), out[-5000:]
-    assert [p.name for p in attempt_dirs(run_dir)] == [f"{job}-0", f"{job}-1"]
-    results = [read_env_file(attempt(n) / "result.env") for n in range(2)]
-    assert [(r["exit_code"], r["reason"]) for r in results] == [("75", "requeued"), ("0", "complete")]
-    stopped = int(re.search(r"checkpointed step (\d+)", (attempt(0) / "driver.log").read_text()).group(1))
-    assert period <= stopped < steps and resumed_step(attempt(1) / "driver.log") == stopped
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "3"), out[-5000:]
+    assert [p.name for p in attempt_dirs(run_dir)] == [f"{job}-{n}" for n in range(4)]
+    results = [read_env_file(attempt(n) / "result.env") for n in range(4)]
+    assert [r["reason"] for r in results] == ["requeued", "requeued", "requeued", "complete"], results
+    assert (results[0]["exit_code"], results[0]["cause"], results[3]["exit_code"]) == ("75", "stop", "0"), results
+    # Each lost worker's node is named; the first is kept out of the next attempts, which run on the other two nodes.
+    assert [(r["cause"], r["node"]) for r in results[1:3]] == [("lost_worker", lost), ("lost_worker", lost2)], results
+    for node in (lost, lost2):
+        assert f"stop requested (lost Ray worker on {node})" in out, out[-5000:]
+    assert out.count("while the driver runs: a Ray worker step ended") == 2, out[-5000:]
+    assert f"the next attempt excludes {lost} (ExcNodeList)" in out
+    assert held[2] == sorted(set(pyxis_cluster.gpu_nodes) - {lost}), held
+    # The second lost node stays in use: excluding it too would leave one node for a 2-node job.
+    assert f"not excluding {lost2} from the next attempt: partition gpu has 3 node(s), the job needs 2" in out
+    assert pyxis_cluster.job(job)["ExcNodeList"] == lost and held[3] == held[2], held
+    for n in (1, 2):
+        assert "exited before the head" in (attempt(n) / "ray.sub.log").read_text()
+    # What the kill hit: the worker node's Ray (its raylet), not the head's (its GCS).
+    assert "raylet" in victims.values() and "gcs_server" not in victims.values(), victims
+    # Each attempt resumed from the newest complete checkpoint: the one its predecessor wrote when it stopped.
+    stops = [
+        int(re.search(r"checkpointed step (\d+)", (attempt(n) / "driver.log").read_text()).group(1)) for n in (0, 1, 2)
+    ]
+    assert period <= stops[0] == start1 < stops[1] == start2 < stops[2] < steps, (stops, start1, start2)
+    assert [int(results[n]["newest_step"]) for n in (0, 1, 2)] == stops, results
+    assert [resumed_step(attempt(n) / "driver.log") for n in (1, 2, 3)] == stops
     assert reproducible(read_metrics(ckpt)) == want and (ckpt / "COMPLETED").exists()
 
     sha = hashlib.sha256(holder_nemo_sqsh.read_bytes()).hexdigest()
-    for n in range(2):
+    for n in range(4):
         driver_log = (attempt(n) / "driver.log").read_text()
         # Ray and the driver's Ray client on the image's Python 3.13; the training on its Python 3.11 worker venv.
-        check_ray_cluster_in_containers(attempt(n), nodes)
+        check_ray_cluster_in_containers(attempt(n), held[n])
         assert f"hands the training to {WORKER_PYTHON}" in driver_log and "training on Python 3.11." in driver_log
         ray_sub_log = (attempt(n) / "ray.sub.log").read_text()
         assert "[stand-in srun] account='(null)' container-name=ray-head dropped: --mpi=pmix" in ray_sub_log
@@ -189,16 +270,23 @@ def test_7b_entry_under_pyxis_checkpoints_stops_requeues_and_resumes_exactly(
         assert provenance["ray_sub"] == "image:/opt/nemo-rl/ray.sub" and provenance["nemo_rl_version"] == "0.7.0"
         assert "PYTHONPATH" not in (attempt(n) / "driver.sh").read_text()  # the image's holder_nemo, not a checkout
         record_timing(f"7b bring-up attempt {n} (s)", bring_up_seconds(out, n))
-    # The first step on each node (the entry's container start, one import per node) began at the same time on
-    # both; ray.sub's head and worker steps then reused those containers.
-    first = {}
-    for node in nodes:
+    # Every attempt started fresh containers on its nodes (pyxis created each node's container once per attempt it
+    # ran there, then ray.sub's steps reused it): the spare node's came with attempt 2.
+    for node in pyxis_cluster.gpu_nodes:
         log = slurmd_log(pyxis_cluster, node)
-        assert re.search(rf"\[{job}\.\d+\] pyxis: reusing existing container", log), log[-3000:]
-        stamp = re.search(rf"\[([0-9T:.-]+)\] launch task StepId={job}\.\d+ request", log).group(1)
-        first[node] = datetime.fromisoformat(stamp)
-    assert abs((first[nodes[0]] - first[nodes[1]]).total_seconds()) < 5, first
-    wait_for(lambda: not any(containers_on(n) for n in nodes), 120, "pyxis' epilog to remove the job's containers")
+        created = re.findall(rf"\[{job}\.\d+\] pyxis: creating container filesystem", log)
+        assert len(created) == sum(node in nodes for nodes in held), (node, held, log[-3000:])
+        if created:
+            assert re.search(rf"\[{job}\.\d+\] pyxis: reusing existing container", log), log[-3000:]
+    # The first step on each node of attempt 0 (the entry's container start, one import per node) began at the same
+    # time on both; ray.sub's head and worker steps then reused those containers.
+    first = {}
+    for node in held[0]:
+        stamp = re.search(rf"\[([0-9T:.-]+)\] launch task StepId={job}\.\d+ request", slurmd_log(pyxis_cluster, node))
+        first[node] = datetime.fromisoformat(stamp.group(1))
+    assert abs((first[held[0][0]] - first[held[0][1]]).total_seconds()) < 5, first
+    gone = lambda: not any(containers_on(n) for n in pyxis_cluster.gpu_nodes)  # noqa: E731
+    wait_for(gone, 120, "pyxis' epilog to remove the job's containers")
     assert sockets.seen and not sockets.off_loopback, sockets.off_loopback[:20]
     assert not job_pids(pyxis_cluster, job)
 
@@ -224,9 +312,10 @@ def test_32b_entry_on_two_nodes_reusing_them_runs_its_own_containers(
     assert provenance["holder_nemo_source"] == "image:/opt/holder_nemo", provenance
     assert provenance["ray_sub"] == f"NEMO_RL_HOME:{tree}/ray.sub"
     assert "PYTHONPATH" not in (attempt / "driver.sh").read_text()
-    check_ray_cluster_in_containers(attempt, list(pyxis_cluster.gpu_nodes))
+    nodes = attempt_nodes(pyxis_cluster, attempt)
+    check_ray_cluster_in_containers(attempt, nodes)
     assert [r["step"] for r in read_metrics(run_dir / "checkpoints")] == [1, 2, 3]
-    for node in pyxis_cluster.gpu_nodes:  # the first step of this job on each node created its container
+    for node in nodes:  # the first step of this job on each node created its container
         log = slurmd_log(pyxis_cluster, node)
         pattern = rf"\[{job}\.(\d+)\] pyxis: (reusing existing container \w+|creating container filesystem)"
         steps = re.findall(pattern, log)
@@ -244,11 +333,11 @@ def test_global_container_scope_is_refused_before_bring_up(
     import images
 
     other = images.enroot_import(docker, images.debian_base(docker))  # another image: the bare Debian base
-    with pyxis_clusters("global", ("hpx-gpu3",)) as cluster:
+    with pyxis_clusters("global", ("hpx-gpu4",)) as cluster:
         earlier = cluster.run(["srun", "--partition=gpu", f"--container-image={other}", "--container-name=ray-head",
                                "true"], timeout=600)  # fmt: skip
         assert earlier.returncode == 0
-        assert containers_on("hpx-gpu3") == ["pyxis_ray-head"]  # left behind (global scope)
+        assert containers_on("hpx-gpu4") == ["pyxis_ray-head"]  # left behind (global scope)
         run_dir = tmp_path / "run"
         env = pyxis_env(tmp_path, run_dir, holder_nemo_sqsh)
         args = ["grpo.max_num_steps=2", *TINY]
@@ -261,4 +350,4 @@ def test_global_container_scope_is_refused_before_bring_up(
         assert "pyxis runs with container_scope=global (the default in " in out and "container_scope=job" in out
         assert not list(run_dir.glob("logs/*/nemo_rl_release"))  # refused before any container was started
         # No step of the refused job ran (its batch script is the only thing of it on the node).
-        assert not re.search(rf"\] \[{job}\.\d+\]", slurmd_log(cluster, "hpx-gpu3"))
+        assert not re.search(rf"\] \[{job}\.\d+\]", slurmd_log(cluster, "hpx-gpu4"))

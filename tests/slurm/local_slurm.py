@@ -32,7 +32,7 @@ What makes one host behave like separate nodes (each said where it is done):
 
 With ``pyxis=PyxisSettings(...)`` (the container tier, ``tests/containers``) the cluster loads the real pyxis
 SPANK plugin (``/usr/local/lib/slurm/spank_pyxis.so``, built from NVIDIA/pyxis v0.24.0 outside the repository;
-docs/containers.md) and its GPU nodes are the ``pyxis_nodes`` (``hpx-gpu1..3``, no CPU node). Several slurmd on one
+docs/containers.md) and its GPU nodes are the ``PYXIS_NODES`` (``hpx-gpu1..4``, no CPU node). Several slurmd on one
 host would share enroot's data directory and corrupt each other's containers, so each node gets its own pyxis
 ``runtime_path`` (``/run/pyxis-<node>``): one slurm.conf per node that differs only in ``PlugStackConfig``
 (``DebugFlags=NO_CONF_HASH`` lets slurmctld accept them), and an enroot.conf drop-in (``ENROOT_DROPIN``) that derives
@@ -68,7 +68,9 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "scontrol", "squeue", "scancel", "sinfo")
 GPU_NODES = ("hp-gpu1", "hp-gpu2", "hp-gpu3", "hp-gpu4")
 CPU_NODE = "hp-cpu1"
-PYXIS_NODES = ("hpx-gpu1", "hpx-gpu2", "hpx-gpu3")  # the container tier's cluster: other names, other runtime paths
+# The container tier's clusters: other names, other runtime paths. Its main cluster holds the first three (a 2-node
+# job there has a spare node to go to when one is lost); a second cluster at the same time takes the fourth.
+PYXIS_NODES = ("hpx-gpu1", "hpx-gpu2", "hpx-gpu3", "hpx-gpu4")
 # Each node's own address, all on loopback: Ray keeps an address other than 127.0.0.1 as the node's IP (it replaces
 # 127.0.0.1 and localhost by the host's interface address), so two "nodes" get two distinct 127.0.x.y addresses.
 NODE_IPS = {
@@ -484,16 +486,17 @@ def ensure_node_names_resolve() -> str | None:
     return None
 
 
-def job_pids(cluster: LocalSlurm, job_id: str) -> set[int]:
-    """Every process of this cluster's job ``job_id`` on this host (by its environment, as the Epilog finds them)."""
-    want = f"SLURM_JOB_ID={job_id}".encode()
+def job_pids(cluster: LocalSlurm, job_id: str, node: str | None = None) -> set[int]:
+    """Every process of this cluster's job ``job_id`` on this host (by its environment, as the Epilog finds them);
+    with ``node``, only that node's (``SLURMD_NODENAME``, which Slurm gives every task, inside a container too)."""
+    want = {f"SLURM_JOB_ID={job_id}".encode(), *([f"SLURMD_NODENAME={node}".encode()] if node else [])}
     confs = {f"SLURM_CONF={conf}".encode() for conf in cluster.confs()}
     pids = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/environ", "rb") as fh:
                 env = set(fh.read().split(b"\0"))
-            if want in env and env & confs:
+            if want <= env and env & confs:
                 pids.add(int(pid))
         except OSError:
             continue
