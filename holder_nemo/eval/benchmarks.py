@@ -29,16 +29,10 @@ class Problem:
     answer: Any
 
 
-def benchmark_path(data_dir: Path, name: str) -> Path:
-    """Path of benchmark ``name``'s JSONL file in ``data_dir``."""
-    if name not in BENCHMARKS:
-        raise BenchmarkError(f"unknown benchmark {name!r}; allowed: {sorted(BENCHMARKS)}")
-    return Path(data_dir) / BENCHMARKS[name][0]
-
-
 def load_benchmark(data_dir: Path, name: str, limit: int | None = None) -> list[Problem]:
-    """Problems of benchmark ``name`` (the first ``limit`` if given), in file order."""
-    path = benchmark_path(data_dir, name)
+    """Problems of benchmark ``name`` (one of ``BENCHMARKS``: ``EvalConfig`` checks it), the first ``limit`` if
+    given, in file order."""
+    path = Path(data_dir) / BENCHMARKS[name][0]
     if not path.is_file():
         raise BenchmarkError(
             f"benchmark {name!r}: file {path} not found (data_dir={data_dir}). "

@@ -19,7 +19,6 @@ otherwise we print the converter command to run in the NeMo RL container. The ex
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -227,8 +226,3 @@ def resolve_model(
 
 def _layout_of(step_dir: Path) -> str:
     return "nemo_rl_megatron" if _megatron_iter_dir(step_dir / "policy" / "weights") else "nemo_rl_dcp"
-
-
-def describe(resolved: ResolvedModel) -> dict:
-    """JSON-friendly description for the results file."""
-    return json.loads(json.dumps(resolved.__dict__))
