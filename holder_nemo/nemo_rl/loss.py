@@ -45,7 +45,7 @@ from holder_nemo.core import (
     sequence_is_weights,
 )
 from holder_nemo.core.validation import check_finite_where
-from holder_nemo.nemo_rl.interfaces import loss_input_type, loss_type
+from holder_nemo.nemo_rl.interfaces import nemo_rl_enum_member
 from holder_nemo.nemo_rl.loss_config import HolderPOLossConfig, parse_loss_config
 from holder_nemo.nemo_rl.metrics import HOLDER_KEYS, METRIC_REDUCTIONS, OTHER_REDUCTIONS
 
@@ -137,11 +137,11 @@ class HolderPOLossFn:
     # NeMo RL's enums when nemo_rl is importable (identity comparisons in the workers), mirrors otherwise.
     @property
     def loss_type(self):
-        return loss_type("SEQUENCE_LEVEL")
+        return nemo_rl_enum_member("LossType", "SEQUENCE_LEVEL")
 
     @property
     def input_type(self):
-        return loss_input_type("LOGPROB")
+        return nemo_rl_enum_member("LossInputType", "LOGPROB")
 
     def set_step(self, step: int) -> None:
         """Set the 1-based global training step whose p the next calls use."""
