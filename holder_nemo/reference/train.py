@@ -33,7 +33,7 @@ from holder_nemo.reference.schema import (
     missing_paths,
     validate_reference_config,
 )
-from holder_nemo.reference.trainer import EXIT_BAD_CONFIG, ReferenceRecipe
+from holder_nemo.reference.trainer import ReferenceRecipe
 from holder_nemo.run_control import (
     ACCEPT_FLAG,
     CHANGE_LOG,
@@ -46,7 +46,7 @@ from holder_nemo.run_control import (
 
 # Keys a resumed run may change freely (they do not change what is trained): logging, checkpoint cadence/retention.
 OPERATIONAL_KEYS = ("logger", "checkpointing.save_period", "checkpointing.keep_last_k")
-__all__ = ["EXIT_BAD_CONFIG", "EXIT_COMPLETED", "EXIT_STOPPED", "ReferenceRecipe"]
+__all__ = ["EXIT_COMPLETED", "EXIT_STOPPED", "ReferenceRecipe"]
 PROG = "holderpo train"
 EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once, without a checkpoint (the shell's code for SIGINT)
 

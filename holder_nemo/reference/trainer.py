@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError
+from holder_nemo.config.errors import ConfigError
 from holder_nemo.core import Reduce
 from holder_nemo.nemo_rl import HolderPOLossFn
 from holder_nemo.nemo_rl.progress import ProgressRecorder
@@ -37,7 +37,6 @@ from holder_nemo.reference.rollout import (
 from holder_nemo.reference.schema import ReferenceConfig
 from holder_nemo.run_control import COMPLETED_FILE, EXIT_COMPLETED, EXIT_STOPPED, StopRequest
 
-EXIT_BAD_CONFIG = EXIT_BAD_INPUT
 # Without a terminal (Slurm, CI, a pipe) there is no progress bar: one line per step instead, at most one every this
 # many seconds (the first and the last step, and every checkpoint, always get theirs).
 PROGRESS_LINE_INTERVAL_S = 10.0
