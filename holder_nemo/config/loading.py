@@ -20,6 +20,7 @@ empty file, a top level that is not a mapping.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,20 +40,13 @@ def register_resolvers() -> None:
     """Register NeMo RL's arithmetic resolvers once (idempotent)."""
     resolvers = {
         "add": lambda *xs: sum(xs),
-        "mul": lambda *xs: _product(xs),
+        "mul": lambda *xs: math.prod(xs),
         "div": lambda a, b: a / b,
         "max": lambda *xs: max(xs),
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
-
-
-def _product(xs: Sequence[float]) -> float:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
 
 
 class _DuplicateKey(Exception):
