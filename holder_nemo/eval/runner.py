@@ -64,7 +64,7 @@ def check_context_length(cfg: EvalConfig, model: ResolvedModel) -> None:
         )
 
 
-def default_output_dir(cfg: EvalConfig, model: ResolvedModel) -> Path:
+def default_output_dir(cfg: EvalConfig) -> Path:
     if cfg.output_dir is not None:
         return cfg.output_dir
     local = Path(cfg.model)
@@ -160,7 +160,7 @@ def run_eval(cfg: EvalConfig, *, label: str | None = None, backend: Backend | No
     check_context_length(cfg, model)
     if backend is None:
         backend = make_backend(cfg, model)
-    output_dir = default_output_dir(cfg, model)
+    output_dir = default_output_dir(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     label = label or (
         f"{Path(cfg.model).parent.name}/{Path(cfg.model).name}" if model.step is not None else Path(cfg.model).name
