@@ -207,20 +207,19 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, resolve: bool = True) -> DictConfig:
-    """Load a recipe with inheritance, apply CLI overrides, and (optionally) resolve interpolations.
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a recipe with inheritance, apply CLI overrides, and resolve interpolations.
 
     Returns a ``DictConfig`` in struct mode, so reading a misspelt key raises instead of returning ``None``.
     """
     register_resolvers()
     cfg = OmegaConf.create(_strip_markers(load_yaml_with_inheritance(path)))
     apply_overrides(cfg, overrides)
-    if resolve:
-        try:
-            OmegaConf.resolve(cfg)
-        except OmegaConfBaseException as exc:
-            reason = str(exc).splitlines()[0]
-            raise ConfigError(_failing_key(cfg) or str(path), f"cannot resolve: {reason}") from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(_failing_key(cfg) or str(path), f"cannot resolve: {reason}") from None
     OmegaConf.set_struct(cfg, True)
     return cfg
 

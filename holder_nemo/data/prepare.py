@@ -108,7 +108,6 @@ def prepare(
     *,
     rows: list[dict[str, Any]] | None = None,
     source: str = "hub",
-    commit: str | None = None,
     check_count: bool = True,
 ) -> dict[str, Any]:
     """Normalise ``rows`` (downloaded when None), check the row count, write ``OUT_DIR/<name>.jsonl`` (``name`` one
@@ -118,6 +117,7 @@ def prepare(
     (unless ``check_count`` is False, for subsets), or when a row lacks a problem or an answer.
     """
     spec = SPECS[name]  # one of the command line's choices
+    commit = None  # the dataset commit, known for a download only
     if rows is None:
         rows, commit = load_from_hub(spec)
     normalized, empty_answers = normalize_rows(rows, spec)
