@@ -18,7 +18,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def column_title(benchmark: str, k: int) -> str:
-    title = BENCHMARKS[benchmark][1]
+    title = BENCHMARKS[benchmark]
     return f"{title}†" if k > 1 else title
 
 
