@@ -98,10 +98,8 @@ class EvalConfig(BaseModel):
             raise ValueError(f"pass_k_benchmarks {extra} are not in benchmarks {self.benchmarks}")
         return self
 
-    def sampling_for(self, benchmark: str) -> dict[str, float | int]:
-        """Sampling settings of one benchmark: n, temperature, top_p, max_new_tokens."""
+    def sampling_for(self, benchmark: str) -> tuple[int, float, float]:
+        """(n, temperature, top_p) of one benchmark: the Pass@k settings for ``pass_k_benchmarks``, else Pass@1's."""
         if benchmark in self.pass_k_benchmarks:
-            n, temperature, top_p = self.pass_k, self.pass_k_temperature, self.pass_k_top_p
-        else:
-            n, temperature, top_p = self.n_samples, self.temperature, self.top_p
-        return {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": self.max_new_tokens}
+            return self.pass_k, self.pass_k_temperature, self.pass_k_top_p
+        return self.n_samples, self.temperature, self.top_p
