@@ -20,6 +20,7 @@ empty file, a top level that is not a mapping.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,20 +40,13 @@ def register_resolvers() -> None:
     """Register NeMo RL's arithmetic resolvers once (idempotent)."""
     resolvers = {
         "add": lambda *xs: sum(xs),
-        "mul": lambda *xs: _product(xs),
+        "mul": lambda *xs: math.prod(xs),
         "div": lambda a, b: a / b,
         "max": lambda *xs: max(xs),
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
-
-
-def _product(xs: Sequence[float]) -> float:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
 
 
 class _DuplicateKey(Exception):
@@ -213,20 +207,19 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, resolve: bool = True) -> DictConfig:
-    """Load a recipe with inheritance, apply CLI overrides, and (optionally) resolve interpolations.
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a recipe with inheritance, apply CLI overrides, and resolve interpolations.
 
     Returns a ``DictConfig`` in struct mode, so reading a misspelt key raises instead of returning ``None``.
     """
     register_resolvers()
     cfg = OmegaConf.create(_strip_markers(load_yaml_with_inheritance(path)))
     apply_overrides(cfg, overrides)
-    if resolve:
-        try:
-            OmegaConf.resolve(cfg)
-        except OmegaConfBaseException as exc:
-            reason = str(exc).splitlines()[0]
-            raise ConfigError(_failing_key(cfg) or str(path), f"cannot resolve: {reason}") from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(_failing_key(cfg) or str(path), f"cannot resolve: {reason}") from None
     OmegaConf.set_struct(cfg, True)
     return cfg
 

@@ -22,12 +22,6 @@ from holder_nemo.files import atomic_write
 MANIFEST = "manifest.json"
 
 
-def spec_for(name: str) -> DatasetSpec:
-    if name not in SPECS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {[*SPECS, 'all']}")
-    return SPECS[name]
-
-
 def load_from_hub(spec: DatasetSpec) -> tuple[list[dict[str, Any]], str | None]:
     """Rows of the upstream split (configs concatenated) and the dataset commit, via the ``datasets`` library."""
     try:
@@ -114,15 +108,16 @@ def prepare(
     *,
     rows: list[dict[str, Any]] | None = None,
     source: str = "hub",
-    commit: str | None = None,
     check_count: bool = True,
 ) -> dict[str, Any]:
-    """Normalise ``rows`` (downloaded when None), check the row count, write ``OUT_DIR/<name>.jsonl``.
+    """Normalise ``rows`` (downloaded when None), check the row count, write ``OUT_DIR/<name>.jsonl`` (``name`` one
+    of ``SPECS``).
 
     Returns the manifest entry. Raises DataError naming the dataset when the count differs from the paper's
     (unless ``check_count`` is False, for subsets), or when a row lacks a problem or an answer.
     """
-    spec = spec_for(name)
+    spec = SPECS[name]  # one of the command line's choices
+    commit = None  # the dataset commit, known for a download only
     if rows is None:
         rows, commit = load_from_hub(spec)
     normalized, empty_answers = normalize_rows(rows, spec)

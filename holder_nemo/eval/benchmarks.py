@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from holder_nemo.eval.grading import gold_list
-from holder_nemo.eval.settings import BENCHMARKS
 
 
 class BenchmarkError(ValueError):
@@ -29,16 +28,10 @@ class Problem:
     answer: Any
 
 
-def benchmark_path(data_dir: Path, name: str) -> Path:
-    """Path of benchmark ``name``'s JSONL file in ``data_dir``."""
-    if name not in BENCHMARKS:
-        raise BenchmarkError(f"unknown benchmark {name!r}; allowed: {sorted(BENCHMARKS)}")
-    return Path(data_dir) / BENCHMARKS[name][0]
-
-
 def load_benchmark(data_dir: Path, name: str, limit: int | None = None) -> list[Problem]:
-    """Problems of benchmark ``name`` (the first ``limit`` if given), in file order."""
-    path = benchmark_path(data_dir, name)
+    """Problems of benchmark ``name`` (one of ``settings.BENCHMARKS``: ``EvalConfig`` checks it) from
+    ``data_dir/<name>.jsonl``, the first ``limit`` if given, in file order."""
+    path = Path(data_dir) / f"{name}.jsonl"
     if not path.is_file():
         raise BenchmarkError(
             f"benchmark {name!r}: file {path} not found (data_dir={data_dir}). "

@@ -19,7 +19,6 @@ otherwise we print the converter command to run in the NeMo RL container. The ex
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -220,15 +219,7 @@ def resolve_model(
     export_dir = Path(hf_export_dir) if hf_export_dir else path / "hf"
     if (export_dir / "config.json").is_file():
         check_hf_dir(export_dir)
-        return ResolvedModel(str(export_dir), str(export_dir), _layout_of(path), step)
+        layout = "nemo_rl_megatron" if _megatron_iter_dir(path / "policy" / "weights") else "nemo_rl_dcp"
+        return ResolvedModel(str(export_dir), str(export_dir), layout, step)
     layout = _convert(path, export_dir, base_model)
     return ResolvedModel(str(export_dir), str(export_dir), layout, step)
-
-
-def _layout_of(step_dir: Path) -> str:
-    return "nemo_rl_megatron" if _megatron_iter_dir(step_dir / "policy" / "weights") else "nemo_rl_dcp"
-
-
-def describe(resolved: ResolvedModel) -> dict:
-    """JSON-friendly description for the results file."""
-    return json.loads(json.dumps(resolved.__dict__))

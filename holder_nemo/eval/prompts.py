@@ -9,7 +9,6 @@ backends and NeMo RL's in-training validation (through ``QWEN_MATH_CHAT_TEMPLATE
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 QWEN_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -43,14 +42,7 @@ def apply_qwen_math_template(problem: str) -> str:
     )
 
 
-def apply_no_template(problem: str) -> str:
-    """The raw problem (oat's ``--prompt_template no``)."""
-    return problem
-
-
-TEMPLATES: dict[str, Callable[[str], str]] = {"qwen_math": apply_qwen_math_template, "no": apply_no_template}
-
-
 def apply_template(name: str, problem: str) -> str:
-    """Format ``problem`` with the template called ``name`` (one of ``TEMPLATES``: ``EvalConfig`` checks it)."""
-    return TEMPLATES[name](problem)
+    """Format ``problem`` with the template called ``name`` (``EvalConfig.prompt_template`` allows these two):
+    "qwen_math", or "no", the raw problem (oat's ``--prompt_template no``)."""
+    return apply_qwen_math_template(problem) if name == "qwen_math" else problem

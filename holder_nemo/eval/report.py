@@ -17,15 +17,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def column_title(benchmark: str, k: int) -> str:
-    title = BENCHMARKS[benchmark][1]
-    return f"{title}†" if k > 1 else title
-
-
 def markdown_table(label: str, per_benchmark: dict[str, dict[str, Any]], average: float) -> str:
     """Two-row table: scores in percent (1 decimal, as in the paper), then the counts behind them."""
     names = list(per_benchmark)
-    titles = [column_title(b, per_benchmark[b]["k"]) for b in names]
+    titles = [BENCHMARKS[b] + ("†" if per_benchmark[b]["k"] > 1 else "") for b in names]  # †: Pass@k, k > 1
     lines = [
         "| Model | " + " | ".join(titles) + " | Avg. |",
         "|---|" + "---|" * (len(names) + 1),

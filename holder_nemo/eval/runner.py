@@ -64,7 +64,7 @@ def check_context_length(cfg: EvalConfig, model: ResolvedModel) -> None:
         )
 
 
-def default_output_dir(cfg: EvalConfig, model: ResolvedModel) -> Path:
+def default_output_dir(cfg: EvalConfig) -> Path:
     if cfg.output_dir is not None:
         return cfg.output_dir
     local = Path(cfg.model)
@@ -73,7 +73,7 @@ def default_output_dir(cfg: EvalConfig, model: ResolvedModel) -> Path:
 
 def _sampling(backend: Backend, cfg: EvalConfig, name: str, problems: list[Problem]) -> tuple[list, list, Any]:
     """(prompts, prompt token ids, SamplingSettings) of one benchmark; each reply gets what its prompt leaves."""
-    sampling = cfg.sampling_for(name)
+    n, temperature, top_p = cfg.sampling_for(name)
     prompts = [apply_template(cfg.prompt_template, p.problem) for p in problems]
     # add_special_tokens=True: what vLLM does with a text prompt (oat passes text), e.g. BOS for R1-Distill.
     prompt_ids = [backend.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
@@ -84,10 +84,7 @@ def _sampling(backend: Backend, cfg: EvalConfig, name: str, problems: list[Probl
             f"benchmark {name!r}: problems {too_long[:10]} have prompts of >= max_model_len={cfg.max_model_len} "
             "tokens; raise max_model_len"
         )
-    settings = SamplingSettings(
-        n=int(sampling["n"]), temperature=float(sampling["temperature"]), top_p=float(sampling["top_p"]),
-        max_new_tokens=budgets, seed=cfg.seed,
-    )  # fmt: skip
+    settings = SamplingSettings(n, temperature, top_p, max_new_tokens=budgets, seed=cfg.seed)
     return prompts, prompt_ids, settings
 
 
@@ -160,7 +157,7 @@ def run_eval(cfg: EvalConfig, *, label: str | None = None, backend: Backend | No
     check_context_length(cfg, model)
     if backend is None:
         backend = make_backend(cfg, model)
-    output_dir = default_output_dir(cfg, model)
+    output_dir = default_output_dir(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     label = label or (
         f"{Path(cfg.model).parent.name}/{Path(cfg.model).name}" if model.step is not None else Path(cfg.model).name

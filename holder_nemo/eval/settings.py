@@ -13,14 +13,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Benchmark name -> (file in the data directory, column title in the paper's tables, number of problems there).
-BENCHMARKS: dict[str, tuple[str, str, int | None]] = {
-    "aime24": ("aime24.jsonl", "AIME24", 30),
-    "amc": ("amc.jsonl", "AMC", 83),
-    "math500": ("math500.jsonl", "MATH500", 500),
-    "minerva": ("minerva.jsonl", "Minerva", 272),
-    "olympiadbench": ("olympiadbench.jsonl", "Oly.", 675),
-    "aime25": ("aime25.jsonl", "AIME25", 30),
+# Benchmark name (its file in the data directory is <name>.jsonl, as `holderpo data prepare` writes it, which also
+# owns the row counts) -> column title in the paper's tables.
+BENCHMARKS: dict[str, str] = {
+    "aime24": "AIME24",
+    "amc": "AMC",
+    "math500": "MATH500",
+    "minerva": "Minerva",
+    "olympiadbench": "Oly.",
+    "aime25": "AIME25",
 }
 
 PAPER_BENCHMARKS = ["aime24", "amc", "math500", "minerva", "olympiadbench"]  # Tables 1, 2, 4, 5 column order
@@ -97,10 +98,8 @@ class EvalConfig(BaseModel):
             raise ValueError(f"pass_k_benchmarks {extra} are not in benchmarks {self.benchmarks}")
         return self
 
-    def sampling_for(self, benchmark: str) -> dict[str, float | int]:
-        """Sampling settings of one benchmark: n, temperature, top_p, max_new_tokens."""
+    def sampling_for(self, benchmark: str) -> tuple[int, float, float]:
+        """(n, temperature, top_p) of one benchmark: the Pass@k settings for ``pass_k_benchmarks``, else Pass@1's."""
         if benchmark in self.pass_k_benchmarks:
-            n, temperature, top_p = self.pass_k, self.pass_k_temperature, self.pass_k_top_p
-        else:
-            n, temperature, top_p = self.n_samples, self.temperature, self.top_p
-        return {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": self.max_new_tokens}
+            return self.pass_k, self.pass_k_temperature, self.pass_k_top_p
+        return self.n_samples, self.temperature, self.top_p

@@ -35,8 +35,9 @@ COMPONENT_KEY = "_component_"
 class Training(Protocol):
     """A training loop that replaces ``grpo_train`` (ALFWorld's per-step layout): its data, then its loop."""
 
-    def datasets(self, config: Any, tokenizer: Any) -> tuple[Any, Any, dict, dict]:
-        """(train, validation, task_to_env, val_task_to_env), in place of NeMo RL's ``setup_response_data``."""
+    def datasets(self, config: Any) -> tuple[Any, Any, dict, dict]:
+        """(train, validation, task_to_env, val_task_to_env), in place of NeMo RL's ``setup_response_data`` (called
+        before Ray starts: ``run_grpo.prepare``)."""
         ...
 
     def train(self, session: Any, stop: Any) -> None:

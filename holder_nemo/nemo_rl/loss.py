@@ -24,6 +24,7 @@ travels with it (``set_step`` on the driver, see ``holder_nemo.nemo_rl.steps``).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +46,34 @@ from holder_nemo.core import (
     sequence_is_weights,
 )
 from holder_nemo.core.validation import check_finite_where
-from holder_nemo.nemo_rl.interfaces import loss_input_type, loss_type
 from holder_nemo.nemo_rl.loss_config import HolderPOLossConfig, parse_loss_config
 from holder_nemo.nemo_rl.metrics import HOLDER_KEYS, METRIC_REDUCTIONS, OTHER_REDUCTIONS
+
+
+# NeMo RL's loss enums, resolved lazily so the plugin imports (and is testable) without ``nemo_rl``. NeMo RL compares
+# ``loss_fn.loss_type == LossType.TOKEN_LEVEL`` and ``loss_fn.input_type == LossInputType.LOGPROB`` by enum identity,
+# so where ``nemo_rl`` is importable the loss must hand out NeMo RL's own members. Elsewhere (unit tests, the CPU
+# reference run) these mirrors with the same names and values stand in; they hold only the members the loss uses.
+class MirrorLossType(enum.Enum):
+    """Same names and values as ``nemo_rl.algorithms.loss.interfaces.LossType`` (v0.6+), the members we use."""
+
+    SEQUENCE_LEVEL = "sequence_level"
+
+
+class MirrorLossInputType(enum.Enum):
+    """Same names and values as ``nemo_rl.algorithms.loss.interfaces.LossInputType`` (v0.6+), the members we use."""
+
+    LOGPROB = "logprob"
+
+
+def nemo_rl_enum_member(enum_name: str, member: str) -> enum.Enum:
+    """``nemo_rl``'s ``<enum_name>[member]`` when nemo_rl is importable, else the mirror's."""
+    try:
+        from nemo_rl.algorithms.loss import interfaces  # v0.6+ (older versions are refused by the version gate)
+    except ImportError:
+        mirrors = {"LossType": MirrorLossType, "LossInputType": MirrorLossInputType}
+        return mirrors[enum_name][member]
+    return getattr(interfaces, enum_name)[member]
 
 
 @dataclass(frozen=True)
@@ -137,11 +163,11 @@ class HolderPOLossFn:
     # NeMo RL's enums when nemo_rl is importable (identity comparisons in the workers), mirrors otherwise.
     @property
     def loss_type(self):
-        return loss_type("SEQUENCE_LEVEL")
+        return nemo_rl_enum_member("LossType", "SEQUENCE_LEVEL")
 
     @property
     def input_type(self):
-        return loss_input_type("LOGPROB")
+        return nemo_rl_enum_member("LossInputType", "LOGPROB")
 
     def set_step(self, step: int) -> None:
         """Set the 1-based global training step whose p the next calls use."""

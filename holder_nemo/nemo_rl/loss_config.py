@@ -155,20 +155,22 @@ class LossConfigError(ConfigError):
     """Invalid ``loss_fn`` section: one ``(loss_fn.<dotted key>, what is allowed)`` problem per offending key."""
 
 
-def required_in_recipes(loss_fn: Any, prefix: str = "loss_fn") -> list[tuple[str, str]]:
+def required_in_recipes(loss_fn: Any) -> list[tuple[str, str]]:
     """What a recipe must write out although the schema has a default: the ``holder`` block and its ``schedule``
     (the default schedule anneals over 500 steps whatever ``grpo.max_num_steps`` is)."""
     if loss_fn is None:
-        return [(prefix, "required section is missing: the ClippedPG keys and the holder block (docs/recipes.md)")]
+        return [("loss_fn", "required section is missing: the ClippedPG keys and the holder block (docs/recipes.md)")]
     if not isinstance(loss_fn, Mapping):
-        return [(prefix, f"must be a mapping (the ClippedPG keys and the holder block), got {type(loss_fn).__name__}")]
+        return [
+            ("loss_fn", f"must be a mapping (the ClippedPG keys and the holder block), got {type(loss_fn).__name__}")
+        ]
     holder = loss_fn.get("holder")
     if holder is None:
-        return [(f"{prefix}.holder", "required: the HölderPO block (schedule, clip_mode, check_finite, ...)")]
+        return [("loss_fn.holder", "required: the HölderPO block (schedule, clip_mode, check_finite, ...)")]
     if isinstance(holder, Mapping) and holder.get("schedule") is None:
         return [
             (
-                f"{prefix}.holder.schedule",
+                "loss_fn.holder.schedule",
                 "required: the p schedule, e.g. {kind: linear_dec, p_max: 2.0, p_min: -2.0, steps: "
                 "${grpo.max_num_steps}} (docs/recipes.md)",
             )
@@ -177,7 +179,7 @@ def required_in_recipes(loss_fn: Any, prefix: str = "loss_fn") -> list[tuple[str
 
 
 def parse_loss_config(
-    loss_fn_config: Mapping[str, Any] | BaseModel, prefix: str = "loss_fn", *, mean_reward_known: bool = False
+    loss_fn_config: Mapping[str, Any] | BaseModel, *, mean_reward_known: bool = False
 ) -> HolderPOLossConfig:
     """Validate a ``loss_fn`` mapping (a plain dict, an OmegaConf container, or NeMo RL's ``ClippedPGLossConfig``).
 
@@ -192,11 +194,11 @@ def parse_loss_config(
     if isinstance(loss_fn_config, BaseModel):  # NeMo RL v0.7 ClippedPGLossConfig keeps extra keys (extra="allow")
         loss_fn_config = loss_fn_config.model_dump()
     if not isinstance(loss_fn_config, Mapping):
-        raise LossConfigError(prefix, f"expected a mapping, got {type(loss_fn_config).__name__}")
+        raise LossConfigError("loss_fn", f"expected a mapping, got {type(loss_fn_config).__name__}")
     try:
         return HolderPOLossConfig.model_validate(dict(loss_fn_config), context={MEAN_REWARD_KNOWN: mean_reward_known})
     except ValidationError as exc:
-        raise LossConfigError(problems_from_pydantic(exc, prefix)) from None
+        raise LossConfigError(problems_from_pydantic(exc, "loss_fn")) from None
 
 
 __all__ = [

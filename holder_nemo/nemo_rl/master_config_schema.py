@@ -114,10 +114,6 @@ def generate() -> dict[str, Any]:
     }
 
 
-def dumps(generated: dict[str, Any]) -> str:
-    return json.dumps(generated, indent=1) + "\n"
-
-
 # ------------------------------------------------------------------------------------------- checking (offline)
 
 
@@ -248,7 +244,7 @@ def check_master_config(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m holder_nemo.nemo_rl.master_config_schema [--write]``: print (or write) the generated table."""
     argv = sys.argv[1:] if argv is None else argv
-    text = dumps(generate())
+    text = json.dumps(generate(), indent=1) + "\n"
     if "--write" in argv:
         TABLE.write_text(text)
         print(f"wrote {TABLE}")

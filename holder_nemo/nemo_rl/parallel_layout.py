@@ -121,9 +121,8 @@ def _generation_gpus(cfg: DictConfig, nodes: int, gpn: int, report: Report) -> t
     return res_nodes * gpn, gpn
 
 
-def parallel_layout(cfg: DictConfig, report: Report | None = None) -> ParallelLayout | None:
+def parallel_layout(cfg: DictConfig, report: Report) -> ParallelLayout | None:
     """The layout, or None when the keys it needs are missing, mistyped or refused (refusals go to ``report``)."""
-    report = report if report is not None else Report()
     cluster = _sizes(cfg, {"nodes": "cluster.num_nodes", "gpus_per_node": "cluster.gpus_per_node"}, report)
     megatron = is_on(cfg, "policy.megatron_cfg.enabled")
     tp_key, cp_key, pp_key = _parallel_keys(megatron)

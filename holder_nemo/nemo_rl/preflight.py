@@ -47,9 +47,7 @@ _at = functools.partial(OmegaConf.select, default=None)  # the value at a dotted
 _CLIPPED_PG_TOKEN_LEVEL_LOSS_DEFAULT = True  # nemo_rl/algorithms/loss/loss_functions.py, ClippedPGLossConfig (v0.7.0)
 
 
-def check_holder_block(
-    cfg: Mapping, report: Report, *, nemo_rl_defaults: bool = False, mean_reward_known: bool = False
-) -> None:
+def check_holder_block(cfg: Mapping, report: Report) -> None:
     """``loss_fn`` (ClippedPG keys + the ``holder`` block), validated by the NeMo RL plugin's own schema, which owns
     the section; the ``holder`` block and its schedule must be written out (the schema would fill in defaults)."""
     from holder_nemo.nemo_rl.loss_config import LossConfigError, parse_loss_config, required_in_recipes
@@ -59,12 +57,11 @@ def check_holder_block(
     if missing:
         report.add(missing)
         return
-    if nemo_rl_defaults:
-        # NeMo RL's ClippedPGLossConfig (which MasterConfig builds from this section) defaults token_level_loss to
-        # true; the loss the entry point hands grpo_train is built from that object, so an absent key means true.
-        loss_fn = {"token_level_loss": _CLIPPED_PG_TOKEN_LEVEL_LOSS_DEFAULT, **loss_fn}
+    # NeMo RL's ClippedPGLossConfig (which MasterConfig builds from this section) defaults token_level_loss to
+    # true; the loss the entry point hands grpo_train is built from that object, so an absent key means true.
+    loss_fn = {"token_level_loss": _CLIPPED_PG_TOKEN_LEVEL_LOSS_DEFAULT, **loss_fn}
     try:
-        parse_loss_config(loss_fn, mean_reward_known=mean_reward_known)
+        parse_loss_config(loss_fn)
     except LossConfigError as exc:
         report.add(exc.problems)
 
@@ -409,7 +406,7 @@ def check_nemo_rl_recipe(cfg: Mapping[str, Any], *, strict: bool = False) -> tup
     plain: dict[str, Any] = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
     report = Report()
     report.add(check_master_config(plain))
-    check_holder_block(plain, report, nemo_rl_defaults=True)
+    check_holder_block(plain, report)
     check_schedule_length(plain, report)
     check_entry_point(node, report)
     layout = check_layout(node, report)

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from holder_nemo.config.errors import EXIT_BAD_INPUT, ConfigError, make_run_dir, print_problems
+from holder_nemo.config.errors import ConfigError, make_run_dir, print_problems
 from holder_nemo.run_control import EXIT_COMPLETED, exit_code_after_training, final_step
 
-EXIT_BAD_CONFIG, EXIT_NO_NEMO_RL = EXIT_BAD_INPUT, 3
+EXIT_NO_NEMO_RL = 3
 PROG = "holder_nemo.nemo_rl.run_grpo"
 
 

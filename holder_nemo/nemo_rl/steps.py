@@ -47,16 +47,13 @@ class StepScheduledTrain:
         self.completed_steps = completed_steps
         self.logger = logger
         self.on_step_done = on_step_done
-        self.history: list[tuple[int, float]] = []  # (step, p) of every call, for logs and tests
 
     def __call__(self, data: Any, loss_fn: Any, *args: Any, **kwargs: Any) -> Any:
         step = self.completed_steps + 1
         if hasattr(loss_fn, "set_step"):
             loss_fn.set_step(step)
-            p = float(loss_fn.p)
-            self.history.append((step, p))
             if self.logger is not None:
-                self.logger.log_metrics({"p": p}, step, prefix="holder")
+                self.logger.log_metrics({"p": float(loss_fn.p)}, step, prefix="holder")
         result = self.wrapped(data, loss_fn, *args, **kwargs)
         self.completed_steps = step
         if self.on_step_done is not None:

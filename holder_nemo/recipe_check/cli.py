@@ -18,7 +18,7 @@ from holder_nemo.nemo_rl.preflight import (
     check_nemo_rl_recipe,
     check_schedule_length,
 )
-from holder_nemo.recipe_check.sizing_inputs import add_arguments as add_sizing_arguments
+from holder_nemo.recipe_check.sizing_report import add_arguments as add_sizing_arguments
 from holder_nemo.reference.schema import is_reference_recipe, missing_paths, validate_reference_config
 
 PROG = "holderpo recipe check"
@@ -77,8 +77,7 @@ def _nemo_rl_validation(args: argparse.Namespace, kind: str, report: Report) -> 
 
 def _sizing(args: argparse.Namespace, cfg: Mapping[str, Any], layout: ParallelLayout | None, report: Report) -> str:
     """The sizing block; what cannot fit is a warning (an error with ``--strict``)."""
-    from holder_nemo.recipe_check.sizing_inputs import options_from_args
-    from holder_nemo.recipe_check.sizing_report import size_recipe
+    from holder_nemo.recipe_check.sizing_report import options_from_args, size_recipe
 
     if not report.ok:
         return "sizing: skipped (the recipe has errors)"

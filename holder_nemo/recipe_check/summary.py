@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
-from holder_nemo.recipe_check.sizing_inputs import one_row_per_environment_step
+from holder_nemo.recipe_check.sizing_report import one_row_per_environment_step
 
 _get = functools.partial(OmegaConf.select, default="?")  # the value at a dotted key, "?" when absent
 

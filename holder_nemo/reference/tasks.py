@@ -115,13 +115,8 @@ class MathJsonlTask:
 
     @staticmethod
     def _format(problem: str, tokenizer) -> str:
-        system = "Please reason step by step, and put your final answer within \\boxed{}."
-        try:  # the eval helper owns the canonical template; fall back to the paper's system prompt
-            from holder_nemo.eval import prompts as eval_prompts
+        from holder_nemo.eval.prompts import QWEN_MATH_SYSTEM_PROMPT as system  # the paper's, owned by the eval
 
-            system = getattr(eval_prompts, "QWEN_MATH_SYSTEM_PROMPT", system)
-        except ImportError:
-            pass
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
             messages = [{"role": "system", "content": system}, {"role": "user", "content": problem}]
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -10,7 +10,7 @@ import torch
 from nemo_rl_batches import global_counts, make_batch, reference_loss, slice_rows
 
 from holder_nemo.nemo_rl import HolderPOLossFn
-from holder_nemo.nemo_rl.interfaces import MirrorLossInputType, MirrorLossType
+from holder_nemo.nemo_rl.loss import MirrorLossInputType, MirrorLossType
 
 MINMAX_KEYS = {"probs_ratio_min", "probs_ratio_max", "probs_ratio_clamped_min", "probs_ratio_clamped_max"}
 

@@ -86,7 +86,7 @@ def test_paper_convention_first_step():
     assert isinstance(policy.train, StepScheduledTrain) and loss_fn.p == pytest.approx(1.992)
     policy.train({}, loss_fn)
     policy.train({}, loss_fn)
-    assert wrapper.history == [(1, pytest.approx(1.992)), (2, pytest.approx(1.984))]
+    assert wrapper.completed_steps == 2
     assert policy.worker_p == [pytest.approx(1.992), pytest.approx(1.984)]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from holder_nemo import run_control
+from holder_nemo.config import EXIT_BAD_INPUT
 from holder_nemo.nemo_rl import master_config, run_grpo
 from holder_nemo.run_control import (
     SAVE_MARGIN_ENV,
@@ -149,7 +150,7 @@ def test_a_bad_recipe_is_exit_2_with_one_line_per_problem(monkeypatch, capsys, e
         raise ConfigError([("grpo.async_grpo.enabled", "must be false"), ("cluster.num_nodes", "must be >= 1, got 0")])
 
     monkeypatch.setattr(run_grpo, "prepare", prepare)
-    assert run_grpo.main(["--config", "r.yaml"]) == run_grpo.EXIT_BAD_CONFIG == 2
+    assert run_grpo.main(["--config", "r.yaml"]) == EXIT_BAD_INPUT == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [
         f"{run_grpo.PROG}: bad config r.yaml:",

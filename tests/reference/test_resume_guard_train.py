@@ -6,8 +6,9 @@ import json
 
 from reference_helpers import SMOKE, tiny
 
+from holder_nemo.config import EXIT_BAD_INPUT
 from holder_nemo.reference.metrics_log import read_metrics
-from holder_nemo.reference.train import EXIT_BAD_CONFIG, EXIT_COMPLETED, main
+from holder_nemo.reference.train import EXIT_COMPLETED, main
 from holder_nemo.run_control import ACCEPT_FLAG, CHANGE_LOG
 
 
@@ -21,11 +22,11 @@ def test_changed_recipe_is_refused_before_the_completed_shortcut_unless_accepted
     assert "already complete" in capsys.readouterr().out
 
     # More steps, or another p schedule, change the run: refused, both values printed, nothing touched.
-    assert main([str(SMOKE), *tiny(3, tmp_path)]) == EXIT_BAD_CONFIG
+    assert main([str(SMOKE), *tiny(3, tmp_path)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "grpo.max_num_steps: 2 (stored) -> 3 (now)" in err
     assert "loss_fn.holder.schedule.steps: 2 (stored) -> 3 (now)" in err  # the schedule follows max_num_steps
-    assert main([str(SMOKE), *tiny(2, tmp_path, "loss_fn.holder.schedule.p_min=-1.0")]) == EXIT_BAD_CONFIG
+    assert main([str(SMOKE), *tiny(2, tmp_path, "loss_fn.holder.schedule.p_min=-1.0")]) == EXIT_BAD_INPUT
     assert "loss_fn.holder.schedule.p_min: -2.0 (stored) -> -1.0 (now)" in capsys.readouterr().err
     assert (tmp_path / "COMPLETED").exists() and len(read_metrics(tmp_path)) == 2
 
