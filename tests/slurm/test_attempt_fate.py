@@ -255,6 +255,79 @@ def test_the_lost_node_is_the_node_ray_names(tmp_path: Path, log: str, nodes: st
     assert f"lost node: '{node}'" in proc.stdout, proc.stdout + proc.stderr
 
 
+CRASHED = r"""
+set -euo pipefail
+source "$HOLDERPO_HOME/slurm/lib/common.sh"
+source "$HOLDERPO_HOME/slurm/lib/nemo_rl.sh"
+SLURM_JOB_ID=77 SLURM_JOB_NUM_NODES=$NODES SLURM_JOB_NODELIST=$NODELIST SLURM_JOB_PARTITION=gpu HOLDERPO_RUN_DIR=$DIR
+HP_RESTART=0 HOLDERPO_LOG_DIR=$DIR/logs/77-0 HP_CKPT_DIR=$DIR/checkpoints HP_START_STEP=3 HP_DRIVER_RC=1
+HP_RAY_LOG_DIR=$DIR/ray HOLDERPO_MAX_RESTARTS=5 HOLDERPO_SETUP_RETRIES=2
+mkdir -p "$HOLDERPO_LOG_DIR"
+hp_classify_ray_sub_end
+hp_finish
+"""
+
+# What the driver's log ends with when the node of one of its actors died a moment ago (Ray 2.60, seen on the local
+# Slurm: test_nemo_rl_entry.py's node death): the call's connection to the actor's own address was refused, and the
+# GCS had not yet declared the node dead.
+UNAVAILABLE = (
+    "Traceback (most recent call last):\n"
+    '  File "cpu_driver.py", line 148, in _train_step\n'
+    "ray.exceptions.ActorUnavailableError: The actor 5c0d8e4b3a is unavailable: The actor is temporarily unavailable: "
+    "RpcError: RPC error: failed to connect to all addresses; last error: UNKNOWN: ipv4:{ip}:20042: Failed to connect "
+    "to remote host: Connection refused. The task may or may not have been executed on the actor."
+)
+
+
+@pytest.mark.parametrize(
+    ("log", "nodes", "want"),
+    [
+        # The defect: the worker node died, squeue still lists its step (Slurm has not noticed), the driver crashed
+        # on the unreachable actor. Was: "driver failed" (FAILED, no node named, nothing excluded).
+        (UNAVAILABLE.format(ip="127.0.1.3"), "hp-gpu[1-2]", ("requeued", "lost_worker", "hp-gpu2")),
+        (UNAVAILABLE.format(ip="127.0.1.4"), "hp-gpu[1-3]", ("requeued", "lost_worker", "hp-gpu3")),
+        # Ray's own report, once the GCS has declared the node dead.
+        ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n\tip: 127.0.1.3\n"
+         "The actor died because its node has died. Node Id: 9c1e", "hp-gpu[1-2]", ("requeued", "lost_worker",
+                                                                                    "hp-gpu2")),
+        # An unreachable actor on the head node, where the driver runs and so the node lives: a crash of that actor.
+        (UNAVAILABLE.format(ip="127.0.1.2"), "hp-gpu[1-2]", ("driver failed", "crash", "")),
+        # An address of no node of the allocation, or no address: nothing names a lost node.
+        (UNAVAILABLE.format(ip="10.9.9.9"), "hp-gpu[1-2]", ("driver failed", "crash", "")),
+        ("ray.exceptions.ActorUnavailableError: The actor 5c0d is unavailable: The actor is restarting.",
+         "hp-gpu[1-2]", ("driver failed", "crash", "")),
+        ("ValueError: bad batch", "hp-gpu[1-2]", ("driver failed", "crash", "")),
+    ],
+    ids=["unreachable actor on the worker", "on a worker of 3 nodes", "node died (GCS)", "on the head",
+         "address of no node", "no address", "plain crash"],
+)  # fmt: skip
+def test_a_driver_crashed_by_a_node_that_just_died_is_a_lost_worker(
+    tmp_path: Path, log: str, nodes: str, want: tuple[str, str, str]
+) -> None:
+    """A real node death (every process of the node gone at once) reaches Ray within a second and Slurm only after
+    SlurmdTimeout: the driver crashes while squeue still lists the dead node's worker step, and Ray 2.60's error is
+    often ActorUnavailableError naming the actor's address, not "its node has died". That is a lost worker on that
+    node (requeue, node named and excluded), not a driver crash (FAILED before any new checkpoint)."""
+    fake = Fake(tmp_path)
+    fake.checkpoints(3)
+    (fake.dir / "hosts").write_text("127.0.1.2 hp-gpu1\n127.0.1.3 hp-gpu2\n127.0.1.4 hp-gpu3\n")
+    (fake.dir / "partition_nodes").write_text("hp-gpu1\nhp-gpu2\nhp-gpu3\nhp-gpu4\n")
+    (fake.dir / "steps").write_text(f"{JOB}.batch\n{JOB}.2\n")  # the worker step: Slurm still lists it
+    (fake.run_dir / "ray").mkdir()
+    (fake.run_dir / "ray" / "ray-driver.log").write_text(log + "\n")
+    env = fake.env(NODELIST=nodes, NODES="3" if nodes.endswith("1-3]") else "2")
+    proc = subprocess.run(
+        ["bash", "-c", CRASHED], env=env, start_new_session=True, capture_output=True, text=True, timeout=60
+    )
+    out = proc.stdout + proc.stderr
+    result = read_env_file(fake.run_dir / "logs" / f"{JOB}-0" / "result.env")
+    assert (result["reason"], result["cause"], result.get("node", "")) == want, out
+    assert proc.returncode == (0 if want[0] == "requeued" else 1), out
+    assert excluded(fake) == (want[2] or None), out
+    if "ActorUnavailableError" in log and want[2]:
+        assert f"could not reach on {want[2]}" in out, out
+
+
 @pytest.mark.parametrize(
     ("restart", "checkpoints", "earlier_setup_requeues", "want"),
     [
