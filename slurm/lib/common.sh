@@ -16,7 +16,9 @@
 #   a lost Ray worker, or no progress (the progress watchdog: no step, validation or checkpoint completed for the
 #   progress timeout)                        -> requeue unless the same fault already requeued this job and no newer
 #                                               checkpoint completed since (then the job ends naming the node or the
-#                                               stall: no loop); a lost node is excluded from the next attempt
+#                                               stall: no loop); a lost node is excluded from the next attempt;
+#                                               a lost node that no longer answers Slurm: Slurm's own node-failure
+#                                               requeue, awaited (hp_await_node_failure_requeue)
 #   SIGUSR1 while Slurm preempts the job (`scontrol show job` has a PreemptTime: with
 #   SlurmctldParameters=preempt_send_user_signal and a GraceTime, Slurm sends the job's --signal at preemption and
 #   the grace time lets the stop path run)    -> requeue, also past HOLDERPO_MAX_RESTARTS (Slurm would requeue a
@@ -457,6 +459,8 @@ hp_finish() {
   # The node to keep the next attempt off, decided while this attempt still runs (see hp_exclusion_list).
   exclude=""
   [[ "$HP_CAUSE" != lost_worker || -z "$HP_LOST_NODE" ]] || exclude=$(hp_exclusion_list "$HP_LOST_NODE")
+  [[ "$HP_CAUSE" != lost_worker || -z "$HP_LOST_NODE" ]] || ! hp_node_silent "$HP_LOST_NODE" ||
+    hp_await_node_failure_requeue "$rc" "$why" "$exclude"
   hp_log "$why; newest checkpoint step $HP_NEWEST; requeueing job $SLURM_JOB_ID (restart $((HP_RESTART + 1)) of at" \
     "most $HOLDERPO_MAX_RESTARTS)"
   HP_REQUEUED=1
@@ -480,6 +484,73 @@ hp_finish() {
     else
       hp_log "WARNING: could not exclude $HP_LOST_NODE from the next attempt (scontrol update ExcNodeList failed)"
     fi
+  fi
+  exit 0
+}
+
+# hp_node_silent NODE: whether NODE no longer answers Slurm: a step of this job still runs there
+# HOLDERPO_SILENT_NODE_WAIT_S (15) seconds after hp_cancel_steps cancelled it. A live node's slurmd kills a cancelled
+# step's tasks at once; a dead node (power, kernel, or its slurmd killed with the rest) keeps its steps listed until
+# slurmctld marks it DOWN, SlurmdTimeout after it last answered.
+hp_node_silent() {
+  local node=$1 deadline=$((SECONDS + ${HOLDERPO_SILENT_NODE_WAIT_S:-15})) step nodes
+  while true; do
+    local listed=""
+    while read -r step nodes; do
+      [[ "$step" =~ ^[0-9]+\.[0-9]+$ && -n "$nodes" ]] || continue
+      ! scontrol show hostnames "$nodes" 2>/dev/null | grep -qxF "$node" || listed=$step
+    done < <(squeue -h -s -j "$SLURM_JOB_ID" -o "%i %N" 2>/dev/null)
+    [[ -n "$listed" ]] || return 1
+    if ((SECONDS >= deadline)); then
+      hp_log "step $listed still runs on $node ${HOLDERPO_SILENT_NODE_WAIT_S:-15}s after its cancel: $node does" \
+        "not answer Slurm"
+      return 0
+    fi
+    sleep 1
+  done
+}
+
+# hp_await_node_failure_requeue CODE WHY EXCLUDE: the requeue of a job whose lost node no longer answers Slurm is
+# Slurm's own. A job requeued by `scontrol requeue` while one of its nodes does not answer stays COMPLETING until
+# slurmctld marks that node DOWN (SlurmdTimeout), and then (Slurm 22.05, measured on the local Slurm with a plain
+# 2-node --gres=gpu:8 job) starts again WITHOUT its GPUs: no SLURM_GPUS_ON_NODE, every GPU step refused ("Invalid
+# generic resource (gres) specification"), and a second requeue never started. Slurm's own requeue on the node's
+# failure (the entries submit with --requeue) comes at the same moment, when it marks the node DOWN, and keeps the
+# GPUs. So: record this attempt as requeued for the lost worker (the next attempt reads it, as after our requeue),
+# and wait; Slurm's requeue ends this batch shell with SIGTERM, whose trap adds EXCLUDE to ExcNodeList (taken once
+# the job is pending again). Should Slurm not requeue within SlurmdTimeout + 120 s (the node answered again, or no
+# --requeue), return to hp_finish, which requeues as usual.
+hp_await_node_failure_requeue() {
+  local rc=$1 why=$2 exclude=$3 timeout deadline
+  if ! scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -qE '(^| )Requeue=1( |$)'; then
+    return 0  # Slurm would end the job NODE_FAIL: requeue it ourselves (it may start without GPUs; see above)
+  fi
+  timeout=$(scontrol show config 2>/dev/null | sed -nE 's/^SlurmdTimeout *= *([0-9]+).*/\1/p')
+  deadline=$((SECONDS + ${timeout:-300} + 120))
+  hp_log "$why; newest checkpoint step $HP_NEWEST; $HP_LOST_NODE does not answer Slurm, so Slurm requeues the job" \
+    "itself when it marks it DOWN (SlurmdTimeout=${timeout:-?}s): a job requeued by scontrol before that restarts" \
+    "without its GPUs (Slurm 22.05). Waiting for it"
+  HP_REQUEUED=1
+  hp_record_result "$rc" "requeued"
+  # shellcheck disable=SC2064  # the list is fixed now
+  trap "hp_exclude_after_node_failure '$exclude'" TERM
+  while ((SECONDS < deadline)); do
+    sleep 5 &
+    wait "$!" 2>/dev/null || true  # Slurm's SIGTERM ends this wait at once; its trap runs
+  done
+  trap '' TERM
+  hp_log "Slurm did not requeue the job within SlurmdTimeout + 120 s ($HP_LOST_NODE answered again?): requeueing it"
+  HP_REQUEUED=0
+}
+
+# hp_exclude_after_node_failure EXCLUDE: the TERM trap while Slurm requeues the job for its node's failure.
+hp_exclude_after_node_failure() {
+  trap '' TERM
+  if [[ -n "$1" ]] && scontrol update JobId="$SLURM_JOB_ID" ExcNodeList="$1"; then
+    hp_log "Slurm requeued the job for the failure of $HP_LOST_NODE; the next attempt excludes $1 (ExcNodeList)"
+  else
+    hp_log "Slurm requeued the job for the failure of $HP_LOST_NODE (DOWN until it registers again or an admin" \
+      "resumes it)"
   fi
   exit 0
 }
