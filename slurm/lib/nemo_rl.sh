@@ -457,9 +457,34 @@ hp_run_nemo_rl() {
   hp_finish
 }
 
-# hp_classify_ray_sub_end (after ray.sub ended): what hp_finish needs to know of it: a lost Ray worker (and its node),
-# or a set-up failure.
+# hp_check_step_signal (after ray.sub ended): a SIGUSR1 or SIGTERM sent to the job's steps and not to this batch
+# shell (`scancel --signal=USR1|TERM <job>` without --batch; a preemption with GraceTime but without
+# preempt_send_user_signal sends SIGTERM so) hits every process of ray.sub's head and worker steps at once: their
+# bash (no trap: it dies, and with it, by process group, Ray's daemons and the driver, before any checkpoint), so
+# ray.sub exits with the head's 128+signal (measured on the local Slurm: 138, 143, and then no worker step left).
+# The signal keeps its meaning, as with --batch, but nothing was saved at the stop: USR1 requeues, SIGTERM ends the
+# job (a preemption's SIGTERM, with a PreemptTime, requeues: the job would end otherwise, not be requeued by
+# Slurm); the run resumes from the newest complete checkpoint. 143 is also what ray.sub's head sidecar makes of a
+# lost worker (kill -TERM 0, a minute after ENDED): with ENDED, hp_poll has named that already.
+hp_check_step_signal() {
+  local signal
+  [[ -z "$HP_STOP_REASON" && ! -e "$HP_RAY_LOG_DIR/ENDED" ]] || return 0
+  case "$HP_DRIVER_RC" in
+    138) signal=USR1 ;;
+    143) signal=TERM ;;
+    *) return 0 ;;
+  esac
+  hp_err "ray.sub's head step was killed by SIG$signal (exit $HP_DRIVER_RC): the signal went to the job's steps, not" \
+    "to this batch shell (scancel --signal=$signal without --batch?), and ended Ray and the driver before it could" \
+    "checkpoint; the run resumes from the newest complete checkpoint. Use scancel --batch for a stop that saves"
+  HP_STOP_REASON=$signal
+  [[ "$signal" != TERM || -z "$(hp_preempt_time)" ]] || HP_STOP_REASON=USR1
+}
+
+# hp_classify_ray_sub_end (after ray.sub ended): what hp_finish needs to know of it: a signal that reached the job's
+# steps but not this shell, a lost Ray worker (and its node), or a set-up failure.
 hp_classify_ray_sub_end() {
+  hp_check_step_signal
   hp_check_lost_worker
   [[ "$HP_STOP_REASON" != "lost Ray worker" ]] || hp_lost_node
   hp_check_bring_up

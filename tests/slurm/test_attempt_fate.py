@@ -260,7 +260,7 @@ set -euo pipefail
 source "$HOLDERPO_HOME/slurm/lib/common.sh"
 source "$HOLDERPO_HOME/slurm/lib/nemo_rl.sh"
 SLURM_JOB_ID=77 SLURM_JOB_NUM_NODES=$NODES SLURM_JOB_NODELIST=$NODELIST SLURM_JOB_PARTITION=gpu HOLDERPO_RUN_DIR=$DIR
-HP_RESTART=0 HOLDERPO_LOG_DIR=$DIR/logs/77-0 HP_CKPT_DIR=$DIR/checkpoints HP_START_STEP=3 HP_DRIVER_RC=1
+HP_RESTART=0 HOLDERPO_LOG_DIR=$DIR/logs/77-0 HP_CKPT_DIR=$DIR/checkpoints HP_START_STEP=3 HP_DRIVER_RC=${RC:-1}
 HP_RAY_LOG_DIR=$DIR/ray HOLDERPO_MAX_RESTARTS=5 HOLDERPO_SETUP_RETRIES=2
 mkdir -p "$HOLDERPO_LOG_DIR"
 hp_classify_ray_sub_end
@@ -326,6 +326,48 @@ def test_a_driver_crashed_by_a_node_that_just_died_is_a_lost_worker(
     assert excluded(fake) == (want[2] or None), out
     if "ActorUnavailableError" in log and want[2]:
         assert f"could not reach on {want[2]}" in out, out
+
+
+@pytest.mark.parametrize(
+    ("rc", "preempt_time", "ended", "want"),
+    [
+        (138, "", False, (0, "requeued", "stop")),  # scancel --signal=USR1 <job>: was "lost Ray worker" (no step left)
+        (143, "", False, (143, "stopped by SIGTERM", "term")),  # scancel --signal=TERM <job>: was requeued
+        (143, "2026-12-07T12:15:18", False, (0, "requeued", "preempted")),  # GraceTime, no preempt_send_user_signal
+        (143, "", True, (0, "requeued", "lost_worker")),  # ray.sub's head sidecar after ENDED: a lost worker
+        (1, "", False, (0, "requeued", "lost_worker")),  # a crash with no worker step left: as before
+    ],
+    ids=["USR1 to the steps", "SIGTERM to the steps", "SIGTERM to the steps, preempted", "ENDED, then the sidecar",
+         "crash, no worker step"],
+)  # fmt: skip
+def test_a_signal_to_the_job_s_steps_keeps_its_meaning(
+    tmp_path: Path, rc: int, preempt_time: str, ended: bool, want: tuple[int, str, str]
+) -> None:
+    """`scancel --signal=USR1|TERM <job>` without --batch: the signal kills ray.sub's head and worker steps (their
+    bash, Ray, the driver) and ray.sub exits 128+signal (measured on the local Slurm), with no worker step left.
+    USR1 still means stop and requeue, SIGTERM stop (a preemption's SIGTERM: requeue), resuming from the newest
+    complete checkpoint, instead of "lost Ray worker" (which would blame the loop rule, and requeue a SIGTERM)."""
+    fake = Fake(tmp_path)
+    fake.checkpoints(3)
+    (fake.dir / "hosts").write_text("127.0.1.2 hp-gpu1\n127.0.1.3 hp-gpu2\n")
+    (fake.dir / "partition_nodes").write_text("hp-gpu1\nhp-gpu2\nhp-gpu3\n")
+    (fake.dir / "steps").write_text(f"{JOB}.batch\n")  # the signal ended every step
+    if preempt_time:
+        (fake.dir / "preempt_time").mkdir()
+        (fake.dir / "preempt_time" / JOB).write_text(preempt_time + "\n")
+    (fake.run_dir / "ray").mkdir()
+    (fake.run_dir / "ray" / "ray-driver.log").write_text("holderpo train: step 4/30 (checkpoint)\n")
+    if ended:
+        (fake.run_dir / "ray" / "ENDED").touch()
+    env = fake.env(NODELIST="hp-gpu[1-2]", NODES="2", RC=str(rc))
+    proc = subprocess.run(
+        ["bash", "-c", CRASHED], env=env, start_new_session=True, capture_output=True, text=True, timeout=60
+    )
+    out = proc.stdout + proc.stderr
+    result = read_env_file(fake.run_dir / "logs" / f"{JOB}-0" / "result.env")
+    assert (proc.returncode, result["reason"], result["cause"]) == want, out
+    assert result["exit_code"] == str(rc) and result["newest_step"] == "3", result
+    assert ("went to the job's steps, not to this batch shell" in out) == (rc in (138, 143) and not ended), out
 
 
 @pytest.mark.parametrize(

@@ -395,6 +395,59 @@ def test_a_node_that_dies_mid_run_is_excluded_and_the_run_resumes_exactly(
 
 @pytest.mark.slurm
 @pytest.mark.slow
+def test_usr1_and_sigterm_to_the_job_s_steps_keep_their_meaning(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
+    """`scancel --signal=USR1 <job>` and `scancel --signal=TERM <job>` without --batch reach every step's tasks, not the
+    batch shell: ray.sub's head and worker bash die of the signal, with Ray and the driver (no checkpoint at the stop;
+    ray.sub exits 138 / 143, no worker step left). Attempt 0, past a periodic checkpoint: USR1 -> requeue (a stop,
+    not a lost worker) -> attempt 1 resumes from the newest complete checkpoint; past a newer one, SIGTERM -> the job
+    ends (143, stopped by SIGTERM, no requeue, no node blamed); the resume by hand completes with every per-step
+    metric equal to an uninterrupted run's. Was: both "lost Ray worker" requeues (a SIGTERM requeued, and a second
+    signal without a newer checkpoint would have failed the job as a broken node)."""
+    tree, python = nemo_rl_tree(), python_with_ray()
+    steps, period = 30, 4
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints"
+    env = entry_env(slurm_cluster, tmp_path, run_dir, python, HOLDERPO_NEMO_RL_IN_IMAGE=str(tree),
+                    HOLDERPO_TEST_STEP_S="0.5", HOLDERPO_TEST_RAY_STEPS="1", HOLDERPO_CKPT_TIMEOUT_S="20")  # fmt: skip
+    want = uninterrupted_metrics(tmp_path, steps, TINY)
+    job = submit_entry(slurm_cluster, tmp_path, env, steps, f"checkpointing.save_period={period}")
+
+    def attempt(n: int, of: str = job) -> Path:
+        return run_dir / "logs" / f"{of}-{n}"
+
+    with SocketWatch(slurm_cluster, job) as sockets:
+        wait_for(lambda: newest_step(ckpt) >= period, 420, "a periodic checkpoint")
+        slurm_cluster.run(["scancel", "--signal=USR1", job])
+        wait_requeued(slurm_cluster, job, 1)
+        wait_for(lambda: resumed_step(attempt(1) / "driver.log") is not None, 420, "attempt 1 to resume")
+        start = resumed_step(attempt(1) / "driver.log")
+        wait_for(lambda: newest_step(ckpt) > start, 240, "a periodic checkpoint in attempt 1")
+        slurm_cluster.run(["scancel", "--signal=TERM", job])
+        info = wait_final(slurm_cluster, job, timeout=300)
+    out = (tmp_path / f"holderpo-7b-{job}.out").read_text()
+    results = [read_env_file(attempt(n) / "result.env") for n in range(2)]
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "143:0", "1"), out[-5000:]
+    assert [(r["exit_code"], r["reason"], r["cause"]) for r in results] == [
+        ("138", "requeued", "stop"), ("143", "stopped by SIGTERM", "term")], (results, out[-5000:])  # fmt: skip
+    assert "killed by SIGUSR1 (exit 138)" in out and "killed by SIGTERM (exit 143)" in out, out[-5000:]
+    assert "lost Ray worker" not in out and "looks broken" not in out, out[-5000:]
+    assert start == int(results[0]["newest_step"])
+    assert not job_pids(slurm_cluster, job), "processes of the stopped job are still running"
+
+    # The resume by hand: from the newest complete checkpoint, to the end, exactly.
+    job_b = submit_entry(slurm_cluster, tmp_path, env, steps, f"checkpointing.save_period={period}")
+    with SocketWatch(slurm_cluster, job_b) as sockets_b:
+        info_b = wait_final(slurm_cluster, job_b, timeout=600)
+    out_b = (tmp_path / f"holderpo-7b-{job_b}.out").read_text()
+    assert (info_b["JobState"], info_b["ExitCode"]) == ("COMPLETED", "0:0"), out_b[-5000:]
+    assert resumed_step(attempt(0, job_b) / "driver.log") == int(results[1]["newest_step"]) > start
+    assert reproducible(read_metrics(ckpt)) == want
+    for watch in (sockets, sockets_b):
+        assert watch.seen and not watch.off_loopback, watch.off_loopback[:20]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_a_node_lost_again_without_progress_fails_the_job_naming_it(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
     """Issue 21, defect 3, on the real Slurm without a NeMo RL tree or Ray (so on CI): the 7B entry with a stand-in
     ray.sub (``stand_ins/nemo_rl_tree``: ray.sub's worker step, head step, ``ray-driver.log`` and ``ENDED``, no Ray)
