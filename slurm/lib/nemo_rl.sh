@@ -7,8 +7,12 @@
 HP_NEMO_RL_VERSION=0.7  # major.minor of the ray.sub used; holder_nemo.nemo_rl.run_grpo checks the container's
 HP_MOUNT_PATHS=()       # directories mounted at their own paths in every container (entries may add theirs)
 HP_DATA_VARS=()         # variables naming the data directories the recipe reads [HOLDERPO_DATA_DIR]; entries set theirs
-# What Ray writes when a node died under a task or an actor (Ray 2.x): how the driver's log names a lost node.
+# What Ray writes when a node died under a task or an actor (Ray 2.x): how the driver's log names a lost node. The
+# last is the GCS's own verdict, which the driver prints as "(raylet) The node with node id: ... and address:
+# A.B.C.D and node name: ... has been marked dead because the detector has missed too many heartbeats from it"
+# (Ray 2.60, seen on the local Slurm before a crash whose own error said only "its worker process has died").
 HP_RAY_NODE_DIED='actor died because its node has died|node it was running on is dead|NodeDiedError'
+HP_RAY_NODE_DIED+='|has been marked dead because the detector has missed too many heartbeats'
 # What Ray 2.60 raises in the driver for a call to an actor it cannot connect to while the GCS has not declared the
 # actor dead (hp_unreachable_actor_node): "ray.exceptions.ActorUnavailableError: The actor ... is unavailable: The
 # actor is temporarily unavailable: RpcError: ... failed to connect to all addresses; last error: UNKNOWN:
@@ -360,7 +364,7 @@ hp_unreachable_actor_node() {
 }
 
 # hp_lost_node: sets HP_LOST_NODE to the node Ray reports dead in the driver's log ("ip: A.B.C.D" of an
-# ActorDiedError, "Node IP: A.B.C.D" of a task's node; else the node whose actor an ActorUnavailableError could not
+# ActorDiedError, "Node IP: A.B.C.D" of a task's node, "and address: A.B.C.D" of the GCS's verdict; else the node whose actor an ActorUnavailableError could not
 # reach, hp_unreachable_actor_node, as Ray 2.60 reports an actor on a node that just died), mapped to the
 # allocation's node of that address. Without such a report, a 2-node job whose worker step ended (ENDED) lost its
 # one worker node, the node that is not ray.sub's head. "" when neither tells (more nodes, or an address no node of
@@ -369,7 +373,8 @@ hp_lost_node() {
   local ip address
   HP_LOST_NODE=""
   [[ -r "$HP_RAY_LOG_DIR/ray-driver.log" ]] || return 0
-  ip=$(grep -oE '((^|[[:space:]])ip|Node IP): [0-9]+(\.[0-9]+){3}' "$HP_RAY_LOG_DIR/ray-driver.log" | tail -1 |
+  ip=$(grep -oE '((^|[[:space:]])ip|Node IP|and address): [0-9]+(\.[0-9]+){3}' "$HP_RAY_LOG_DIR/ray-driver.log" |
+    tail -1 |
     grep -oE '[0-9]+(\.[0-9]+){3}') || ip=""
   if [[ -n "$ip" ]]; then
     # shellcheck disable=SC2034  # read by hp_finish (common.sh)

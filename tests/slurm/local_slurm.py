@@ -405,9 +405,12 @@ PartitionName=gpu Nodes={gpus} MaxTime=INFINITE State=UP PriorityTier=1{grace} {
             pids = self.node_pids(node) - {os.getpid()}
             if not pids:
                 break
-            for pid in pids:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            # Stopped first, all of them, then killed: no process of the node sees another die and reports it (a
+            # raylet would tell the GCS that its worker died), as on a node that loses power.
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in pids:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, sig)
             killed |= pids
             time.sleep(0.05)
         else:

@@ -290,6 +290,13 @@ UNAVAILABLE = (
         ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n\tip: 127.0.1.3\n"
          "The actor died because its node has died. Node Id: 9c1e", "hp-gpu[1-2]", ("requeued", "lost_worker",
                                                                                     "hp-gpu2")),
+        # The GCS's verdict, printed by the driver before a crash whose own error blamed only the actor's process
+        # (seen on the local Slurm: the node's processes die in some order, and the raylet may report its worker).
+        ("\x1b[33m(raylet)\x1b[0m The node with node id: a12bb6 and address: 127.0.1.3 and node name: 127.0.1.3 has "
+         "been marked dead because the detector has missed too many heartbeats from it. This can happen when a \t(1) "
+         "raylet crashes unexpectedly (OOM, etc.)\nray.exceptions.ActorDiedError: The actor died unexpectedly before "
+         "finishing this task.\nThe actor is dead because its worker process has died. Worker exit type: "
+         "SYSTEM_ERROR", "hp-gpu[1-2]", ("requeued", "lost_worker", "hp-gpu2")),
         # An unreachable actor on the head node, where the driver runs and so the node lives: a crash of that actor.
         (UNAVAILABLE.format(ip="127.0.1.2"), "hp-gpu[1-2]", ("driver failed", "crash", "")),
         # An address of no node of the allocation, or no address: nothing names a lost node.
@@ -298,7 +305,7 @@ UNAVAILABLE = (
          "hp-gpu[1-2]", ("driver failed", "crash", "")),
         ("ValueError: bad batch", "hp-gpu[1-2]", ("driver failed", "crash", "")),
     ],
-    ids=["unreachable actor on the worker", "on a worker of 3 nodes", "node died (GCS)", "on the head",
+    ids=["unreachable actor on the worker", "on a worker of 3 nodes", "node died (GCS)", "GCS verdict", "on the head",
          "address of no node", "no address", "plain crash"],
 )  # fmt: skip
 def test_a_driver_crashed_by_a_node_that_just_died_is_a_lost_worker(
