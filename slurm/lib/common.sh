@@ -16,7 +16,9 @@
 #   a lost Ray worker, or no progress (the progress watchdog: no step, validation or checkpoint completed for the
 #   progress timeout)                        -> requeue unless the same fault already requeued this job and no newer
 #                                               checkpoint completed since (then the job ends naming the node or the
-#                                               stall: no loop); a lost node is excluded from the next attempt
+#                                               stall: no loop); a lost node is excluded from the next attempt;
+#                                               a requeue while a node of the job no longer answers Slurm: Slurm's
+#                                               own node-failure requeue, awaited (hp_await_node_failure_requeue)
 #   SIGUSR1 while Slurm preempts the job (`scontrol show job` has a PreemptTime: with a GraceTime and
 #   PreemptParameters=send_user_signal, on 22.05 SlurmctldParameters=preempt_send_user_signal, Slurm sends the
 #   job's --signal at preemption and the grace time lets the stop path run)
@@ -91,6 +93,9 @@ hp_init_attempt() {
     hp_refuse "HOLDERPO_SETUP_RETRIES must be an integer >= 0, got '$HOLDERPO_SETUP_RETRIES'"
   [[ "${HOLDERPO_EXCLUDE_LOST_NODE:-1}" =~ ^[01]$ ]] ||
     hp_refuse "HOLDERPO_EXCLUDE_LOST_NODE must be 0 or 1, got '$HOLDERPO_EXCLUDE_LOST_NODE'"
+  HOLDERPO_SILENT_NODE_WAIT_S=${HOLDERPO_SILENT_NODE_WAIT_S:-15}
+  [[ "$HOLDERPO_SILENT_NODE_WAIT_S" =~ ^[1-9][0-9]*$ ]] ||
+    hp_refuse "HOLDERPO_SILENT_NODE_WAIT_S must be an integer >= 1 (seconds), got '$HOLDERPO_SILENT_NODE_WAIT_S'"
   HOLDERPO_PROGRESS_TIMEOUT_S=${HOLDERPO_PROGRESS_TIMEOUT_S:-}
   HOLDERPO_PROGRESS_POLL_S=${HOLDERPO_PROGRESS_POLL_S:-60}
   [[ -z "$HOLDERPO_PROGRESS_TIMEOUT_S" || "$HOLDERPO_PROGRESS_TIMEOUT_S" =~ ^([1-9][0-9]*|off)$ ]] ||
@@ -399,7 +404,7 @@ hp_check_progress() {
 # ------------------------------------------------------------------------------------------------- outcome
 # hp_finish: the rule at the top of this file; never returns.
 hp_finish() {
-  local rc=$HP_DRIVER_RC why previous again broken exclude preempted=""
+  local rc=$HP_DRIVER_RC why previous again broken exclude silent preempted=""
   hp_cancel_steps  # whatever still runs (ray.sub leaves its worker step behind when the head ends)
   HP_NEWEST=$(hp_newest_step)
   HP_CAUSE=""
@@ -479,6 +484,10 @@ hp_finish() {
   # The node to keep the next attempt off, decided while this attempt still runs (see hp_exclusion_list).
   exclude=""
   [[ "$HP_CAUSE" != lost_worker || -z "$HP_LOST_NODE" ]] || exclude=$(hp_exclusion_list "$HP_LOST_NODE")
+  # A node of the job that no longer answers Slurm (whatever the cause: the driver's error may not name it): Slurm's
+  # own requeue, see hp_await_node_failure_requeue.
+  silent=$(hp_silent_node)
+  [[ -z "$silent" ]] || hp_await_node_failure_requeue "$rc" "$why" "$exclude" "$silent"
   hp_log "$why; newest checkpoint step $HP_NEWEST; requeueing job $SLURM_JOB_ID (restart $((HP_RESTART + 1)) of at" \
     "most $HOLDERPO_MAX_RESTARTS)"
   HP_REQUEUED=1
@@ -502,6 +511,75 @@ hp_finish() {
     else
       hp_log "WARNING: could not exclude $HP_LOST_NODE from the next attempt (scontrol update ExcNodeList failed)"
     fi
+  fi
+  exit 0
+}
+
+# hp_silent_node: the node of this job that no longer answers Slurm, "" when none: a step of the job still runs there
+# HOLDERPO_SILENT_NODE_WAIT_S (15) seconds after hp_cancel_steps cancelled it. A live node's slurmd kills a cancelled
+# step's tasks at once; a dead node (power, kernel, or its slurmd killed with the rest) keeps its steps listed until
+# slurmctld marks it DOWN, SlurmdTimeout after it last answered.
+hp_silent_node() {
+  local deadline=$((SECONDS + ${HOLDERPO_SILENT_NODE_WAIT_S:-15})) step nodes listed
+  while true; do
+    listed=""
+    while read -r step nodes; do
+      [[ "$step" =~ ^[0-9]+\.[0-9]+$ && -n "$nodes" ]] || continue
+      listed="$step $nodes"
+    done < <(squeue -h -s -j "$SLURM_JOB_ID" -o "%i %N" 2>/dev/null)
+    [[ -n "$listed" ]] || return 0
+    if ((SECONDS >= deadline)); then
+      # The step's node that is not this batch shell's own (which answers: this shell runs there).
+      nodes=$(scontrol show hostnames "${listed#* }" 2>/dev/null | grep -vxF "${SLURMD_NODENAME:-}" | head -1)
+      hp_log "step ${listed%% *} still runs on ${listed#* } ${HOLDERPO_SILENT_NODE_WAIT_S:-15}s after its cancel:" \
+        "${nodes:-that node} does not answer Slurm" >&2
+      echo "${nodes:-${listed#* }}"
+      return 0
+    fi
+    sleep 1
+  done
+}
+
+# hp_await_node_failure_requeue CODE WHY EXCLUDE NODE: the requeue of a job whose NODE no longer answers Slurm is
+# Slurm's own. A job requeued by `scontrol requeue` while one of its nodes does not answer stays COMPLETING until
+# slurmctld marks that node DOWN (SlurmdTimeout), and then (Slurm 22.05, measured on the local Slurm with a plain
+# 2-node --gres=gpu:8 job) starts again WITHOUT its GPUs: no SLURM_GPUS_ON_NODE, every GPU step refused ("Invalid
+# generic resource (gres) specification"), and a second requeue never started. Slurm's own requeue on the node's
+# failure (the entries submit with --requeue) comes at the same moment, when it marks the node DOWN, and keeps the
+# GPUs. So: record this attempt as requeued for the lost worker (the next attempt reads it, as after our requeue),
+# and wait; Slurm's requeue ends this batch shell with SIGTERM, whose trap adds EXCLUDE to ExcNodeList (taken once
+# the job is pending again). Should Slurm not requeue within SlurmdTimeout + 120 s (the node answered again, or no
+# --requeue), return to hp_finish, which requeues as usual.
+hp_await_node_failure_requeue() {
+  local rc=$1 why=$2 exclude=$3 node=$4 timeout deadline
+  if ! scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -qE '(^| )Requeue=1( |$)'; then
+    return 0  # Slurm would end the job NODE_FAIL: requeue it ourselves (it may start without GPUs; see above)
+  fi
+  timeout=$(scontrol show config 2>/dev/null | sed -nE 's/^SlurmdTimeout *= *([0-9]+).*/\1/p')
+  deadline=$((SECONDS + ${timeout:-300} + 120))
+  hp_log "$why; newest checkpoint step $HP_NEWEST; $node does not answer Slurm, so Slurm requeues the job" \
+    "itself when it marks it DOWN (SlurmdTimeout=${timeout:-?}s): a job requeued by scontrol before that restarts" \
+    "without its GPUs (Slurm 22.05). Waiting for it"
+  HP_REQUEUED=1
+  hp_record_result "$rc" "requeued"
+  # shellcheck disable=SC2064  # the list is fixed now
+  trap "hp_exclude_after_node_failure '$exclude' '$node'" TERM
+  while ((SECONDS < deadline)); do
+    sleep 5 &
+    wait "$!" 2>/dev/null || true  # Slurm's SIGTERM ends this wait at once; its trap runs
+  done
+  trap '' TERM
+  hp_log "Slurm did not requeue the job within SlurmdTimeout + 120 s ($node answered again?): requeueing it"
+  HP_REQUEUED=0
+}
+
+# hp_exclude_after_node_failure EXCLUDE NODE: the TERM trap while Slurm requeues the job for NODE's failure.
+hp_exclude_after_node_failure() {
+  trap '' TERM
+  if [[ -n "$1" ]] && scontrol update JobId="$SLURM_JOB_ID" ExcNodeList="$1"; then
+    hp_log "Slurm requeued the job for the failure of $2; the next attempt excludes $1 (ExcNodeList)"
+  else
+    hp_log "Slurm requeued the job for the failure of $2 (DOWN until it registers again or an admin resumes it)"
   fi
   exit 0
 }

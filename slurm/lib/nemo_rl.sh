@@ -7,8 +7,17 @@
 HP_NEMO_RL_VERSION=0.7  # major.minor of the ray.sub used; holder_nemo.nemo_rl.run_grpo checks the container's
 HP_MOUNT_PATHS=()       # directories mounted at their own paths in every container (entries may add theirs)
 HP_DATA_VARS=()         # variables naming the data directories the recipe reads [HOLDERPO_DATA_DIR]; entries set theirs
-# What Ray writes when a node died under a task or an actor (Ray 2.x): how the driver's log names a lost node.
+# What Ray writes when a node died under a task or an actor (Ray 2.x): how the driver's log names a lost node. The
+# last is the GCS's own verdict, which the driver prints as "(raylet) The node with node id: ... and address:
+# A.B.C.D and node name: ... has been marked dead because the detector has missed too many heartbeats from it"
+# (Ray 2.60, seen on the local Slurm before a crash whose own error said only "its worker process has died").
 HP_RAY_NODE_DIED='actor died because its node has died|node it was running on is dead|NodeDiedError'
+HP_RAY_NODE_DIED+='|has been marked dead because the detector has missed too many heartbeats'
+# What Ray 2.60 raises in the driver for a call to an actor it cannot connect to while the GCS has not declared the
+# actor dead (hp_unreachable_actor_node): "ray.exceptions.ActorUnavailableError: The actor ... is unavailable: The
+# actor is temporarily unavailable: RpcError: ... failed to connect to all addresses; last error: UNKNOWN:
+# ipv4:A.B.C.D:PORT: Failed to connect to remote host: Connection refused" (the actor's own address).
+HP_RAY_ACTOR_UNREACHABLE='ActorUnavailableError'
 
 hp_nemo_rl_settings() {
   HOLDERPO_CONTAINER_IMAGE=${HOLDERPO_CONTAINER_IMAGE:-nvcr.io#nvidia/nemo-rl:v0.7.0}
@@ -323,43 +332,71 @@ hp_check_bring_up() {
   HP_SETUP_FAILED="Ray bring-up: ray.sub exited $HP_DRIVER_RC before it started the driver (ray.sub.log)"
 }
 
+# hp_node_of_address IP: the allocation's node that resolves to IP (as ray.sub resolves it), "" when none does.
+hp_node_of_address() {
+  local node
+  for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null); do
+    if [[ "$(hp_node_address "$node")" == "$1" ]]; then
+      echo "$node"
+      return 0
+    fi
+  done
+}
+
+# hp_unreachable_actor_node: sets HP_UNREACHABLE_NODE to the node, other than ray.sub's head, whose actor the
+# driver's last ActorUnavailableError could not connect to (its address ipv4:A.B.C.D:PORT); "" when there is none.
+# Why that names a lost node: when a call to an actor fails on the network, Ray 2.60 waits for the GCS's word on the
+# actor (timeout_ms_task_wait_for_death_info, 1 s) and raises ActorUnavailableError only if none came. An actor
+# process that died on a live node is reported by that node's raylet at once (ActorDiedError, "its worker process
+# has died"); nobody reports an actor whose raylet died with it, and the GCS declares such a node dead only after
+# its health checks fail (15 s by default: "The actor died because its node has died"), by which time the driver has
+# crashed on the error. So a connection refused at the actor's own address on another node, with no word from the
+# GCS, is that node's Ray gone (node death, raylet crash). Not the head's: the driver runs there, and an actor there
+# that refuses connections while its node lives is a crash of that actor. A misjudged crash costs one attempt: a
+# lost worker requeues once without a newer checkpoint, then ends the job naming the node.
+hp_unreachable_actor_node() {
+  local ip
+  HP_UNREACHABLE_NODE=""
+  ip=$(grep -E "$HP_RAY_ACTOR_UNREACHABLE" "$HP_RAY_LOG_DIR/ray-driver.log" 2>/dev/null |
+    grep -oE 'ipv4:[0-9]+(\.[0-9]+){3}:[0-9]+' | tail -1 | grep -oE '[0-9]+(\.[0-9]+){3}') || return 0
+  HP_UNREACHABLE_NODE=$(hp_node_of_address "$ip")
+  [[ "$HP_UNREACHABLE_NODE" != "$(hp_ray_head_node)" ]] || HP_UNREACHABLE_NODE=""
+}
+
 # hp_lost_node: sets HP_LOST_NODE to the node Ray reports dead in the driver's log ("ip: A.B.C.D" of an
-# ActorDiedError, "Node IP: A.B.C.D" of a task's node; else the actor's address "ipv4:A.B.C.D:PORT" that an
-# ActorUnavailableError could not connect to, as Ray 2.60 reports an actor on a lost node), mapped to the
+# ActorDiedError, "Node IP: A.B.C.D" of a task's node, "and address: A.B.C.D" of the GCS's verdict; else the node whose actor an ActorUnavailableError could not
+# reach, hp_unreachable_actor_node, as Ray 2.60 reports an actor on a node that just died), mapped to the
 # allocation's node of that address. Without such a report, a 2-node job whose worker step ended (ENDED) lost its
 # one worker node, the node that is not ray.sub's head. "" when neither tells (more nodes, or an address no node of
 # the allocation resolves to).
 hp_lost_node() {
-  local ip node address
+  local ip address
   HP_LOST_NODE=""
   [[ -r "$HP_RAY_LOG_DIR/ray-driver.log" ]] || return 0
-  ip=$(grep -oE '((^|[[:space:]])ip|Node IP): [0-9]+(\.[0-9]+){3}' "$HP_RAY_LOG_DIR/ray-driver.log" | tail -1 |
+  ip=$(grep -oE '((^|[[:space:]])ip|Node IP|and address): [0-9]+(\.[0-9]+){3}' "$HP_RAY_LOG_DIR/ray-driver.log" |
+    tail -1 |
     grep -oE '[0-9]+(\.[0-9]+){3}') || ip=""
-  [[ -n "$ip" ]] || ip=$(grep -E 'ActorUnavailableError' "$HP_RAY_LOG_DIR/ray-driver.log" |
-    grep -oE 'ipv4:[0-9]+(\.[0-9]+){3}:' | tail -1 | grep -oE '[0-9]+(\.[0-9]+){3}') || ip=""
-  if [[ -z "$ip" ]]; then
-    if ((SLURM_JOB_NUM_NODES == 2)) && [[ -e "$HP_RAY_LOG_DIR/ENDED" ]]; then
-      address=$(hp_ray_head_node)
-      # shellcheck disable=SC2034  # read by hp_finish (common.sh)
-      HP_LOST_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | grep -vxF "$address" | head -1)
-    fi
+  if [[ -n "$ip" ]]; then
+    # shellcheck disable=SC2034  # read by hp_finish (common.sh)
+    HP_LOST_NODE=$(hp_node_of_address "$ip")
+    [[ -n "$HP_LOST_NODE" ]] || hp_log "Ray reports the node at $ip dead, which no node of the allocation resolves to"
     return 0
   fi
-  for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null); do
-    address=$(hp_node_address "$node")
-    if [[ "$address" == "$ip" ]]; then
-      # shellcheck disable=SC2034  # read by hp_finish (common.sh)
-      HP_LOST_NODE=$node
-      return 0
-    fi
-  done
-  hp_log "Ray reports the node at $ip dead, which no node of the allocation resolves to"
+  hp_unreachable_actor_node
+  if [[ -n "$HP_UNREACHABLE_NODE" ]]; then
+    HP_LOST_NODE=$HP_UNREACHABLE_NODE
+  elif ((SLURM_JOB_NUM_NODES == 2)) && [[ -e "$HP_RAY_LOG_DIR/ENDED" ]]; then
+    address=$(hp_ray_head_node)
+    HP_LOST_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | grep -vxF "$address" | head -1)
+  fi
 }
 
 # hp_check_lost_worker (after ray.sub ended): the same finding when hp_poll could not see it in time. A node that
-# really dies is noticed by Ray within seconds and by Slurm only after SlurmdTimeout, so the driver may crash before
-# ray.sub sees the worker step end: Ray's own report in the driver's log, or a worker step that is gone (ray.sub
-# leaves it running when the head ends normally), also count as a lost worker.
+# really dies is noticed by Ray within seconds and by Slurm only after SlurmdTimeout (squeue still lists its step),
+# so the driver may crash before ray.sub sees the worker step end. A crashed driver's log that reports a dead Ray
+# node, or an actor on another node that Ray could not reach (hp_unreachable_actor_node: what Ray 2.60 raises in the
+# first second of a node's death), or a worker step that is gone (ray.sub leaves it running when the head ends
+# normally), also count as a lost worker.
 hp_check_lost_worker() {
   local steps
   hp_poll
@@ -367,6 +404,9 @@ hp_check_lost_worker() {
   ((HP_DRIVER_RC != 0 && HP_DRIVER_RC != HP_EXIT_STOPPED)) || return 0
   if grep -qE "$HP_RAY_NODE_DIED" "$HP_RAY_LOG_DIR/ray-driver.log"; then
     hp_err "the driver's log reports a dead Ray node ($HP_RAY_LOG_DIR/ray-driver.log)"
+  elif hp_unreachable_actor_node && [[ -n "$HP_UNREACHABLE_NODE" ]]; then
+    hp_err "the driver crashed on an actor it could not reach on $HP_UNREACHABLE_NODE (Ray's ActorUnavailableError," \
+      "before Ray or Slurm declared the node dead: $HP_RAY_LOG_DIR/ray-driver.log): that node's Ray is gone"
   else
     ((SLURM_JOB_NUM_NODES > 1)) && steps=$(squeue -h -s -j "$SLURM_JOB_ID" -o %i) || return 0
     ! grep -qE '^[0-9]+\.[0-9]+$' <<<"$steps" || return 0
@@ -418,8 +458,39 @@ hp_run_nemo_rl() {
   # ray.sub has no USR1 trap: started with USR1 ignored, so a stray one cannot kill it (the stop goes by the file).
   # shellcheck disable=SC2016  # $0 is for the inner bash
   hp_run_driver "$HOLDERPO_LOG_DIR/ray.sub.log" bash -c 'trap "" USR1; exec bash "$0"' "$HP_RAY_SUB"
+  hp_classify_ray_sub_end
+  hp_finish
+}
+
+# hp_check_step_signal (after ray.sub ended): a SIGUSR1 or SIGTERM sent to the job's steps and not to this batch
+# shell (`scancel --signal=USR1|TERM <job>` without --batch; a preemption with GraceTime but without
+# send_user_signal sends SIGTERM so) hits every process of ray.sub's head and worker steps at once: their
+# bash (no trap: it dies, and with it, by process group, Ray's daemons and the driver, before any checkpoint), so
+# ray.sub exits with the head's 128+signal (measured on the local Slurm: 138, 143, and then no worker step left).
+# The signal keeps its meaning, as with --batch, but nothing was saved at the stop: USR1 requeues, SIGTERM ends the
+# job (a preemption's SIGTERM, with a PreemptTime, requeues: the job would end otherwise, not be requeued by
+# Slurm); the run resumes from the newest complete checkpoint. 143 is also what ray.sub's head sidecar makes of a
+# lost worker (kill -TERM 0, a minute after ENDED): with ENDED, hp_poll has named that already.
+hp_check_step_signal() {
+  local signal
+  [[ -z "$HP_STOP_REASON" && ! -e "$HP_RAY_LOG_DIR/ENDED" ]] || return 0
+  case "$HP_DRIVER_RC" in
+    138) signal=USR1 ;;
+    143) signal=TERM ;;
+    *) return 0 ;;
+  esac
+  hp_err "ray.sub's head step was killed by SIG$signal (exit $HP_DRIVER_RC): the signal went to the job's steps, not" \
+    "to this batch shell (scancel --signal=$signal without --batch?), and ended Ray and the driver before it could" \
+    "checkpoint; the run resumes from the newest complete checkpoint. Use scancel --batch for a stop that saves"
+  HP_STOP_REASON=$signal
+  [[ "$signal" != TERM || -z "$(hp_preempt_time)" ]] || HP_STOP_REASON=USR1
+}
+
+# hp_classify_ray_sub_end (after ray.sub ended): what hp_finish needs to know of it: a signal that reached the job's
+# steps but not this shell, a lost Ray worker (and its node), or a set-up failure.
+hp_classify_ray_sub_end() {
+  hp_check_step_signal
   hp_check_lost_worker
   [[ "$HP_STOP_REASON" != "lost Ray worker" ]] || hp_lost_node
   hp_check_bring_up
-  hp_finish
 }

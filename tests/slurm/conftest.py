@@ -1,5 +1,6 @@
-"""Fixtures for the Slurm tests: one private local cluster per session (see ``local_slurm.py``), and a second one
-whose preemption is configured as docs/slurm.md asks a cluster admin to (``test_preemption.py``)."""
+"""Fixtures for the Slurm tests: one private local cluster per session (see ``local_slurm.py``), a second one
+whose preemption is configured as docs/slurm.md asks a cluster admin to (``test_preemption.py``), and a third one
+whose nodes a test kills (``test_nemo_rl_entry.py``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from local_slurm import LocalSlurm, PreemptionSettings, local_slurm, missing_bin
 # The preempting cluster's GraceTime: docs/slurm.md asks for more than HOLDERPO_CKPT_TIMEOUT_S + 60 s, and the
 # preemption tests run with HOLDERPO_CKPT_TIMEOUT_S=30 (test_preemption.py).
 PREEMPT_GRACE_S = 100
+# The node-death cluster's SlurmdTimeout: how long slurmctld waits for a node that stopped answering before it marks
+# it DOWN, which also ends the killed attempt's COMPLETING there (a requeued job starts again only then). Slurm's
+# default, 300 s, would only make the test wait; a live slurmd answers a ping in well under a second.
+NODE_DEATH_SLURMD_TIMEOUT_S = 30
 
 
 def skip_without_slurm() -> None:
@@ -40,4 +45,15 @@ def preempting_slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterat
     skip_without_slurm()
     settings = PreemptionSettings(grace_time=PREEMPT_GRACE_S, send_user_signal=True, kill_wait=30)
     with local_slurm(tmp_path_factory.mktemp("slurm-preempt"), gpu_nodes=2, preemption=settings) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def node_death_slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
+    """Slurm's defaults but ``SlurmdTimeout`` (``NODE_DEATH_SLURMD_TIMEOUT_S``): a cluster of its own, so that a node
+    killed by a test (``LocalSlurm.kill_node``) never touches the session's cluster. The 4 GPU nodes: a 2-node job,
+    its lost node excluded, still fits next to the dead one."""
+    skip_without_slurm()
+    base = tmp_path_factory.mktemp("slurm-node-death")
+    with local_slurm(base, slurmd_timeout=NODE_DEATH_SLURMD_TIMEOUT_S) as cluster:
         yield cluster

@@ -216,12 +216,16 @@ class LocalSlurm:
         pyxis: PyxisSettings | None = None,
         gpu_nodes: int | Sequence[str] | None = None,
         preemption: PreemptionSettings | None = None,
+        slurmd_timeout: int | None = None,
     ) -> None:
         """``pyxis``: the container tier's cluster, no CPU node, its GPU nodes from ``PYXIS_NODES`` (``gpu_nodes``:
         how many, default 2, or which: two pyxis clusters at once must not share a node name, which keys the
         node's pyxis/enroot state); else the plain one (the CPU node and the first ``gpu_nodes`` of ``GPU_NODES``).
-        ``preemption``: see ``PreemptionSettings`` (None: Slurm's default preemption)."""
+        ``preemption``: see ``PreemptionSettings`` (None: Slurm's default preemption). ``slurmd_timeout``: Slurm's
+        ``SlurmdTimeout`` (None: its default, 300 s), how long slurmctld waits for a node that stopped answering
+        before it marks it DOWN (``kill_node``)."""
         self.base = base
+        self.slurmd_timeout = slurmd_timeout
         self.pyxis = pyxis
         self.preemption = preemption
         names = GPU_NODES if pyxis is None else PYXIS_NODES
@@ -259,6 +263,7 @@ class LocalSlurm:
         grace = f" GraceTime={preempt.grace_time}" if preempt else ""
         kill_wait = preempt.kill_wait if preempt else 5 if self.pyxis is None else 30
         ctld_params = "SlurmctldParameters=preempt_send_user_signal\n" if preempt and preempt.send_user_signal else ""
+        slurmd_timeout = f"SlurmdTimeout={self.slurmd_timeout}\n" if self.slurmd_timeout else ""
         cpu_lines = f"""NodeName={CPU_NODE} NodeHostname=localhost NodeAddr=127.0.0.1 Port={cpu_port} CPUs=8 \
 RealMemory=8192 State=UNKNOWN
 PartitionName=cpu Nodes={CPU_NODE} Default=YES MaxTime=INFINITE State=UP PriorityTier=1{grace}
@@ -302,7 +307,7 @@ KillWait={kill_wait}
 Epilog={epilog}
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-{ctld_params}DefMemPerCPU=256
+{ctld_params}{slurmd_timeout}DefMemPerCPU=256
 {pyxis_lines}{cpu_lines if self.cpu_nodes else ""}NodeName={gpus} NodeHostname=localhost NodeAddr=127.0.0.1 \
 Port=[{",".join(map(str, gpu_ports))}] CPUs=64 Sockets=2 CoresPerSocket=32 ThreadsPerCore=1 RealMemory=1000000 \
 Gres=gpu:8 State=UNKNOWN
@@ -355,14 +360,82 @@ PartitionName=gpu Nodes={gpus} MaxTime=INFINITE State=UP PriorityTier=1{grace} {
             install_enroot_dropin()
             remove_pyxis_state(self.gpu_nodes)
         for node in self.nodes:
-            slurmd = [_binary("slurmd"), "-D", "-f", str(self.node_conf(node)), "-N", node]
-            if self.private_ray_tmp:  # the node's own /tmp/ray: a bind mount in a mount namespace of its own
-                ray_tmp = b / "nodes" / node / "tmp-ray"
-                ray_tmp.mkdir(parents=True, exist_ok=True)
-                bind = 'mkdir -p /tmp/ray && mount --bind "$0" /tmp/ray && exec "$@"'
-                slurmd = [*probe[:-1], "--", "/bin/sh", "-c", bind, str(ray_tmp), *slurmd]
-            self._spawn(f"slurmd-{node}", slurmd)
+            self._spawn(f"slurmd-{node}", self._slurmd_argv(node))
         wait_until(self._all_idle, 60, f"all nodes idle (logs in {b / 'log'})", interval=0.1)
+
+    def _slurmd_argv(self, node: str) -> list[str]:
+        slurmd = [_binary("slurmd"), "-D", "-f", str(self.node_conf(node)), "-N", node]
+        if not self.private_ray_tmp:
+            return slurmd
+        # The node's own /tmp/ray: a bind mount in a mount namespace of its own (unshare and sh exec, so the pid
+        # spawned is slurmd's, and every process of the node, slurmstepd and its tasks included, is in it).
+        ray_tmp = self.base / "nodes" / node / "tmp-ray"
+        ray_tmp.mkdir(parents=True, exist_ok=True)
+        bind = 'mkdir -p /tmp/ray && mount --bind "$0" /tmp/ray && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", bind, str(ray_tmp), *slurmd]
+
+    # ------------------------------------------------------------------------------------------- node death
+    def _slurmd(self, node: str) -> subprocess.Popen:
+        found = [proc for name, proc in self.procs if name == f"slurmd-{node}"]
+        assert len(found) == 1, f"no single slurmd of {node}: {self.procs}"
+        return found[0]
+
+    def node_pids(self, node: str) -> set[int]:
+        """Every process of ``node`` on this host: its slurmd, the slurmstepd it started (they re-parent to init,
+        so not found by descent) and all their tasks (ray.sub's step, raylet, Ray workers, ...). Found by the mount
+        namespace that slurmd runs in (its private /tmp/ray): no process of another node, of another cluster or of
+        the host shares it. Needs ``private_ray_tmp``."""
+        assert self.private_ray_tmp, "the nodes share the host's mount namespace: a node's processes cannot be told"
+        slurmd = self._slurmd(node)
+        namespace = os.readlink(f"/proc/{slurmd.pid}/ns/mnt") if slurmd.poll() is None else None
+        host = os.readlink("/proc/self/ns/mnt")
+        if namespace is None or namespace == host:
+            return set()
+        pids = set()
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with suppress(OSError):
+                if os.readlink(f"/proc/{pid}/ns/mnt") == namespace:
+                    pids.add(int(pid))
+        return pids
+
+    def kill_node(self, node: str) -> int:
+        """A node's death: SIGKILL every process of ``node`` (``node_pids``) at once, again until none is left (a
+        dying raylet or slurmstepd may still fork), and reap its slurmd. Slurm hears nothing: slurmctld marks the
+        node DOWN (Not responding) only ``SlurmdTimeout`` later. Returns how many processes were killed."""
+        killed: set[int] = set()
+        for _ in range(50):
+            pids = self.node_pids(node) - {os.getpid()}
+            if not pids:
+                break
+            # Stopped first, all of them, then killed: no process of the node sees another die and reports it (a
+            # raylet would tell the GCS that its worker died), as on a node that loses power.
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in pids:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+            killed |= pids
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"processes of {node} keep appearing: {self.node_pids(node)}")
+        self._slurmd(node).wait(timeout=30)
+        return len(killed)
+
+    def restart_node(self, node: str, timeout: float = 120) -> None:
+        """Bring a node killed by ``kill_node`` back into service: a new slurmd (in a new mount namespace, with the
+        node's own /tmp/ray), then ``scontrol update NodeName=... State=RESUME`` when Slurm had marked it DOWN or
+        DRAIN, and wait until it is idle. Idempotent for a node that is up."""
+        slurmd = self._slurmd(node)
+        if slurmd.poll() is not None:
+            self.procs = [(name, proc) for name, proc in self.procs if proc is not slurmd]
+            self._spawn(f"slurmd-{node}", self._slurmd_argv(node))
+
+        def idle() -> bool:
+            state = self.run(["sinfo", "-h", "-n", node, "-o", "%T"], check=False).stdout.strip()
+            if state.rstrip("*") in ("down", "drained", "draining", "fail"):
+                self.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False)
+            return state == "idle"
+
+        wait_until(idle, timeout, f"{node} idle again (logs in {self.base / 'log'})", interval=0.5)
 
     def _all_idle(self) -> bool:
         for name, proc in self.procs:
@@ -449,8 +522,9 @@ def local_slurm(
     pyxis: PyxisSettings | None = None,
     gpu_nodes: int | Sequence[str] | None = None,
     preemption: PreemptionSettings | None = None,
+    slurmd_timeout: int | None = None,
 ) -> Iterator[LocalSlurm]:
-    cluster = LocalSlurm(base, pyxis, gpu_nodes, preemption)
+    cluster = LocalSlurm(base, pyxis, gpu_nodes, preemption, slurmd_timeout)
     try:
         cluster.start()
         yield cluster

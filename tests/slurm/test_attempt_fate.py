@@ -111,6 +111,41 @@ def test_a_failed_owner_query_never_hands_the_run_directory_over(
         assert (proc.returncode, (fake.run_dir / "owner_job").read_text().strip()) == (2, JOB), out
 
 
+INIT = r"""
+set -euo pipefail
+source "$HOLDERPO_HOME/slurm/lib/common.sh"
+SLURM_JOB_ID=88 HOLDERPO_RUN_DIR=$DIR
+hp_init_attempt checkpoints
+"""
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("HOLDERPO_MAX_RESTARTS", "many", "must be an integer >= 0, got 'many'"),
+        ("HOLDERPO_CKPT_TIMEOUT_S", "0", "must be an integer >= 1 (seconds), got '0'"),
+        ("HOLDERPO_SETUP_RETRIES", "-1", "must be an integer >= 0, got '-1'"),
+        ("HOLDERPO_EXCLUDE_LOST_NODE", "yes", "must be 0 or 1, got 'yes'"),
+        (
+            "HOLDERPO_PROGRESS_TIMEOUT_S",
+            "soon",
+            "must be an integer >= 1 (seconds), 'off', or unset (the default from "
+            "the run's measured step time), got 'soon'",
+        ),
+        ("HOLDERPO_PROGRESS_POLL_S", "0", "must be an integer >= 1 (seconds), got '0'"),
+        ("HOLDERPO_SILENT_NODE_WAIT_S", "15s", "must be an integer >= 1 (seconds), got '15s'"),
+    ],
+)
+def test_a_bad_setting_is_refused_before_the_run_directory_is_touched(
+    tmp_path: Path, variable: str, value: str, said: str
+) -> None:
+    fake = Fake(tmp_path)
+    proc = subprocess.run(["bash", "-c", INIT], env=fake.env(**{variable: value}), start_new_session=True,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and f"{variable} {said}" in proc.stderr, proc.stdout + proc.stderr
+    assert not (fake.run_dir / "owner_job").exists() and not (fake.run_dir / "logs").exists()
+
+
 # ------------------------------------------------------------------ defects 3, 4 and 2's rule: one attempt's end
 
 FINISH = r"""
@@ -253,6 +288,128 @@ def test_the_lost_node_is_the_node_ray_names(tmp_path: Path, log: str, nodes: st
         ["bash", "-c", LOST_NODE], env=env, start_new_session=True, capture_output=True, text=True, timeout=60
     )
     assert f"lost node: '{node}'" in proc.stdout, proc.stdout + proc.stderr
+
+
+CRASHED = r"""
+set -euo pipefail
+source "$HOLDERPO_HOME/slurm/lib/common.sh"
+source "$HOLDERPO_HOME/slurm/lib/nemo_rl.sh"
+SLURM_JOB_ID=77 SLURM_JOB_NUM_NODES=$NODES SLURM_JOB_NODELIST=$NODELIST SLURM_JOB_PARTITION=gpu HOLDERPO_RUN_DIR=$DIR
+HP_RESTART=0 HOLDERPO_LOG_DIR=$DIR/logs/77-0 HP_CKPT_DIR=$DIR/checkpoints HP_START_STEP=3 HP_DRIVER_RC=${RC:-1}
+HP_RAY_LOG_DIR=$DIR/ray HOLDERPO_MAX_RESTARTS=5 HOLDERPO_SETUP_RETRIES=2
+mkdir -p "$HOLDERPO_LOG_DIR"
+hp_classify_ray_sub_end
+hp_finish
+"""
+
+# What the driver's log ends with when the node of one of its actors died a moment ago (Ray 2.60, seen on the local
+# Slurm: test_nemo_rl_entry.py's node death): the call's connection to the actor's own address was refused, and the
+# GCS had not yet declared the node dead.
+UNAVAILABLE = (
+    "Traceback (most recent call last):\n"
+    '  File "cpu_driver.py", line 148, in _train_step\n'
+    "ray.exceptions.ActorUnavailableError: The actor 5c0d8e4b3a is unavailable: The actor is temporarily unavailable: "
+    "RpcError: RPC error: failed to connect to all addresses; last error: UNKNOWN: ipv4:{ip}:20042: Failed to connect "
+    "to remote host: Connection refused. The task may or may not have been executed on the actor."
+)
+
+
+@pytest.mark.parametrize(
+    ("log", "nodes", "want"),
+    [
+        # The defect: the worker node died, squeue still lists its step (Slurm has not noticed), the driver crashed
+        # on the unreachable actor. Was: "driver failed" (FAILED, no node named, nothing excluded).
+        (UNAVAILABLE.format(ip="127.0.1.3"), "hp-gpu[1-2]", ("requeued", "lost_worker", "hp-gpu2")),
+        (UNAVAILABLE.format(ip="127.0.1.4"), "hp-gpu[1-3]", ("requeued", "lost_worker", "hp-gpu3")),
+        # Ray's own report, once the GCS has declared the node dead.
+        ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n\tip: 127.0.1.3\n"
+         "The actor died because its node has died. Node Id: 9c1e", "hp-gpu[1-2]", ("requeued", "lost_worker",
+                                                                                    "hp-gpu2")),
+        # The GCS's verdict, printed by the driver before a crash whose own error blamed only the actor's process
+        # (seen on the local Slurm: the node's processes die in some order, and the raylet may report its worker).
+        ("\x1b[33m(raylet)\x1b[0m The node with node id: a12bb6 and address: 127.0.1.3 and node name: 127.0.1.3 has "
+         "been marked dead because the detector has missed too many heartbeats from it. This can happen when a \t(1) "
+         "raylet crashes unexpectedly (OOM, etc.)\nray.exceptions.ActorDiedError: The actor died unexpectedly before "
+         "finishing this task.\nThe actor is dead because its worker process has died. Worker exit type: "
+         "SYSTEM_ERROR", "hp-gpu[1-2]", ("requeued", "lost_worker", "hp-gpu2")),
+        # An unreachable actor on the head node, where the driver runs and so the node lives: a crash of that actor.
+        (UNAVAILABLE.format(ip="127.0.1.2"), "hp-gpu[1-2]", ("driver failed", "crash", "")),
+        # An address of no node of the allocation, or no address: nothing names a lost node.
+        (UNAVAILABLE.format(ip="10.9.9.9"), "hp-gpu[1-2]", ("driver failed", "crash", "")),
+        ("ray.exceptions.ActorUnavailableError: The actor 5c0d is unavailable: The actor is restarting.",
+         "hp-gpu[1-2]", ("driver failed", "crash", "")),
+        ("ValueError: bad batch", "hp-gpu[1-2]", ("driver failed", "crash", "")),
+    ],
+    ids=["unreachable actor on the worker", "on a worker of 3 nodes", "node died (GCS)", "GCS verdict", "on the head",
+         "address of no node", "no address", "plain crash"],
+)  # fmt: skip
+def test_a_driver_crashed_by_a_node_that_just_died_is_a_lost_worker(
+    tmp_path: Path, log: str, nodes: str, want: tuple[str, str, str]
+) -> None:
+    """A real node death (every process of the node gone at once) reaches Ray within a second and Slurm only after
+    SlurmdTimeout: the driver crashes while squeue still lists the dead node's worker step, and Ray 2.60's error is
+    often ActorUnavailableError naming the actor's address, not "its node has died". That is a lost worker on that
+    node (requeue, node named and excluded), not a driver crash (FAILED before any new checkpoint)."""
+    fake = Fake(tmp_path)
+    fake.checkpoints(3)
+    (fake.dir / "hosts").write_text("127.0.1.2 hp-gpu1\n127.0.1.3 hp-gpu2\n127.0.1.4 hp-gpu3\n")
+    (fake.dir / "partition_nodes").write_text("hp-gpu1\nhp-gpu2\nhp-gpu3\nhp-gpu4\n")
+    (fake.dir / "steps").write_text(f"{JOB}.batch\n{JOB}.2\n")  # the worker step: Slurm still lists it
+    (fake.run_dir / "ray").mkdir()
+    (fake.run_dir / "ray" / "ray-driver.log").write_text(log + "\n")
+    env = fake.env(NODELIST=nodes, NODES="3" if nodes.endswith("1-3]") else "2")
+    proc = subprocess.run(
+        ["bash", "-c", CRASHED], env=env, start_new_session=True, capture_output=True, text=True, timeout=60
+    )
+    out = proc.stdout + proc.stderr
+    result = read_env_file(fake.run_dir / "logs" / f"{JOB}-0" / "result.env")
+    assert (result["reason"], result["cause"], result.get("node", "")) == want, out
+    assert proc.returncode == (0 if want[0] == "requeued" else 1), out
+    assert excluded(fake) == (want[2] or None), out
+    if "ActorUnavailableError" in log and want[2]:
+        assert f"could not reach on {want[2]}" in out, out
+
+
+@pytest.mark.parametrize(
+    ("rc", "preempt_time", "ended", "want"),
+    [
+        (138, "", False, (0, "requeued", "stop")),  # scancel --signal=USR1 <job>: was "lost Ray worker" (no step left)
+        (143, "", False, (143, "stopped by SIGTERM", "term")),  # scancel --signal=TERM <job>: was requeued
+        (143, "2026-12-07T12:15:18", False, (0, "requeued", "preempted")),  # GraceTime, no preempt_send_user_signal
+        (143, "", True, (0, "requeued", "lost_worker")),  # ray.sub's head sidecar after ENDED: a lost worker
+        (1, "", False, (0, "requeued", "lost_worker")),  # a crash with no worker step left: as before
+    ],
+    ids=["USR1 to the steps", "SIGTERM to the steps", "SIGTERM to the steps, preempted", "ENDED, then the sidecar",
+         "crash, no worker step"],
+)  # fmt: skip
+def test_a_signal_to_the_job_s_steps_keeps_its_meaning(
+    tmp_path: Path, rc: int, preempt_time: str, ended: bool, want: tuple[int, str, str]
+) -> None:
+    """`scancel --signal=USR1|TERM <job>` without --batch: the signal kills ray.sub's head and worker steps (their
+    bash, Ray, the driver) and ray.sub exits 128+signal (measured on the local Slurm), with no worker step left.
+    USR1 still means stop and requeue, SIGTERM stop (a preemption's SIGTERM: requeue), resuming from the newest
+    complete checkpoint, instead of "lost Ray worker" (which would blame the loop rule, and requeue a SIGTERM)."""
+    fake = Fake(tmp_path)
+    fake.checkpoints(3)
+    (fake.dir / "hosts").write_text("127.0.1.2 hp-gpu1\n127.0.1.3 hp-gpu2\n")
+    (fake.dir / "partition_nodes").write_text("hp-gpu1\nhp-gpu2\nhp-gpu3\n")
+    (fake.dir / "steps").write_text(f"{JOB}.batch\n")  # the signal ended every step
+    if preempt_time:
+        (fake.dir / "preempt_time").mkdir()
+        (fake.dir / "preempt_time" / JOB).write_text(preempt_time + "\n")
+    (fake.run_dir / "ray").mkdir()
+    (fake.run_dir / "ray" / "ray-driver.log").write_text("holderpo train: step 4/30 (checkpoint)\n")
+    if ended:
+        (fake.run_dir / "ray" / "ENDED").touch()
+    env = fake.env(NODELIST="hp-gpu[1-2]", NODES="2", RC=str(rc))
+    proc = subprocess.run(
+        ["bash", "-c", CRASHED], env=env, start_new_session=True, capture_output=True, text=True, timeout=60
+    )
+    out = proc.stdout + proc.stderr
+    result = read_env_file(fake.run_dir / "logs" / f"{JOB}-0" / "result.env")
+    assert (proc.returncode, result["reason"], result["cause"]) == want, out
+    assert result["exit_code"] == str(rc) and result["newest_step"] == "3", result
+    assert ("went to the job's steps, not to this batch shell" in out) == (rc in (138, 143) and not ended), out
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -77,8 +78,13 @@ def python_with_ray() -> Path:
 
 
 def free_port_block(count: int) -> int:
-    """First port of ``count`` consecutive free TCP ports, below Linux's ephemeral range."""
-    for base in range(20000, 32000 - count, 100):
+    """First port of ``count`` consecutive free TCP ports, below Linux's ephemeral range. The blocks are tried from a
+    random one on: Ray binds them only a minute or more after this pick, so two test runs on this shared host that
+    both took the first free block would start their Ray heads on the same ports (seen: a driver that joined the
+    other run's GCS, "WrongClusterID")."""
+    blocks = list(range(20000, 32000 - count, 100))
+    first = random.randrange(len(blocks))
+    for base in blocks[first:] + blocks[:first]:
         socks = []
         try:
             for port in range(base, base + count):
@@ -313,6 +319,131 @@ def test_every_stop_path_ends_in_an_exact_resume_or_a_failure_naming_the_cause(
         assert watch.seen, "the socket sampler saw nothing: the no-off-loopback check would be vacuous"
         assert not watch.off_loopback, watch.off_loopback[:20]
     assert not job_pids(slurm_cluster, job_b), "processes of the finished job are still running"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_node_that_dies_mid_run_is_excluded_and_the_run_resumes_exactly(
+    node_death_slurm_cluster: LocalSlurm, tmp_path: Path
+) -> None:
+    """A real node death through ray.sub: past a periodic checkpoint, every process of the worker node (its slurmd,
+    the slurmstepd of ray.sub's worker step, that step's bash, the raylet and the actors) is SIGKILLed at once. Ray
+    notices within a second (the driver's next step calls the node's actor), Slurm only after SlurmdTimeout: the
+    driver crashes while squeue still lists the worker step. Expected: a lost worker, that node named and excluded,
+    requeued by Slurm when it marks the node DOWN (SlurmdTimeout, 30 s on this cluster: a job requeued by scontrol
+    while its node does not answer restarts without its GPUs), resume from the newest complete checkpoint on other
+    nodes, completion with every per-step metric equal to an uninterrupted run's, no socket off loopback. The dead
+    node's slurmd is restarted and the node resumed afterwards, even on failure (its cluster is the test's own).
+    Failed on main: the requeued attempt had no GPUs ("no GPUs in this allocation", exit 2, job FAILED)."""
+    cluster = node_death_slurm_cluster
+    tree, python = nemo_rl_tree(), python_with_ray()
+    steps, period = 30, 4
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints"
+    env = entry_env(cluster, tmp_path, run_dir, python, HOLDERPO_NEMO_RL_IN_IMAGE=str(tree),
+                    HOLDERPO_TEST_STEP_S="0.5", HOLDERPO_TEST_RAY_STEPS="1", HOLDERPO_CKPT_TIMEOUT_S="20")  # fmt: skip
+    want = uninterrupted_metrics(tmp_path, steps, TINY)
+    job = submit_entry(cluster, tmp_path, env, steps, f"checkpointing.save_period={period}")
+
+    def attempt(n: int) -> Path:
+        return run_dir / "logs" / f"{job}-{n}"
+
+    lost = ""
+    try:
+        with SocketWatch(cluster, job) as sockets:
+            wait_for(lambda: (attempt(0) / "ray_cluster.json").exists(), 420, "the driver to join Ray")
+            wait_for(lambda: newest_step(ckpt) >= period, 240, "a periodic checkpoint")
+            nodes = job_nodes(cluster, job)
+            lost = sorted(nodes)[1]  # ray.sub's worker node (the head is the first in sort order)
+            worker = worker_step(cluster, job, lost)
+            killed = cluster.kill_node(lost)
+            at_kill = newest_step(ckpt)
+            wait_requeued(cluster, job, 1, timeout=300)
+            info = wait_final(cluster, job, timeout=600)
+    finally:
+        if lost:
+            cluster.restart_node(lost)
+    out = (tmp_path / f"holderpo-7b-{job}.out").read_text()
+    results = [read_env_file(attempt(n) / "result.env") for n in range(2)]
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), out[-5000:]
+    assert killed >= 4, killed  # slurmd, slurmstepd, the step's bash, raylet and more
+    # Attempt 0: a lost worker on that node (not a driver crash), requeued, the node kept out of attempt 1.
+    assert (results[0]["reason"], results[0]["cause"], results[0]["node"]) == ("requeued", "lost_worker", lost), (
+        results[0], out[-5000:])  # fmt: skip
+    assert f"stop requested (lost Ray worker on {lost})" in out
+    # The driver crashed before Slurm noticed: Ray's report of the dead node, or (within its first seconds) the
+    # actor there that it could not reach, names the node; not a driver crash.
+    assert "reports a dead Ray node" in out or f"could not reach on {lost}" in out, out[-5000:]
+    # The node does not answer Slurm: its requeue is Slurm's own (ours would restart without the GPUs), and the
+    # batch shell's SIGTERM trap adds the node to ExcNodeList.
+    assert f"{lost} does not answer Slurm" in out and "Slurm requeues the job itself" in out, out[-5000:]
+    assert f"Slurm requeued the job for the failure of {lost}; the next attempt excludes {lost} (ExcNodeList)" in out
+    assert "no GPUs in this allocation" not in out
+    assert cluster.job(job)["ExcNodeList"] == lost
+    nodes1 = cluster.run(["scontrol", "show", "hostnames", read_env_file(attempt(1) / "attempt.env")["nodes"]])
+    assert lost not in nodes1.stdout.split(), nodes1.stdout
+    # Resumed from the newest complete checkpoint (nothing was saved after the node died: no step completed).
+    assert int(results[0]["newest_step"]) == at_kill, (results[0], at_kill)
+    assert resumed_step(attempt(1) / "driver.log") == at_kill
+    assert reproducible(read_metrics(ckpt)) == want
+    assert (ckpt / "COMPLETED").exists() and not list(ckpt.glob("tmp_step_*"))
+    check_ray_cluster(attempt(1), nodes1.stdout.split())
+    assert worker, worker
+    assert sockets.seen and not sockets.off_loopback, sockets.off_loopback[:20]
+    assert not job_pids(cluster, job), "processes of the finished job are still running"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_usr1_and_sigterm_to_the_job_s_steps_keep_their_meaning(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
+    """`scancel --signal=USR1 <job>` and `scancel --signal=TERM <job>` without --batch reach every step's tasks, not the
+    batch shell: ray.sub's head and worker bash die of the signal, with Ray and the driver (no checkpoint at the stop;
+    ray.sub exits 138 / 143, no worker step left). Attempt 0, past a periodic checkpoint: USR1 -> requeue (a stop,
+    not a lost worker) -> attempt 1 resumes from the newest complete checkpoint; past a newer one, SIGTERM -> the job
+    ends (143, stopped by SIGTERM, no requeue, no node blamed); the resume by hand completes with every per-step
+    metric equal to an uninterrupted run's. Was: both "lost Ray worker" requeues (a SIGTERM requeued, and a second
+    signal without a newer checkpoint would have failed the job as a broken node)."""
+    tree, python = nemo_rl_tree(), python_with_ray()
+    steps, period = 30, 4
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints"
+    env = entry_env(slurm_cluster, tmp_path, run_dir, python, HOLDERPO_NEMO_RL_IN_IMAGE=str(tree),
+                    HOLDERPO_TEST_STEP_S="0.5", HOLDERPO_TEST_RAY_STEPS="1", HOLDERPO_CKPT_TIMEOUT_S="20")  # fmt: skip
+    want = uninterrupted_metrics(tmp_path, steps, TINY)
+    job = submit_entry(slurm_cluster, tmp_path, env, steps, f"checkpointing.save_period={period}")
+
+    def attempt(n: int, of: str = job) -> Path:
+        return run_dir / "logs" / f"{of}-{n}"
+
+    with SocketWatch(slurm_cluster, job) as sockets:
+        wait_for(lambda: newest_step(ckpt) >= period, 420, "a periodic checkpoint")
+        slurm_cluster.run(["scancel", "--signal=USR1", job])
+        wait_requeued(slurm_cluster, job, 1)
+        wait_for(lambda: resumed_step(attempt(1) / "driver.log") is not None, 420, "attempt 1 to resume")
+        start = resumed_step(attempt(1) / "driver.log")
+        wait_for(lambda: newest_step(ckpt) > start, 240, "a periodic checkpoint in attempt 1")
+        slurm_cluster.run(["scancel", "--signal=TERM", job])
+        info = wait_final(slurm_cluster, job, timeout=300)
+    out = (tmp_path / f"holderpo-7b-{job}.out").read_text()
+    results = [read_env_file(attempt(n) / "result.env") for n in range(2)]
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "143:0", "1"), out[-5000:]
+    assert [(r["exit_code"], r["reason"], r["cause"]) for r in results] == [
+        ("138", "requeued", "stop"), ("143", "stopped by SIGTERM", "term")], (results, out[-5000:])  # fmt: skip
+    assert "killed by SIGUSR1 (exit 138)" in out and "killed by SIGTERM (exit 143)" in out, out[-5000:]
+    assert "lost Ray worker" not in out and "looks broken" not in out, out[-5000:]
+    assert start == int(results[0]["newest_step"])
+    assert not job_pids(slurm_cluster, job), "processes of the stopped job are still running"
+
+    # The resume by hand: from the newest complete checkpoint, to the end, exactly.
+    job_b = submit_entry(slurm_cluster, tmp_path, env, steps, f"checkpointing.save_period={period}")
+    with SocketWatch(slurm_cluster, job_b) as sockets_b:
+        info_b = wait_final(slurm_cluster, job_b, timeout=600)
+    out_b = (tmp_path / f"holderpo-7b-{job_b}.out").read_text()
+    assert (info_b["JobState"], info_b["ExitCode"]) == ("COMPLETED", "0:0"), out_b[-5000:]
+    assert resumed_step(attempt(0, job_b) / "driver.log") == int(results[1]["newest_step"]) > start
+    assert reproducible(read_metrics(ckpt)) == want
+    for watch in (sockets, sockets_b):
+        assert watch.seen and not watch.off_loopback, watch.off_loopback[:20]
 
 
 @pytest.mark.slurm
