@@ -211,6 +211,41 @@ def test_a_lost_node_requeues_once_excludes_the_node_and_ends_the_job_when_it_fa
     assert "node hp-gpu3 looks broken" in out and "at checkpoint step 3" in out, out
 
 
+def test_a_lost_node_that_no_longer_answers_slurm_is_left_to_slurm_s_node_failure_requeue(tmp_path: Path) -> None:
+    """A dead node (issue 21): its cancelled step stays listed (Slurm hears nothing from it until SlurmdTimeout). The
+    batch shell records the attempt as requeued, does not `scontrol requeue` (on Slurm 22.05 such a job restarts
+    without its GPUs once the node is DOWN), and waits for Slurm's own node-failure requeue, whose SIGTERM (here: the
+    test's, with the job pending again, as after Slurm's requeue) excludes the node."""
+    fake = Fake(tmp_path)
+    (fake.dir / "partition_nodes").write_text("hp-gpu1\nhp-gpu2\nhp-gpu3\n")
+    (fake.dir / "steps").write_text(f"{JOB}.3 hp-gpu2\n")  # ray.sub's worker step, on the dead node: never ends
+    (fake.dir / "slurmd_timeout").write_text("30\n")
+    fake.checkpoints(3)
+    env = fake.env(RESTART="0", START="3", REASON="lost Ray worker", RC="1", SETUP="", NODE="hp-gpu2",
+                   HOLDERPO_SILENT_NODE_WAIT_S="1")  # fmt: skip
+    proc = subprocess.Popen(["bash", "-c", FINISH], env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    result_file = fake.run_dir / "logs" / f"{JOB}-0" / "result.env"
+    try:
+        wait_until(result_file.exists, 30, "the attempt's result before the wait")
+        time.sleep(1)
+        assert proc.poll() is None, "the batch shell did not wait for Slurm's requeue"
+        fake.job_state(JOB, "PENDING")  # Slurm's node-failure requeue: the job pends again, its batch step gets TERM
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    result = read_env_file(result_file)
+    assert (proc.returncode, result["reason"], result["cause"], result["node"]) == (
+        0, "requeued", "lost_worker", "hp-gpu2"), out  # fmt: skip
+    assert f"step {JOB}.3 still runs on hp-gpu2 1s after its cancel: hp-gpu2 does not answer Slurm" in out, out
+    assert "so Slurm requeues the job itself when it marks it DOWN (SlurmdTimeout=30s)" in out, out
+    assert requeues(fake) == 0, fake.calls()  # not scontrol requeue
+    assert excluded(fake) == "hp-gpu2" and "Slurm requeued the job for the failure of hp-gpu2; the next attempt" \
+        " excludes hp-gpu2 (ExcNodeList)" in out, out  # fmt: skip
+
+
 def test_a_lost_node_after_a_newer_checkpoint_requeues_again(tmp_path: Path) -> None:
     fake = Fake(tmp_path)
     (fake.dir / "partition_nodes").write_text("hp-gpu1\nhp-gpu2\nhp-gpu3\nhp-gpu4\n")
