@@ -713,6 +713,9 @@ def test_fake_slurm_matches_slurm(slurm_cluster: LocalSlurm, tmp_path: Path) -> 
     info = slurm_cluster.wait_job(job, lambda i: i["JobState"] == "RUNNING", 60, "the job to run")
     shown = slurm_cluster.run(["scontrol", "show", "job", job]).stdout  # hp_preempt_time's source, as the fake's
     assert re.search(r"(^| )PreemptTime=None( |$)", shown, re.MULTILINE), shown  # (set: test_preemption.py)
+    assert re.search(r"(^| )Requeue=1( |$)", shown, re.MULTILINE), shown  # hp_await_node_failure_requeue's source
+    config = slurm_cluster.run(["scontrol", "show", "config"]).stdout  # and its SlurmdTimeout, read with this sed
+    assert re.search(r"^SlurmdTimeout *= *[0-9]+ sec$", config, re.MULTILINE), config
     steps = wait_until(
         lambda: [s for s in slurm_cluster.run(["squeue", "-h", "-s", "-j", job, "-o", "%i"]).stdout.split()
                  if s == f"{job}.0"], 60, "the step to start")  # fmt: skip
