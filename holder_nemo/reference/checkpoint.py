@@ -87,14 +87,9 @@ def save_checkpoint(
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(config_yaml)
     _fsync_tree(tmp)
+    # Only ever a new step: the trainer saves each step once, past its newest checkpoint.
     final = run_dir / f"step_{step}"
-    if final.exists():  # re-saving a step: move the old copy aside first so a complete step_N always exists
-        aside = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-old-", dir=run_dir))
-        os.rename(final, aside / final.name)
-        os.rename(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
+    os.rename(tmp, final)
     for _, old in list_checkpoints(run_dir)[:-keep_last_k]:
         shutil.rmtree(old, ignore_errors=True)
     return final
