@@ -222,27 +222,12 @@ def slurm_deadline(env: Mapping[str, str] | None = None) -> float | None:
 # --------------------------------------------------------------------------------------- the Slurm allocation's end
 
 
-_UNKNOWN = {"", "N/A", "UNKNOWN", "NONE", "INVALID", "UNLIMITED"}
+_UNKNOWN = {"", "N/A", "UNKNOWN", "NONE", "INVALID", "UNLIMITED"}  # squeue's %e of a job without a time limit
 
 
-def parse_squeue_time(text: str) -> float | None:
-    """``squeue -o %e`` output (local ``YYYY-MM-DDTHH:MM:SS``) to Unix seconds; None for N/A/Unknown."""
-    text = text.strip()
-    if text.upper() in _UNKNOWN:
-        return None
-    try:
-        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
-    except ValueError as exc:
-        raise ValueError(f"unexpected squeue end time {text!r} (expected YYYY-MM-DDTHH:MM:SS)") from exc
-
-
-def slurm_job_end_time(env: Mapping[str, str] | None = None, squeue: str | None = "squeue") -> float | None:
-    """Unix time at which the current Slurm job's allocation ends, or None (not in Slurm / no time limit).
-
-    Args:
-        env: environment to read (default ``os.environ``).
-        squeue: squeue executable used when ``SLURM_JOB_END_TIME`` is absent; None disables the fallback.
-    """
+def slurm_job_end_time(env: Mapping[str, str] | None = None) -> float | None:
+    """Unix time at which the current Slurm job's allocation ends, or None (not in Slurm / no time limit):
+    ``$SLURM_JOB_END_TIME``, else ``squeue -h -j $SLURM_JOB_ID -o %e`` (local ``YYYY-MM-DDTHH:MM:SS``)."""
     env = os.environ if env is None else env
     raw = env.get("SLURM_JOB_END_TIME", "").strip()
     if raw:
@@ -252,42 +237,21 @@ def slurm_job_end_time(env: Mapping[str, str] | None = None, squeue: str | None 
             raise ValueError(f"SLURM_JOB_END_TIME must be Unix seconds, got {raw!r}") from exc
         return end if end > 0 else None
     job_id = env.get("SLURM_JOB_ID", "").strip()
-    if not job_id or squeue is None or shutil.which(squeue) is None:
+    if not job_id:
         return None
     try:
         out = subprocess.run(
-            [squeue, "-h", "-j", job_id, "-o", "%e"], capture_output=True, text=True, timeout=30, check=True
+            ["squeue", "-h", "-j", job_id, "-o", "%e"], capture_output=True, text=True, timeout=30, check=True
         ).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError):  # no squeue here, or it failed: no end time known
         return None
-    lines = [line for line in out.splitlines() if line.strip()]
-    return parse_squeue_time(lines[0]) if lines else None
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds (>= 0, rounded down) as NeMo RL's ``DD:HH:MM:SS``."""
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
-
-
-def checkpoint_must_save_by(
-    margin_s: float, *, end_time: float | None = None, now: float | None = None, env: Mapping[str, str] | None = None
-) -> str | None:
-    """``DD:HH:MM:SS`` from ``now`` until ``margin_s`` seconds before the allocation ends; None when unknown.
-
-    NeMo RL starts this clock when ``grpo_train`` starts, so a value computed before setup is late by the setup
-    time: include the setup time in ``margin_s``, or let the HölderPO entry point use the absolute end time.
-    """
-    if margin_s < 0:
-        raise ValueError(f"margin_s must be >= 0, got {margin_s}")
-    end = slurm_job_end_time(env) if end_time is None else end_time
-    if end is None:
+    text = next((line.strip() for line in out.splitlines() if line.strip()), "")
+    if text.upper() in _UNKNOWN:
         return None
-    now = time.time() if now is None else now
-    return format_duration(end - margin_s - now)
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError as exc:
+        raise ValueError(f"unexpected squeue end time {text!r} (expected YYYY-MM-DDTHH:MM:SS)") from exc
 
 
 # ----------------------------------------------------------------------------------------------------- resume guard
@@ -565,17 +529,25 @@ def exit_code_after_training(stop_reason: str | None, checkpointing: dict[str, A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Print ``checkpointing.checkpoint_must_save_by`` for the current allocation: NeMo RL starts that clock when
+    ``grpo_train`` starts, so a value computed before setup is late by the setup time; ``--margin`` includes it."""
     parser = argparse.ArgumentParser(
         prog="python -m holder_nemo.run_control",
         description="Print checkpointing.checkpoint_must_save_by (DD:HH:MM:SS) for the current Slurm allocation.",
     )
     parser.add_argument("--margin", type=float, default=900.0, help="seconds to keep before the end (default 900)")
     args = parser.parse_args(argv)
-    value = checkpoint_must_save_by(args.margin)
-    if value is None:
+    if args.margin < 0:
+        parser.error(f"--margin must be >= 0 seconds, got {args.margin:g}")
+    end = slurm_job_end_time()
+    if end is None:
         print("no Slurm job end time (not in a Slurm job, or no time limit)", file=sys.stderr)
         return 1
-    print(value)
+    # NeMo RL's DD:HH:MM:SS, from now until margin seconds before the end (rounded down, never negative)
+    minutes, secs = divmod(max(0, int(end - args.margin - time.time())), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    print(f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}")
     return 0
 
 

@@ -20,9 +20,6 @@ from holder_nemo.nemo_rl import master_config, run_grpo
 from holder_nemo.run_control import (
     SAVE_MARGIN_ENV,
     StopRequest,
-    checkpoint_must_save_by,
-    format_duration,
-    parse_squeue_time,
     patched_timeout_checker,
     slurm_deadline,
     slurm_job_end_time,
@@ -94,27 +91,37 @@ def test_patch_is_scoped():
     assert module.TimeoutChecker is BaseTimeoutChecker
 
 
-def test_slurm_end_time_from_env_and_squeue(tmp_path):
+def test_slurm_end_time_from_env_and_squeue(tmp_path, monkeypatch):
     assert slurm_job_end_time({"SLURM_JOB_END_TIME": "1790000000"}) == 1790000000.0
     assert slurm_job_end_time({}) is None
-    # squeue fallback: a stand-in executable printing what `squeue -h -j ID -o %e` prints
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue on PATH: no end time
+    assert slurm_job_end_time({"SLURM_JOB_ID": "42"}) is None
+    # squeue fallback: a stand-in executable printing what `squeue -h -j ID -o %e` prints ($END)
     fake = tmp_path / "squeue"
-    fake.write_text('#!/bin/sh\n[ "$1 $2 $3 $4 $5" = "-h -j 42 -o %e" ] && echo 2026-11-27T23:30:00\n')
+    fake.write_text('#!/bin/sh\n[ "$1 $2 $3 $4 $5" = "-h -j 42 -o %e" ] && echo "$END"\n')
     fake.chmod(0o755)
-    expected = datetime(2026, 11, 27, 23, 30, 0).timestamp()
-    assert slurm_job_end_time({"SLURM_JOB_ID": "42"}, squeue=str(fake)) == expected
-    assert parse_squeue_time("N/A") is None and parse_squeue_time("Unknown") is None
+    monkeypatch.setenv("END", "2026-11-27T23:30:00")
+    assert slurm_job_end_time({"SLURM_JOB_ID": "42"}) == datetime(2026, 11, 27, 23, 30, 0).timestamp()
+    for unlimited in ("N/A", "Unknown"):
+        monkeypatch.setenv("END", unlimited)
+        assert slurm_job_end_time({"SLURM_JOB_ID": "42"}) is None
+    monkeypatch.setenv("END", "tomorrow")
     with pytest.raises(ValueError, match="squeue end time"):
-        parse_squeue_time("tomorrow")
+        slurm_job_end_time({"SLURM_JOB_ID": "42"})
 
 
-def test_checkpoint_must_save_by_format():
-    assert format_duration(90061) == "01:01:01:01"
-    assert format_duration(-5) == "00:00:00:00"
-    assert checkpoint_must_save_by(600, end_time=10_000.0, now=1_000.0) == "00:02:20:00"
-    assert checkpoint_must_save_by(600, env={}) is None
-    with pytest.raises(ValueError, match="margin_s"):
-        checkpoint_must_save_by(-1, end_time=1.0, now=0.0)
+def test_checkpoint_must_save_by_is_printed(monkeypatch, capsys):
+    monkeypatch.setattr(run_control, "time", types.SimpleNamespace(time=lambda: 1_000.0))
+    for end, printed in ((10_000, "00:02:20:00"), (1_000 + 600 + 90_061, "01:01:01:01"), (1_500, "00:00:00:00")):
+        monkeypatch.setenv("SLURM_JOB_END_TIME", str(end))
+        assert run_control.main(["--margin", "600"]) == 0
+        assert capsys.readouterr().out == printed + "\n"
+    monkeypatch.delenv("SLURM_JOB_END_TIME")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert run_control.main([]) == 1 and "no Slurm job end time" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        run_control.main(["--margin", "-1"])
+    assert info.value.code == 2 and "--margin must be >= 0" in capsys.readouterr().err
 
 
 def test_slurm_deadline_env():
