@@ -127,9 +127,8 @@ class StopRequest:
         self.fired: str | None = None  # why check_save returned True (set once)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> StopRequest:
-        env = os.environ if env is None else env
-        return cls(stop_file=env.get(STOP_FILE_ENV) or None)
+    def from_env(cls) -> StopRequest:
+        return cls(stop_file=os.environ.get(STOP_FILE_ENV) or None)
 
     def install_signal_handlers(self, *, interrupt: bool = False) -> None:
         """Route SIGUSR1 and SIGTERM to ``request``; call again after libraries that install their own (Ray).
@@ -269,11 +268,6 @@ class ConfigChange:
         return f"{self.key}: {self.stored!r} (stored) -> {self.current!r} (now)"
 
 
-class ResumeConfigError(ConfigError):
-    """The recipe differs from the run's stored one in keys that change the run: one problem per key (both values),
-    between a line saying what differs and one saying how to proceed."""
-
-
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dotted-key view of nested mappings (lists and scalars are leaves)."""
     flat: dict[str, Any] = {}
@@ -296,24 +290,15 @@ def _is_operational(key: str, patterns: Iterable[str]) -> bool:
     return False
 
 
-def _is_path_key(key: str) -> bool:
-    parts = key.split(".")
-    return bool(_PATH_KEY.search(parts[-1])) and (parts[-1] != "name" or "tokenizer" in parts[:-1])
-
-
-def resolved_path(value: str) -> str:
-    """``value`` as an absolute, normalised path (``~`` expanded, relative to the working directory, symlinks
-    followed): ``relrun``, ``./relrun/`` and ``$PWD/relrun`` are one path."""
-    return os.path.realpath(os.path.expanduser(value))
-
-
-def same_value(key: str, before: Any, after: Any) -> bool:
-    """Equal values, or, under a path key, two strings naming the same path."""
-    if before == after:
-        return True
-    if isinstance(before, str) and isinstance(after, str) and before and after and _is_path_key(key):
-        return resolved_path(before) == resolved_path(after)
-    return False
+def _same_path(key: str, before: Any, after: Any) -> bool:
+    """Under a path key, two strings naming the same path once resolved (``~`` expanded, relative to the working
+    directory, symlinks followed): ``relrun``, ``./relrun/`` and ``$PWD/relrun`` are one path."""
+    *parents, leaf = key.split(".")
+    if not (_PATH_KEY.search(leaf) and (leaf != "name" or "tokenizer" in parents)):
+        return False
+    if not (isinstance(before, str) and isinstance(after, str) and before and after):
+        return False
+    return os.path.realpath(os.path.expanduser(before)) == os.path.realpath(os.path.expanduser(after))
 
 
 def config_changes(
@@ -326,7 +311,7 @@ def config_changes(
     changes = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if not same_value(key, before, after) and not _is_operational(key, ignored):
+        if before != after and not _same_path(key, before, after) and not _is_operational(key, ignored):
             changes.append(ConfigChange(key, before, after))
     return changes
 
@@ -341,12 +326,13 @@ def check_resume_config(
 ) -> list[ConfigChange]:
     """The run-changing differences between the stored and the current recipe.
 
-    Raises ``ResumeConfigError`` (listing every key with both values and how to proceed) when there are any and
-    ``accept`` is false; returns them (possibly empty) otherwise. ``where`` names the stored recipe in messages.
+    Raises ``ConfigError`` (a line saying what differs, one problem per key with both values, a line saying how to
+    proceed) when there are any and ``accept`` is false; returns them (possibly empty) otherwise. ``where`` names
+    the stored recipe in messages.
     """
     changes = config_changes(stored, current, operational)
     if changes and not accept:
-        raise ResumeConfigError(
+        raise ConfigError(
             [
                 ("", f"the recipe differs from the one this run was started with ({where}) in {len(changes)} key(s):"),
                 *((c.key, f"{c.stored!r} (stored) -> {c.current!r} (now)") for c in changes),
@@ -459,7 +445,7 @@ def run_complete(checkpointing: Mapping[str, Any], max_num_steps: int) -> bool:
 def guard_resume(config: dict[str, Any], checkpoint_dir: Path, *, accept: bool, write: bool) -> list[ConfigChange]:
     """Compare ``config`` (the resolved recipe) with the run's record when a complete checkpoint exists.
 
-    Raises ``ResumeConfigError`` on a run-changing difference unless ``accept``; with ``write``, stores ``config``
+    Raises ``ConfigError`` on a run-changing difference unless ``accept``; with ``write``, stores ``config``
     as the run's record (atomically) and logs accepted changes. Returns the accepted changes.
     """
     record = checkpoint_dir / RECIPE_RECORD
