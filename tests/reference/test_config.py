@@ -108,6 +108,7 @@ def test_cross_field_errors_name_their_keys_without_dumping_the_recipe():
         (["+loss_fn.ratio_clip_c=0.5"], ("loss_fn.ratio_clip_c", "Input should be greater than 1 (got 0.5)")),
         (["+loss_fn.ratio_clip_c=1.0"], ("loss_fn.ratio_clip_c", "Input should be greater than 1 (got 1.0)")),
         (["policy.model_name=/nonexistent/model"], ("policy.model_name", "no such model directory")),
+        (["data.train_path=/nonexistent/train.jsonl"], ("data.train_path", "no such file")),
     ],
     ids=str,
 )
