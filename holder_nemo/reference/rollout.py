@@ -14,23 +14,10 @@ so ``next_token_logprobs[:, t]`` (shape [B, S-1]) pairs with ``prev_logprobs[:, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from holder_nemo.reference.tasks import Example
-
-
-@dataclass
-class Rollout:
-    """One step's samples: the NeMo RL batch plus what the metrics need."""
-
-    batch: dict[str, Tensor]
-    rewards: Tensor  # [B] float32 in [0, 1]
-    responses: list[str]
-    finished: Tensor  # [B] bool, the response ended with <eos> before max_new_tokens
-    response_lengths: Tensor  # [B] number of response tokens (<eos> included)
 
 
 @torch.no_grad()
