@@ -165,10 +165,13 @@ class StopRequest:
         return None
 
 
-def stop_aware_timeout_checker(base: type, stop: StopRequest) -> type:
-    """A subclass of NeMo RL's ``TimeoutChecker`` whose ``check_save`` also honours ``stop``."""
+@contextlib.contextmanager
+def patched_timeout_checker(trainer_module: ModuleType, stop: StopRequest) -> Iterator[type]:
+    """Within the block, ``trainer_module.TimeoutChecker`` (NeMo RL's) is a subclass whose ``check_save`` also
+    honours ``stop``; the original is restored afterwards."""
+    original = trainer_module.TimeoutChecker
 
-    class StopAwareTimeoutChecker(base):  # type: ignore[misc, valid-type]
+    class StopAwareTimeoutChecker(original):  # type: ignore[misc, valid-type]
         def check_save(self) -> bool:
             if super().check_save():
                 stop.fired = stop.fired or "checkpointing.checkpoint_must_save_by"
@@ -184,17 +187,9 @@ def stop_aware_timeout_checker(base: type, stop: StopRequest) -> type:
             print(f"holder_nemo: stopping at this step boundary ({why}); saving a checkpoint", flush=True)
             return True
 
-    return StopAwareTimeoutChecker
-
-
-@contextlib.contextmanager
-def patched_timeout_checker(trainer_module: ModuleType, stop: StopRequest) -> Iterator[type]:
-    """Within the block, ``trainer_module.TimeoutChecker`` is the stop-aware subclass (restored afterwards)."""
-    original = trainer_module.TimeoutChecker
-    patched = stop_aware_timeout_checker(original, stop)
-    trainer_module.TimeoutChecker = patched
+    trainer_module.TimeoutChecker = StopAwareTimeoutChecker
     try:
-        yield patched
+        yield StopAwareTimeoutChecker
     finally:
         trainer_module.TimeoutChecker = original
 

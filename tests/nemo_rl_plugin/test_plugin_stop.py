@@ -23,7 +23,6 @@ from holder_nemo.run_control import (
     patched_timeout_checker,
     slurm_deadline,
     slurm_job_end_time,
-    stop_aware_timeout_checker,
 )
 
 
@@ -46,10 +45,16 @@ class BaseTimeoutChecker:
         return False
 
 
+def stop_aware_checker(stop: StopRequest, **kwargs) -> BaseTimeoutChecker:
+    """A checker of the class ``patched_timeout_checker`` puts in place of ``BaseTimeoutChecker``."""
+    with patched_timeout_checker(types.SimpleNamespace(TimeoutChecker=BaseTimeoutChecker), stop) as patched:
+        return patched(**kwargs)
+
+
 def test_stop_file_triggers_once(tmp_path):
     stop_file = tmp_path / "STOP"
     stop = StopRequest(stop_file=stop_file)
-    checker = stop_aware_timeout_checker(BaseTimeoutChecker, stop)()
+    checker = stop_aware_checker(stop)
     assert checker.check_save() is False and stop.fired is None
     stop_file.touch()
     assert checker.check_save() is True and stop.fired.startswith("stop file")
@@ -64,7 +69,7 @@ def test_signals_request_a_stop(signum):
         stop.install_signal_handlers()
         os.kill(os.getpid(), signum)
         time.sleep(0.05)
-        checker = stop_aware_timeout_checker(BaseTimeoutChecker, stop)()
+        checker = stop_aware_checker(stop)
         assert checker.check_save() is True
         assert stop.fired == signal.Signals(signum).name
     finally:
@@ -74,10 +79,10 @@ def test_signals_request_a_stop(signum):
 
 def test_nemo_rl_own_timeout_still_counts_and_deadline_uses_mean_step():
     stop = StopRequest()
-    checker = stop_aware_timeout_checker(BaseTimeoutChecker, stop)(timeout=0)
+    checker = stop_aware_checker(stop, timeout=0)
     assert checker.check_save() is True and stop.fired == "checkpointing.checkpoint_must_save_by"
     stop = StopRequest(deadline=time.time() + 100)
-    checker = stop_aware_timeout_checker(BaseTimeoutChecker, stop)()
+    checker = stop_aware_checker(stop)
     checker.iteration_times = [30.0, 50.0]
     assert checker.check_save() is False  # now + 40 s < deadline
     checker.iteration_times = [150.0]
