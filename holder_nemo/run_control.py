@@ -152,16 +152,14 @@ class StopRequest:
                 f"holder_nemo: {reason} received; will checkpoint and exit 75 after the current step{again}", flush=True
             )
 
-    def reason(self, mean_iteration_s: float = 0.0, now: float | None = None) -> str | None:
+    def reason(self, mean_iteration_s: float = 0.0) -> str | None:
         """Why the run should stop now, or None. ``mean_iteration_s`` is the expected length of the next step."""
         if self.signal_name is not None:
             return self.signal_name
         if self.stop_file is not None and self.stop_file.exists():
             return f"stop file {self.stop_file}"
-        if self.deadline is not None:
-            now = time.time() if now is None else now
-            if now + mean_iteration_s >= self.deadline:
-                return "Slurm allocation ends before the next step would finish"
+        if self.deadline is not None and time.time() + mean_iteration_s >= self.deadline:
+            return "Slurm allocation ends before the next step would finish"
         return None
 
 
@@ -178,7 +176,7 @@ def patched_timeout_checker(trainer_module: ModuleType, stop: StopRequest) -> It
                 return True
             if self.last_saved:
                 return False
-            times = list(getattr(self, "iteration_times", []) or [])
+            times = self.iteration_times  # seconds of each step so far (NeMo RL v0.7's TimeoutChecker)
             why = stop.reason(sum(times) / len(times) if times else 0.0)
             if why is None:
                 return False
@@ -466,12 +464,10 @@ def guard_resume(config: dict[str, Any], checkpoint_dir: Path, *, accept: bool, 
     return changes
 
 
-def write_completed_marker(checkpoint_dir: Path) -> Path:
+def write_completed_marker(checkpoint_dir: Path) -> None:
     """Atomically write ``checkpoint_dir/COMPLETED`` (lets a requeued job see the run is done)."""
-    marker = checkpoint_dir / COMPLETED_FILE
-    with atomic_write(marker) as fh:
+    with atomic_write(checkpoint_dir / COMPLETED_FILE) as fh:
         fh.write(json.dumps({"completed": True}) + "\n")
-    return marker
 
 
 def final_step(config: Any, dataloader: Any, own_loop: bool) -> int:
