@@ -77,8 +77,7 @@ def save_checkpoint(
     keep_last_k: int,
 ) -> Path:
     """Write ``run_dir/step_{step}`` atomically, then delete all but the newest ``keep_last_k`` checkpoints."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)  # created by holderpo train's make_run_dir before anything runs
     for stale in run_dir.glob(".tmp-step_*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=run_dir))
