@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from holder_nemo.config.errors import ConfigError, output_file, print_problems
+from holder_nemo.config.errors import ConfigError, print_problems
 from holder_nemo.reference.metrics_log import read_metrics
 
 FIGURE_FILE = "training.png"
@@ -45,9 +45,8 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (csum[idx] - csum[lo]) / (idx - lo)
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw the 2 x 4 training figure of ``run_dir/metrics.jsonl`` into ``out`` (PNG; default
-    ``run_dir/training.png``)."""
+def plot_run(run_dir: str | Path) -> Path:
+    """Draw the 2 x 4 training figure of ``run_dir/metrics.jsonl`` into ``run_dir/training.png``."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     if not records:
@@ -79,7 +78,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.suptitle(f"HölderPO reference run: {run_dir.name}")
-    out = Path(out or run_dir / FIGURE_FILE)
+    out = run_dir / FIGURE_FILE
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
@@ -88,10 +87,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="holderpo plot", description="Redraw the training figure of a run.")
     parser.add_argument("run_dir", type=Path, help="run directory containing metrics.jsonl")
-    parser.add_argument("-o", "--out", type=Path, default=None, help=f"output PNG (default RUN_DIR/{FIGURE_FILE})")
     ns = parser.parse_args(argv)
     try:
-        path = plot_run(ns.run_dir, output_file("-o", ns.out) if ns.out else None)
+        path = plot_run(ns.run_dir)
     except ConfigError as exc:
         return print_problems("holderpo plot", exc)
     print(path)
