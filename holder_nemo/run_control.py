@@ -104,7 +104,7 @@ NEMO_RL_OPERATIONAL_KEYS = (
     "policy.generation.vllm_cfg.enable_vllm_metrics_logger",
     "policy.generation.vllm_cfg.vllm_metrics_logger_interval",
 )
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+STEP_DIR = re.compile(r"^step_(\d+)$")  # a complete checkpoint of either driver (NeMo RL and holderpo train)
 _TMP_STEP_DIR = re.compile(r"^tmp_step_\d+$")
 TRAINING_INFO = "training_info.json"  # CheckpointManager writes it first into tmp_step_N, before any weights
 
@@ -363,7 +363,7 @@ def latest_complete_step(checkpoint_dir: Path) -> int | None:
     """Highest N with a ``step_N`` directory (NeMo RL renames ``tmp_step_N`` only once a save is complete)."""
     if not checkpoint_dir.is_dir():
         return None
-    steps = [int(m.group(1)) for p in checkpoint_dir.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    steps = [int(m.group(1)) for p in checkpoint_dir.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
     return max(steps, default=None)
 
 
@@ -385,14 +385,14 @@ def tidy_checkpoint_dir(checkpoint_dir: Path) -> list[Path]:
     complete = [
         int(m.group(1))
         for p in checkpoint_dir.iterdir()
-        if (m := _STEP_DIR.match(p.name)) and (p / TRAINING_INFO).is_file()
+        if (m := STEP_DIR.match(p.name)) and (p / TRAINING_INFO).is_file()
     ]
     newest = max(complete, default=None)
     removed = []
     for path in sorted(checkpoint_dir.iterdir()):
         if not path.is_dir():
             continue
-        step_match = _STEP_DIR.match(path.name)
+        step_match = STEP_DIR.match(path.name)
         interrupted_delete = (
             step_match is not None
             and not (path / TRAINING_INFO).is_file()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
+from holder_nemo.run_control import STEP_DIR
+
 STATE_FILE, MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE = "state.pt", "model.pt", "optimizer.pt", "config.yaml"
 
 
