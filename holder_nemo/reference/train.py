@@ -126,7 +126,7 @@ class ReferenceRecipe:
         if want == "auto":
             want = "cuda" if torch.cuda.is_available() else "cpu"
         if want == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("reference.device: 'cuda' requested but torch.cuda.is_available() is False")
+            raise ConfigError("reference.device", "'cuda' requested but torch.cuda.is_available() is False")
         return torch.device(want)
 
     def _setup_model_and_task(self):
