@@ -192,10 +192,9 @@ def patched_timeout_checker(trainer_module: ModuleType, stop: StopRequest) -> It
         trainer_module.TimeoutChecker = original
 
 
-def slurm_deadline(env: Mapping[str, str] | None = None) -> float | None:
+def slurm_deadline() -> float | None:
     """Allocation end minus ``$HOLDERPO_SLURM_SAVE_MARGIN_S`` (seconds) when that variable is set, else None."""
-    env = os.environ if env is None else env
-    raw = env.get(SAVE_MARGIN_ENV, "").strip()
+    raw = os.environ.get(SAVE_MARGIN_ENV, "").strip()
     if not raw:
         return None
     try:
@@ -204,7 +203,7 @@ def slurm_deadline(env: Mapping[str, str] | None = None) -> float | None:
         margin = -1.0
     if not margin >= 0:
         raise ConfigError(SAVE_MARGIN_ENV, f"must be a number of seconds >= 0, got {raw!r}")
-    end = slurm_job_end_time(env)
+    end = slurm_job_end_time()
     if end is None:
         print(f"holder_nemo: {SAVE_MARGIN_ENV} is set but no Slurm job end time was found", file=sys.stderr)
         return None
@@ -217,18 +216,17 @@ def slurm_deadline(env: Mapping[str, str] | None = None) -> float | None:
 _UNKNOWN = {"", "N/A", "UNKNOWN", "NONE", "INVALID", "UNLIMITED"}  # squeue's %e of a job without a time limit
 
 
-def slurm_job_end_time(env: Mapping[str, str] | None = None) -> float | None:
+def slurm_job_end_time() -> float | None:
     """Unix time at which the current Slurm job's allocation ends, or None (not in Slurm / no time limit):
     ``$SLURM_JOB_END_TIME``, else ``squeue -h -j $SLURM_JOB_ID -o %e`` (local ``YYYY-MM-DDTHH:MM:SS``)."""
-    env = os.environ if env is None else env
-    raw = env.get("SLURM_JOB_END_TIME", "").strip()
+    raw = os.environ.get("SLURM_JOB_END_TIME", "").strip()
     if raw:
         try:
             end = float(raw)
         except ValueError as exc:
             raise ValueError(f"SLURM_JOB_END_TIME must be Unix seconds, got {raw!r}") from exc
         return end if end > 0 else None
-    job_id = env.get("SLURM_JOB_ID", "").strip()
+    job_id = os.environ.get("SLURM_JOB_ID", "").strip()
     if not job_id:
         return None
     try:

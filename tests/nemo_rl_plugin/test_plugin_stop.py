@@ -96,44 +96,59 @@ def test_patch_is_scoped():
     assert module.TimeoutChecker is BaseTimeoutChecker
 
 
-def test_slurm_end_time_from_env_and_squeue(tmp_path, monkeypatch):
-    assert slurm_job_end_time({"SLURM_JOB_END_TIME": "1790000000"}) == 1790000000.0
-    assert slurm_job_end_time({}) is None
-    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue on PATH: no end time
-    assert slurm_job_end_time({"SLURM_JOB_ID": "42"}) is None
+@pytest.fixture
+def no_slurm_job(monkeypatch):
+    """An environment outside any Slurm job (the variables a test sets are its own)."""
+    for name in ("SLURM_JOB_END_TIME", "SLURM_JOB_ID", SAVE_MARGIN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_slurm_end_time_from_env_and_squeue(tmp_path, no_slurm_job):
+    env = no_slurm_job
+    assert slurm_job_end_time() is None
+    env.setenv("SLURM_JOB_END_TIME", "1790000000")
+    assert slurm_job_end_time() == 1790000000.0
+    env.delenv("SLURM_JOB_END_TIME")
+    env.setenv("SLURM_JOB_ID", "42")
+    env.setenv("PATH", str(tmp_path))  # no squeue on PATH: no end time
+    assert slurm_job_end_time() is None
     # squeue fallback: a stand-in executable printing what `squeue -h -j ID -o %e` prints ($END)
     fake = tmp_path / "squeue"
     fake.write_text('#!/bin/sh\n[ "$1 $2 $3 $4 $5" = "-h -j 42 -o %e" ] && echo "$END"\n')
     fake.chmod(0o755)
-    monkeypatch.setenv("END", "2026-11-27T23:30:00")
-    assert slurm_job_end_time({"SLURM_JOB_ID": "42"}) == datetime(2026, 11, 27, 23, 30, 0).timestamp()
+    env.setenv("END", "2026-11-27T23:30:00")
+    assert slurm_job_end_time() == datetime(2026, 11, 27, 23, 30, 0).timestamp()
     for unlimited in ("N/A", "Unknown"):
-        monkeypatch.setenv("END", unlimited)
-        assert slurm_job_end_time({"SLURM_JOB_ID": "42"}) is None
-    monkeypatch.setenv("END", "tomorrow")
+        env.setenv("END", unlimited)
+        assert slurm_job_end_time() is None
+    env.setenv("END", "tomorrow")
     with pytest.raises(ValueError, match="squeue end time"):
-        slurm_job_end_time({"SLURM_JOB_ID": "42"})
+        slurm_job_end_time()
 
 
-def test_checkpoint_must_save_by_is_printed(monkeypatch, capsys):
+def test_checkpoint_must_save_by_is_printed(no_slurm_job, monkeypatch, capsys):
     monkeypatch.setattr(run_control, "time", types.SimpleNamespace(time=lambda: 1_000.0))
     for end, printed in ((10_000, "00:02:20:00"), (1_000 + 600 + 90_061, "01:01:01:01"), (1_500, "00:00:00:00")):
         monkeypatch.setenv("SLURM_JOB_END_TIME", str(end))
         assert run_control.main(["--margin", "600"]) == 0
         assert capsys.readouterr().out == printed + "\n"
     monkeypatch.delenv("SLURM_JOB_END_TIME")
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert run_control.main([]) == 1 and "no Slurm job end time" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         run_control.main(["--margin", "-1"])
     assert info.value.code == 2 and "--margin must be >= 0" in capsys.readouterr().err
 
 
-def test_slurm_deadline_env():
-    assert slurm_deadline({}) is None
-    assert slurm_deadline({SAVE_MARGIN_ENV: "300", "SLURM_JOB_END_TIME": "5000"}) == 4700.0
+def test_slurm_deadline_env(no_slurm_job):
+    env = no_slurm_job
+    assert slurm_deadline() is None
+    env.setenv(SAVE_MARGIN_ENV, "300")
+    env.setenv("SLURM_JOB_END_TIME", "5000")
+    assert slurm_deadline() == 4700.0
+    env.setenv(SAVE_MARGIN_ENV, "soon")
     with pytest.raises(ValueError, match=SAVE_MARGIN_ENV):
-        slurm_deadline({SAVE_MARGIN_ENV: "soon"})
+        slurm_deadline()
 
 
 def test_exit_codes_and_completed_marker(tmp_path):
