@@ -69,7 +69,6 @@ def run_specs(ns: argparse.Namespace, recipe: Path, overrides: list[str]):
 def main(argv: list[str]) -> int:
     from holder_nemo.config import ConfigError, print_problems
     from holder_nemo.reference.train import check_resume, load_config, split_recipe
-    from holder_nemo.run_control import ResumeConfigError
     from holder_nemo.study.report import smoothing_window, write_report
     from holder_nemo.study.runner import run_all
 
@@ -77,17 +76,16 @@ def main(argv: list[str]) -> int:
     recipe, overrides = split_recipe(ns.args)
     recipe = recipe.resolve()
     specs = run_specs(ns, recipe, overrides)
+    advice = "holderpo study keeps a run's settings (it has no --accept-config-change): restore them or use a new one"
     try:
         for spec in specs:
             _, resolved_yaml = load_config(spec.argv[0], list(spec.argv[1:]))
             # the run's own resume guard, before any run starts: a run directory of this study that was started with
             # other settings (an override, or the recipe file edited since) would silently mix two studies
-            check_resume(spec.run_dir, resolved_yaml, accept=False)
-    except ResumeConfigError as exc:
-        advice = (
-            "holderpo study keeps a run's settings (it has no --accept-config-change): restore them or use a new one"
-        )
-        return print_problems("holderpo study", ConfigError([*exc.problems, ("--out-dir", advice)]))
+            try:
+                check_resume(spec.run_dir, resolved_yaml, accept=False)
+            except ConfigError as exc:
+                raise ConfigError([*exc.problems, ("--out-dir", advice)]) from None
     except ConfigError as exc:
         return print_problems("holderpo study", exc)
     # the cores this process may use (taskset, cgroups); macOS has no sched_getaffinity
