@@ -16,7 +16,7 @@ from typing import Any
 
 from holder_nemo.data.normalize import DataError, normalize_rows
 from holder_nemo.data.sources import SPECS, DatasetSpec
-from holder_nemo.data.suite import SUITE, SUITE_COMMIT, SUITE_REPO, SUITE_URL, load_split
+from holder_nemo.data.suite import SUITE, SUITE_COMMIT, SUITE_REPO, load_split
 from holder_nemo.files import atomic_write
 
 MANIFEST = "manifest.json"
@@ -149,15 +149,13 @@ def prepare(
     return entry
 
 
-def prepare_suite(
-    name: str, out_dir: str | Path, *, from_dir: str | Path | None = None, base_url: str = SUITE_URL
-) -> dict[str, Any]:
+def prepare_suite(name: str, out_dir: str | Path, *, from_dir: str | Path | None = None) -> dict[str, Any]:
     """Write benchmark ``name`` of the authors' evaluation suite to ``OUT_DIR/<name>.jsonl``, rows as stored.
 
     Reads the Arrow file from ``from_dir`` (a copy of ``datasets/evaluation_suite``) or downloads it from the pinned
     commit; returns the manifest entry. Raises DataError naming the benchmark on a wrong checksum or row count.
     """
-    loaded = load_split(name, from_dir=from_dir, base_url=base_url)
+    loaded = load_split(name, from_dir=from_dir)
     out_dir = Path(out_dir)
     path = out_dir / f"{name}.jsonl"
     digest = write_jsonl(path, loaded["rows"])

@@ -94,9 +94,8 @@ def check_rows(split: SuiteSplit, rows: list[dict[str, Any]], where: str) -> lis
     return rows
 
 
-def download_split(split: SuiteSplit, base_url: str = SUITE_URL) -> bytes:
-    """The split's Arrow file from ``base_url`` (the pinned commit on GitHub), checked against its sha256."""
-    url = f"{base_url.rstrip('/')}/{split.split}/{ARROW_FILE}"
+def download_split(split: SuiteSplit, url: str) -> bytes:
+    """The split's Arrow file from ``url`` (on the pinned commit on GitHub), checked against its sha256."""
     try:
         with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
             data = response.read()
@@ -111,7 +110,7 @@ def download_split(split: SuiteSplit, base_url: str = SUITE_URL) -> bytes:
     return data
 
 
-def load_split(name: str, *, from_dir: str | os.PathLike | None = None, base_url: str = SUITE_URL) -> dict[str, Any]:
+def load_split(name: str, *, from_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Rows of benchmark ``name`` from a local copy of the suite (``from_dir``) or by download, with provenance.
 
     Returns ``{"rows", "source", "sha256" (of the Arrow file), "commit" (None for a file that is not the pinned one),
@@ -126,8 +125,8 @@ def load_split(name: str, *, from_dir: str | os.PathLike | None = None, base_url
         data = path.read_bytes()
         source = f"dir:{path}"
     else:
-        data = download_split(split, base_url)
-        source = f"{base_url.rstrip('/')}/{split.split}/{ARROW_FILE}"
+        source = f"{SUITE_URL}/{split.split}/{ARROW_FILE}"
+        data = download_split(split, source)
     rows = check_rows(split, read_arrow_rows(data, source), source)
     digest = hashlib.sha256(data).hexdigest()
     commit = SUITE_COMMIT if digest == split.sha256 else None

@@ -20,6 +20,7 @@ from typing import ClassVar
 import pytest
 from suite_fixture import build_fixture, load_fixture, read_jsonl, shared_suite_dir
 
+from holder_nemo.data import suite as suite_module
 from holder_nemo.data.cli import main
 from holder_nemo.data.suite import ARROW_FILE, SUITE, rows_digest
 from holder_nemo.eval.benchmarks import load_benchmark
@@ -139,9 +140,11 @@ class _OneFileHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_download_checks_the_pinned_sha256(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The download path against a loopback server: the bytes served are a valid Arrow file but not the pinned one,
-    so the checksum refuses them before anything is written."""
+def test_download_checks_the_pinned_sha256(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download path against a loopback server standing in for GitHub: the bytes served are a valid Arrow file but
+    not the pinned one, so the checksum refuses them before anything is written."""
     suite = write_arrow_suite(tmp_path / "s", {"aime24": synthetic_rows("aime24")})
     _OneFileHandler.body = (suite / "aime" / ARROW_FILE).read_bytes()
     _OneFileHandler.paths = []
@@ -149,8 +152,8 @@ def test_download_checks_the_pinned_sha256(tmp_path: Path, capsys: pytest.Captur
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_port}/base"
-        assert main(["prepare", "aime24", str(tmp_path / "out"), "--suite-url", url]) == 1
+        monkeypatch.setattr(suite_module, "SUITE_URL", f"http://127.0.0.1:{server.server_port}/base")
+        assert main(["prepare", "aime24", str(tmp_path / "out")]) == 1
     finally:
         server.shutdown()
         thread.join()
