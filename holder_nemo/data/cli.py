@@ -49,7 +49,7 @@ def _print_sources() -> None:
     """``holderpo data list``: every dataset, where it comes from and its expected row count."""
     for split in SUITE.values():
         where = f"{SUITE_REPO}@{SUITE_COMMIT[:8]} datasets/evaluation_suite/{split.split}"
-        print(f"{split.name:<14} eval  {split.rows:>5} rows  {where} (default source)")
+        print(f"{split.name:<14} eval  {SPECS[split.name].expected_rows:>5} rows  {where} (default source)")
     for spec in SPECS.values():
         where = spec.repo_id + (f" [{', '.join(c for c in spec.configs if c)}]" if spec.configs != (None,) else "")
         where += f" {spec.data_files}" if spec.data_files else ""

@@ -19,8 +19,6 @@ from holder_nemo.data.sources import SPECS, DatasetSpec
 from holder_nemo.data.suite import SUITE, SUITE_COMMIT, SUITE_REPO, load_split
 from holder_nemo.files import atomic_write
 
-MANIFEST = "manifest.json"
-
 
 def load_from_hub(spec: DatasetSpec) -> tuple[list[dict[str, Any]], str | None]:
     """Rows of the upstream split (configs concatenated) and the dataset commit, via the ``datasets`` library."""
@@ -95,7 +93,7 @@ def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def _update_manifest(out_dir: Path, entry: dict[str, Any]) -> None:
-    path = out_dir / MANIFEST
+    path = out_dir / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     manifest[entry["name"]] = entry
     with atomic_write(path, fsync=True) as fh:
@@ -164,7 +162,7 @@ def prepare_suite(name: str, out_dir: str | Path, *, from_dir: str | Path | None
         "role": "eval",
         "file": path.name,
         "rows": len(loaded["rows"]),
-        "expected_rows": SUITE[name].rows,
+        "expected_rows": SPECS[name].expected_rows,
         "empty_answers": 0,
         "sha256": digest,
         "source": loaded["source"],

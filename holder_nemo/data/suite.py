@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from holder_nemo.data.normalize import DataError
+from holder_nemo.data.sources import SPECS
 
 SUITE_REPO = "sail-sg/understand-r1-zero"
 SUITE_COMMIT = "dfca49dd460ee7cc8e4a5a162c876a7fd6993b87"
@@ -30,23 +31,23 @@ _DOWNLOAD_TIMEOUT_S = 60
 
 @dataclass(frozen=True)
 class SuiteSplit:
-    """One benchmark of the suite: our name, the authors' split folder, its row count and its Arrow file's sha256."""
+    """One benchmark of the suite: our name, the authors' split folder and its Arrow file's sha256. Its row count is
+    the paper's (``sources.SPECS``)."""
 
     name: str
     split: str
-    rows: int
     sha256: str
 
 
 SUITE: dict[str, SuiteSplit] = {
     s.name: s
     for s in (
-        SuiteSplit("aime24", "aime", 30, "861514ca0262d6c03d36d463ee33fe4465b0b85c0593f5df67bc75a717f50e5a"),
-        SuiteSplit("amc", "amc", 83, "5e16d28683b95782686413eadd12560d051b2d4ac8aef456b500891ccabd5233"),
-        SuiteSplit("math500", "math", 500, "d383d13c807e2904d0db6f8d98496a0574c0a1d51f40331b920c849cf226ef5a"),
-        SuiteSplit("minerva", "minerva", 272, "23d05849fd365b9dae2ce5f6c4b6af3baecbbd0a88623abec3f0692d346bae2a"),
+        SuiteSplit("aime24", "aime", "861514ca0262d6c03d36d463ee33fe4465b0b85c0593f5df67bc75a717f50e5a"),
+        SuiteSplit("amc", "amc", "5e16d28683b95782686413eadd12560d051b2d4ac8aef456b500891ccabd5233"),
+        SuiteSplit("math500", "math", "d383d13c807e2904d0db6f8d98496a0574c0a1d51f40331b920c849cf226ef5a"),
+        SuiteSplit("minerva", "minerva", "23d05849fd365b9dae2ce5f6c4b6af3baecbbd0a88623abec3f0692d346bae2a"),
         SuiteSplit(
-            "olympiadbench", "olympiad_bench", 675, "1b3e77da96c15b3f51fdcda4c86d6cb4dc698f223eea6f80c06a44af32e85455"
+            "olympiadbench", "olympiad_bench", "1b3e77da96c15b3f51fdcda4c86d6cb4dc698f223eea6f80c06a44af32e85455"
         ),
     )
 }
@@ -85,8 +86,9 @@ def _check_answer(name: str, index: int, answer: Any) -> None:
 
 def check_rows(split: SuiteSplit, rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     """The rows, after checking the count and that each has a problem and an answer (errors name the row)."""
-    if len(rows) != split.rows:
-        raise DataError(f"{split.name}: {where} has {len(rows)} rows, expected {split.rows}")
+    expected = SPECS[split.name].expected_rows
+    if len(rows) != expected:
+        raise DataError(f"{split.name}: {where} has {len(rows)} rows, expected {expected}")
     for index, row in enumerate(rows):
         if not isinstance(row.get("problem"), str) or not row["problem"].strip():
             raise DataError(f"{split.name}: row {index} of {where} has no problem text")
