@@ -53,7 +53,8 @@ class PaperMathVerifyWorker:
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=1000)  # pragma: no cover
 class PaperMathEnvironment(BaseMathEnvironment):
-    """Single-turn maths environment: reward = ``math_reward(assistant text, metadata["ground_truth"], truncated)``."""
+    """Single-turn maths environment: reward = ``score_response(assistant text, metadata["ground_truth"]).reward``, 0
+    for a reply cut by a length limit."""
 
     WORKER_CLASS_DICT: ClassVar[dict[str, Any]] = {"math": PaperMathVerifyWorker}
 
