@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from holder_nemo.eval.backends import Backend, SamplingSettings
+from holder_nemo.eval.backends import HFBackend, SamplingSettings, VLLMBackend
 from holder_nemo.eval.benchmarks import BenchmarkError, Problem, load_benchmark
 from holder_nemo.eval.model_source import ModelSourceError, ResolvedModel, resolve_model
 from holder_nemo.eval.prompts import apply_template
@@ -31,22 +31,6 @@ class EvalResult:
     average: float
     table: str
     output_dir: Path
-
-
-def make_backend(cfg: EvalConfig, model: ResolvedModel) -> Backend:
-    from holder_nemo.eval.backends import HFBackend, VLLMBackend
-
-    common = {"dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code}
-    if cfg.backend == "hf":
-        return HFBackend(model.model, model.tokenizer, batch_size=cfg.hf_batch_size, **common)
-    vllm = {
-        "tensor_parallel_size": cfg.tensor_parallel_size,
-        "max_model_len": cfg.max_model_len,
-        "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "seed": cfg.seed,
-        "allow_long_context": cfg.allow_long_context,
-    }
-    return VLLMBackend(model.model, model.tokenizer, **vllm, **common)
 
 
 def check_context_length(cfg: EvalConfig, model: ResolvedModel) -> None:
@@ -71,12 +55,12 @@ def default_output_dir(cfg: EvalConfig) -> Path:
     return local / "eval" if local.is_dir() else Path("eval_results") / cfg.model.replace("/", "__")
 
 
-def _sampling(backend: Backend, cfg: EvalConfig, name: str, problems: list[Problem]) -> tuple[list, list, Any]:
+def _sampling(tokenizer: Any, cfg: EvalConfig, name: str, problems: list[Problem]) -> tuple[list, list, Any]:
     """(prompts, prompt token ids, SamplingSettings) of one benchmark; each reply gets what its prompt leaves."""
     n, temperature, top_p = cfg.sampling_for(name)
     prompts = [apply_template(cfg.prompt_template, p.problem) for p in problems]
     # add_special_tokens=True: what vLLM does with a text prompt (oat passes text), e.g. BOS for R1-Distill.
-    prompt_ids = [backend.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
     budgets = [max(0, min(cfg.max_new_tokens, cfg.max_model_len - len(ids))) for ids in prompt_ids]
     too_long = [p.index for p, b in zip(problems, budgets, strict=True) if b == 0]
     if too_long:
@@ -105,10 +89,10 @@ def _record(name: str, problem: Problem, prompt: str, sample_index: int, gen: An
 
 
 def evaluate_benchmark(
-    backend: Backend, cfg: EvalConfig, name: str, problems: list[Problem]
+    backend: HFBackend | VLLMBackend, cfg: EvalConfig, name: str, problems: list[Problem]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate and score one benchmark; returns (metrics, generation records)."""
-    prompts, prompt_ids, settings = _sampling(backend, cfg, name, problems)
+    prompts, prompt_ids, settings = _sampling(backend.tokenizer, cfg, name, problems)
     n, k = settings.n, cfg.pass_k if name in cfg.pass_k_benchmarks else 1
     started = time.perf_counter()
     generations = backend.generate(prompt_ids, settings)
@@ -150,13 +134,12 @@ def evaluate_benchmark(
     return metrics, records
 
 
-def run_eval(cfg: EvalConfig, *, label: str | None = None, backend: Backend | None = None) -> EvalResult:
+def run_eval(cfg: EvalConfig, *, label: str | None = None) -> EvalResult:
     """Evaluate ``cfg.model`` on ``cfg.benchmarks``; write and return the results."""
     benchmarks = {name: load_benchmark(cfg.data_dir, name, cfg.limit) for name in cfg.benchmarks}  # fail fast
     model = resolve_model(cfg.model, hf_export_dir=cfg.hf_export_dir, base_model=cfg.base_model)
     check_context_length(cfg, model)
-    if backend is None:
-        backend = make_backend(cfg, model)
+    backend = (HFBackend if cfg.backend == "hf" else VLLMBackend)(model, cfg)
     output_dir = default_output_dir(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     label = label or (
