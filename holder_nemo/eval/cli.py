@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     from holder_nemo.eval.runner import run_eval
 
     try:
-        result = run_eval(cfg, label=args.label)
+        table, output_dir = run_eval(cfg, label=args.label)
     except (BenchmarkError, ModelSourceError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(result.table, end="")
-    print(f"[eval] wrote {result.output_dir}/results.md, results.json, generations.jsonl")
+    print(table, end="")
+    print(f"[eval] wrote {output_dir}/results.md, results.json, generations.jsonl")
     return 0
 
 

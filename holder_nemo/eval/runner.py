@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,6 @@ from holder_nemo.eval.report import markdown_table, pass_at_k
 from holder_nemo.eval.scoring import score_response
 from holder_nemo.eval.settings import EvalConfig
 from holder_nemo.files import atomic_write
-
-
-@dataclass
-class EvalResult:
-    """What ``run_eval`` wrote: metrics per benchmark, the average, the markdown table, the output paths."""
-
-    per_benchmark: dict[str, dict[str, Any]]
-    average: float
-    table: str
-    output_dir: Path
 
 
 def check_context_length(cfg: EvalConfig, model: ResolvedModel) -> None:
@@ -48,13 +37,6 @@ def check_context_length(cfg: EvalConfig, model: ResolvedModel) -> None:
         )
 
 
-def default_output_dir(cfg: EvalConfig) -> Path:
-    if cfg.output_dir is not None:
-        return cfg.output_dir
-    local = Path(cfg.model)
-    return local / "eval" if local.is_dir() else Path("eval_results") / cfg.model.replace("/", "__")
-
-
 def _sampling(tokenizer: Any, cfg: EvalConfig, name: str, problems: list[Problem]) -> tuple[list, list, Any]:
     """(prompts, prompt token ids, SamplingSettings) of one benchmark; each reply gets what its prompt leaves."""
     n, temperature, top_p = cfg.sampling_for(name)
@@ -70,22 +52,6 @@ def _sampling(tokenizer: Any, cfg: EvalConfig, name: str, problems: list[Problem
         )
     settings = SamplingSettings(n, temperature, top_p, max_new_tokens=budgets, seed=cfg.seed)
     return prompts, prompt_ids, settings
-
-
-def _record(name: str, problem: Problem, prompt: str, sample_index: int, gen: Any, score: Any) -> dict[str, Any]:
-    return {
-        "benchmark": name,
-        "index": problem.index,
-        "sample": sample_index,
-        "problem": problem.problem,
-        "answer": problem.answer,
-        "prompt": prompt,
-        "response": gen.text,
-        "finish_reason": gen.finish_reason,
-        "num_tokens": gen.num_tokens,
-        "extracted": score.extracted,
-        "reward": score.reward,
-    }
 
 
 def evaluate_benchmark(
@@ -109,7 +75,21 @@ def evaluate_benchmark(
             counts["truncated"] += int(gen.finish_reason != "stop")
             counts["no_box"] += int(score.extracted is None)
             counts["tokens"] += gen.num_tokens
-            records.append(_record(name, problem, prompt, sample_index, gen, score))
+            records.append(
+                {
+                    "benchmark": name,
+                    "index": problem.index,
+                    "sample": sample_index,
+                    "problem": problem.problem,
+                    "answer": problem.answer,
+                    "prompt": prompt,
+                    "response": gen.text,
+                    "finish_reason": gen.finish_reason,
+                    "num_tokens": gen.num_tokens,
+                    "extracted": score.extracted,
+                    "reward": score.reward,
+                }
+            )
         counts["correct"] += correct
         counts["solved"] += int(correct > 0)
         per_problem_pass.append(pass_at_k(n, correct, k))
@@ -134,13 +114,16 @@ def evaluate_benchmark(
     return metrics, records
 
 
-def run_eval(cfg: EvalConfig, *, label: str | None = None) -> EvalResult:
-    """Evaluate ``cfg.model`` on ``cfg.benchmarks``; write and return the results."""
+def run_eval(cfg: EvalConfig, *, label: str | None = None) -> tuple[str, Path]:
+    """Evaluate ``cfg.model`` on ``cfg.benchmarks``; write the results and return the table and where they went."""
     benchmarks = {name: load_benchmark(cfg.data_dir, name, cfg.limit) for name in cfg.benchmarks}  # fail fast
     model = resolve_model(cfg.model, hf_export_dir=cfg.hf_export_dir, base_model=cfg.base_model)
     check_context_length(cfg, model)
     backend = (HFBackend if cfg.backend == "hf" else VLLMBackend)(model, cfg)
-    output_dir = default_output_dir(cfg)
+    output_dir = cfg.output_dir  # default: <model>/eval, or eval_results/<org>__<name> for a hub id
+    if output_dir is None:
+        local = Path(cfg.model)
+        output_dir = local / "eval" if local.is_dir() else Path("eval_results") / cfg.model.replace("/", "__")
     output_dir.mkdir(parents=True, exist_ok=True)
     label = label or (
         f"{Path(cfg.model).parent.name}/{Path(cfg.model).name}" if model.step is not None else Path(cfg.model).name
@@ -168,4 +151,4 @@ def run_eval(cfg: EvalConfig, *, label: str | None = None) -> EvalResult:
         fh.write(json.dumps(summary, indent=2) + "\n")
     with atomic_write(output_dir / "results.md") as fh:
         fh.write(f"# Evaluation of {label}\n\n{table}")
-    return EvalResult(per_benchmark, average, table, output_dir)
+    return table, output_dir
