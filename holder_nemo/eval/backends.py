@@ -73,7 +73,7 @@ def stop_token_ids(tokenizer: Any, generation_config: Any | None) -> list[int]:
     """Tokenizer EOS plus ``generation_config.eos_token_id`` (int or list), deduplicated, in that order."""
     ids: list[int] = []
     candidates: list[Any] = [tokenizer.eos_token_id]
-    gen_eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    gen_eos = getattr(generation_config, "eos_token_id", None)
     candidates += gen_eos if isinstance(gen_eos, list | tuple) else [gen_eos]
     for token_id in candidates:
         if token_id is not None and int(token_id) not in ids:

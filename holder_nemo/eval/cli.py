@@ -29,7 +29,7 @@ def _csv(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="holderpo eval",
+        prog=PROG,
         description="Evaluate a model with the HölderPO paper's protocol (qwen_math prompt, greedy, 4096 new "
         "tokens, Pass@1; the authors' grader on the last \\boxed{}). Writes results.md, results.json, "
         "generations.jsonl.",
