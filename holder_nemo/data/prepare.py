@@ -43,16 +43,13 @@ def load_from_hub(spec: DatasetSpec) -> tuple[list[dict[str, Any]], str | None]:
                 "on an offline machine use --from-file with a local export (docs/data.md)"
             ) from exc
     dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
-    return [dict(row) for row in dataset], _dataset_commit(spec)
-
-
-def _dataset_commit(spec: DatasetSpec) -> str | None:
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().dataset_info(spec.repo_id, revision=spec.revision).sha
+        commit = HfApi().dataset_info(spec.repo_id, revision=spec.revision).sha
     except Exception:  # offline, or an old huggingface_hub: the manifest then records the requested revision only
-        return None
+        commit = None
+    return [dict(row) for row in dataset], commit
 
 
 def read_local_rows(path: str | Path) -> list[dict[str, Any]]:
