@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="Hugging Face model dir (or hub id), or a NeMo RL checkpoint step_N dir")
     parser.add_argument("--benchmarks", type=_csv, help=f"comma-separated, from {','.join(BENCHMARKS)}")
-    parser.add_argument("--backend", choices=["vllm", "hf"])
+    parser.add_argument("--backend", choices=get_args(EvalConfig.model_fields["backend"].annotation))
     parser.add_argument(
         "--data-dir", type=Path, help="directory of <benchmark>.jsonl (default $HOLDERPO_DATA_DIR or ./data)"
     )
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pass-k-benchmarks", type=_csv, help="benchmarks scored Pass@k (e.g. aime25)")
     parser.add_argument("--pass-k", type=int)
     parser.add_argument("--tensor-parallel-size", "--tp", type=int, dest="tensor_parallel_size")
-    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", choices=get_args(EvalConfig.model_fields["dtype"].annotation))
     parser.add_argument("--limit", type=int, help="only the first N problems of each benchmark (smoke tests)")
     parser.add_argument("--base-model", help="base model of a NeMo RL checkpoint (default: its config.yaml)")
     parser.add_argument(
