@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,20 +80,29 @@ def read_local_rows(path: str | Path) -> list[dict[str, Any]]:
     raise DataError(f"--from-file: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
 
 
-def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> str:
-    """Write rows atomically; returns the file's sha256."""
+def _write(out_dir: str | Path, name: str, rows: list[dict[str, Any]], **provenance: Any) -> dict[str, Any]:
+    """Write ``OUT_DIR/<name>.jsonl`` atomically and record it in ``OUT_DIR/manifest.json``; returns its entry (the
+    dataset's role and expected row count, the rows written and their file's sha256, then ``provenance``)."""
+    out_dir = Path(out_dir)
     text = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
-    with atomic_write(path, fsync=True) as fh:
+    with atomic_write(out_dir / f"{name}.jsonl", fsync=True) as fh:
         fh.write(text)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _update_manifest(out_dir: Path, entry: dict[str, Any]) -> None:
+    spec = SPECS[name]
+    entry = {
+        "name": name,
+        "role": spec.role,
+        "file": f"{name}.jsonl",
+        "rows": len(rows),
+        "expected_rows": spec.expected_rows,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        **provenance,
+    }
     path = out_dir / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    manifest[entry["name"]] = entry
+    manifest[name] = entry
     with atomic_write(path, fsync=True) as fh:
         fh.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return entry
 
 
 def prepare(
@@ -121,27 +129,19 @@ def prepare(
             f"{name}: {spec.repo_id} ({spec.split}) gave {len(normalized)} rows, expected {spec.expected_rows}; "
             f"the upstream dataset changed or the wrong file was given (--allow-count-mismatch to write it anyway)"
         )
-    out_dir = Path(out_dir)
-    path = out_dir / f"{name}.jsonl"
-    digest = write_jsonl(path, normalized)
-    entry = {
-        "name": name,
-        "role": spec.role,
-        "file": path.name,
-        "rows": len(normalized),
-        "expected_rows": spec.expected_rows,
-        "empty_answers": empty_answers,
-        "sha256": digest,
-        "source": source,
-        "repo_id": spec.repo_id,
-        "configs": [c for c in spec.configs if c],
-        "data_files": spec.data_files,
-        "split": spec.split,
-        "revision": spec.revision,
-        "commit": commit,
-    }
-    _update_manifest(out_dir, entry)
-    return entry
+    return _write(
+        out_dir,
+        name,
+        normalized,
+        empty_answers=empty_answers,
+        source=source,
+        repo_id=spec.repo_id,
+        configs=[c for c in spec.configs if c],
+        data_files=spec.data_files,
+        split=spec.split,
+        revision=spec.revision,
+        commit=commit,
+    )
 
 
 def prepare_suite(name: str, out_dir: str | Path, *, from_dir: str | Path | None = None) -> dict[str, Any]:
@@ -151,24 +151,16 @@ def prepare_suite(name: str, out_dir: str | Path, *, from_dir: str | Path | None
     commit; returns the manifest entry. Raises DataError naming the benchmark on a wrong checksum or row count.
     """
     loaded = load_split(name, from_dir=from_dir)
-    out_dir = Path(out_dir)
-    path = out_dir / f"{name}.jsonl"
-    digest = write_jsonl(path, loaded["rows"])
-    entry = {
-        "name": name,
-        "role": "eval",
-        "file": path.name,
-        "rows": len(loaded["rows"]),
-        "expected_rows": SPECS[name].expected_rows,
-        "empty_answers": 0,
-        "sha256": digest,
-        "source": loaded["source"],
-        "repo_id": SUITE_REPO,
-        "split": SUITE[name].split,
-        "revision": SUITE_COMMIT,
-        "commit": loaded["commit"],
-        "arrow_sha256": loaded["sha256"],
-        "rows_sha256": loaded["rows_sha256"],
-    }
-    _update_manifest(out_dir, entry)
-    return entry
+    return _write(
+        out_dir,
+        name,
+        loaded["rows"],
+        empty_answers=0,
+        source=loaded["source"],
+        repo_id=SUITE_REPO,
+        split=SUITE[name].split,
+        revision=SUITE_COMMIT,
+        commit=loaded["commit"],
+        arrow_sha256=loaded["sha256"],
+        rows_sha256=loaded["rows_sha256"],
+    )
