@@ -2,13 +2,15 @@
 
 Outputs in ``output_dir``: ``generations.jsonl`` (one line per sample: prompt, response, finish reason, extracted
 answer, reward), ``results.json`` (config, model, per-benchmark metrics with counts, average, table) and
-``results.md`` (the paper-layout table). Files are written to a temporary name and renamed (atomic).
+``results.md`` (the paper-layout table: benchmarks as columns, unweighted average last). Files are written to a
+temporary name and renamed (atomic).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from math import comb
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,38 @@ from holder_nemo.eval.backends import HFBackend, SamplingSettings, VLLMBackend
 from holder_nemo.eval.benchmarks import BenchmarkError, Problem, load_benchmark
 from holder_nemo.eval.model_source import ModelSourceError, ResolvedModel, resolve_model
 from holder_nemo.eval.prompts import apply_template
-from holder_nemo.eval.report import markdown_table, pass_at_k
 from holder_nemo.eval.scoring import score_response
-from holder_nemo.eval.settings import EvalConfig
+from holder_nemo.eval.settings import BENCHMARKS, EvalConfig
 from holder_nemo.files import atomic_write
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem with ``c`` correct among ``n`` >= ``k`` samples (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def markdown_table(label: str, per_benchmark: dict[str, dict[str, Any]], average: float) -> str:
+    """Two-row table: scores in percent (1 decimal, as in the paper), then the counts behind them."""
+    names = list(per_benchmark)
+    titles = [BENCHMARKS[b] + ("†" if per_benchmark[b]["k"] > 1 else "") for b in names]  # †: Pass@k, k > 1
+    lines = [
+        "| Model | " + " | ".join(titles) + " | Avg. |",
+        "|---|" + "---|" * (len(names) + 1),
+        f"| {label} | " + " | ".join(f"{per_benchmark[b]['score']:.1f}" for b in names) + f" | {average:.1f} |",
+        "| (correct / total) | " + " | ".join(per_benchmark[b]["count"] for b in names) + " | |",
+    ]
+    notes = [f"Pass@{per_benchmark[b]['k']}" for b in names if per_benchmark[b]["k"] > 1]
+    metric_note = "Pass@1" + (f"; † = {notes[0]}" if notes else "")
+    truncated = sum(per_benchmark[b]["num_truncated"] for b in names)
+    samples = sum(per_benchmark[b]["num_samples"] for b in names)
+    lines += [
+        "",
+        f"{metric_note}. {truncated} of {samples} generations hit the token limit (graded as they are, as in the "
+        "authors' evaluation).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def check_context_length(cfg: EvalConfig, model: ResolvedModel) -> None:
