@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from tiny_model import write_jsonl
 
 from holder_nemo.eval.benchmarks import BenchmarkError, load_benchmark
 from holder_nemo.eval.cli import main as eval_main

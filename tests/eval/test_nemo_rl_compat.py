@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from tiny_model import write_jsonl
 
 from holder_nemo.eval.grading import last_boxed_answer
 from holder_nemo.eval.prompts import QWEN_MATH_JINJA_PATH, apply_qwen_math_template
