@@ -77,11 +77,11 @@ def _nemo_rl_validation(args: argparse.Namespace, kind: str, report: Report) -> 
 
 def _sizing(args: argparse.Namespace, cfg: Mapping[str, Any], layout: ParallelLayout | None, report: Report) -> str:
     """The sizing block; what cannot fit is a warning (an error with ``--strict``)."""
-    from holder_nemo.recipe_check.sizing_report import options_from_args, size_recipe
+    from holder_nemo.recipe_check.sizing_report import size_recipe
 
     if not report.ok:
         return "sizing: skipped (the recipe has errors)"
-    sizing = size_recipe(cfg, layout, options_from_args(args), args.recipe)
+    sizing = size_recipe(cfg, layout, args, args.recipe)
     for key, message in sizing.warnings:
         (report.error if args.strict else report.warn)(key, f"sizing: {message}")
     return sizing.text()
