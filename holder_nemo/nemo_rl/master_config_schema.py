@@ -91,8 +91,6 @@ def generate() -> dict[str, Any]:
             return {"list": describe(args[0]) if args else "any"}
         if origin is dict or tp is dict:
             return {"dict": describe(args[1]) if len(args) == 2 else "any"}
-        if origin is typing.Annotated:
-            return describe(args[0])
         if tp is os.PathLike or origin is os.PathLike:
             return "str"
         return "any"
