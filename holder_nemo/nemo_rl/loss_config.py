@@ -200,12 +200,3 @@ def parse_loss_config(
     except ValidationError as exc:
         raise LossConfigError(problems_from_pydantic(exc, "loss_fn")) from None
 
-
-__all__ = [
-    "MEAN_REWARD_KNOWN",
-    "HolderBlock",
-    "HolderPOLossConfig",
-    "LossConfigError",
-    "parse_loss_config",
-    "required_in_recipes",
-]

@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         version = check_nemo_rl()
     except NemoRLUnavailable as exc:
-        print(f"holder_nemo.nemo_rl.run_grpo: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_NO_NEMO_RL
     print(f"holder_nemo: NeMo RL {version}")
 

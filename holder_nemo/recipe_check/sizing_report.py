@@ -398,7 +398,7 @@ def checkpoint_size(
     cfg: Mapping[str, Any], arch: Architecture, backend: str, options: argparse.Namespace, out: Sizing
 ) -> float | None:
     """Adds the checkpoint line; returns the seconds one save takes at ``--fs-bandwidth``, None when off."""
-    if _at(cfg, "checkpointing.enabled", default=backend == "reference") is not True:
+    if _at(cfg, "checkpointing.enabled") is not True:  # required by both schemas
         out.add("checkpoint", "off (checkpointing.enabled)")
         return None
     params = arch.parameters()
