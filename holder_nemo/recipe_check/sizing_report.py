@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from holder_nemo.nemo_rl.parallel_layout import ParallelLayout, is_int
 from holder_nemo.recipe_check import sizing as sz
@@ -235,7 +235,7 @@ def size_recipe(
 ) -> Sizing:
     """Sizing of a resolved recipe; ``layout`` None for the CPU reference run; ``options`` the parsed command line
     (``add_arguments``: the hardware and the guesses)."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))  # dotted keys read with OmegaConf.select
+    cfg = OmegaConf.create(dict(cfg))  # dotted keys read with OmegaConf.select
     out = Sizing()
     arch, origin = resolve(_at(cfg, "policy.model_name"), _at(cfg, "policy.tiny_model"))
     if arch is None:

@@ -106,7 +106,7 @@ def _training_lines(cfg: DictConfig) -> list[tuple[str, Any]]:
 
 def summarize(cfg: Mapping, layout: ParallelLayout | None) -> str:
     """Lines of ``key: value`` describing what one step costs and what the run does."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    cfg = OmegaConf.create(dict(cfg))
     model = _get(cfg, "policy.model_name")
     if model is None and OmegaConf.is_dict(_get(cfg, "policy.tiny_model", default=None)):
         model = "built-in tiny Qwen2 (policy.tiny_model)"
