@@ -92,19 +92,6 @@ def layer_activation_bytes(
     return split / tp + 4 * b * h / (tp if sequence_parallel else 1)
 
 
-@dataclass(frozen=True)
-class Activations:
-    """Activation bytes on the most loaded GPU (first pipeline stage) for one micro-batch."""
-
-    layers: float  # what the layers keep across the forward pass (all in-flight micro-batches)
-    working_layer: float  # one layer's full set, rebuilt during backward under full recomputation
-    output: float  # final norm and output-layer inputs, fp32 logits (last stage; PP = 1 only)
-
-    @property
-    def total(self) -> float:
-        return self.layers + self.working_layer + self.output
-
-
 def activation_bytes(
     arch: Architecture,
     tokens: float,
@@ -115,8 +102,10 @@ def activation_bytes(
     recompute: str = "none",
     act_bytes: float = 2,
     microbatches: int = 1,
-) -> Activations:
-    """Activations for a micro-batch of ``tokens`` tokens on this GPU (after CP splits the sequence).
+) -> float:
+    """Activation bytes on the most loaded GPU (the first pipeline stage) for a micro-batch of ``tokens`` tokens
+    (after CP splits the sequence): what the layers keep across the forward pass, one layer's full set while full
+    recomputation rebuilds it, and the output layer.
 
     ``recompute``: "none" and "selective" (core attention, whose score terms fused attention never stores) keep
     every layer's tensors; "full" keeps each layer's input (``act_bytes x h`` per token, sharded by SP) and rebuilds
@@ -135,7 +124,7 @@ def activation_bytes(
     output = 0.0
     if pp == 1:
         output = (2 * act_bytes * arch.hidden / (tp if sequence_parallel else 1) + 4 * arch.vocab / tp) * tokens
-    return Activations(layers=layers, working_layer=working, output=output)
+    return layers + working + output
 
 
 def forward_flops(arch: Architecture, seq_len: float, logit_tokens: float | None = None) -> float:

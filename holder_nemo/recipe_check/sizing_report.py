@@ -306,12 +306,12 @@ def _training_memory(
         act_bytes=precision_bytes(cfg),
         microbatches=shape.microbatches,
     )
-    total = states.total + acts.total
+    total = states.total + acts
     limit = options.gpu_memory * sz.GIB
     out.add(
         "train/GPU",
         f"{gib(total)} GiB of {options.gpu_memory:g}: weights {gib(states.weights)} + grads {gib(states.grads)}"
-        f" + optimizer {gib(states.optimizer)} + activations {gib(acts.total)}",
+        f" + optimizer {gib(states.optimizer)} + activations {gib(acts)}",
     )
     out.add("", f"({how}; {recompute} recompute, {tokens:,.0f} tokens per micro-batch)")
     if total > limit:
