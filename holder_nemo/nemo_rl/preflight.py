@@ -390,12 +390,12 @@ def check_paths(cfg: DictConfig, report: Report, *, strict: bool) -> None:
 # ------------------------------------------------------------------------------------------------- all rules
 
 
-def check_nemo_rl_recipe(cfg: Mapping[str, Any], *, strict: bool = False) -> tuple[Report, ParallelLayout | None]:
-    """Every rule for a NeMo RL GRPO recipe given resolved (plain dict or DictConfig), its components' included."""
+def check_nemo_rl_recipe(cfg: Mapping[str, Any], *, strict: bool) -> tuple[Report, ParallelLayout | None]:
+    """Every rule for a NeMo RL GRPO recipe given resolved as a plain dict, its components' included."""
     from holder_nemo.nemo_rl.components import component_training, components
     from holder_nemo.nemo_rl.master_config_schema import check_master_config
 
-    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    node = OmegaConf.create(dict(cfg))
     plain: dict[str, Any] = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
     report = Report()
     report.add(check_master_config(plain))
