@@ -268,7 +268,8 @@ def test_version_gate_accepts_every_0_7_build(monkeypatch, version):
     fake = types.ModuleType("nemo_rl")
     fake.__version__ = version
     monkeypatch.setitem(sys.modules, "nemo_rl", fake)
-    assert master_config.check_nemo_rl(env={}) == version
+    monkeypatch.delenv(master_config.ALLOW_ANY_VERSION_ENV, raising=False)
+    assert master_config.check_nemo_rl() == version
 
 
 @pytest.mark.parametrize("version", ["0.5.0", "0.6.0+abc", "0.70.0", "1.7.0", "0.8.0rc1", "unknown", "7"])
@@ -276,12 +277,14 @@ def test_version_gate_refuses_others_with_the_reason_and_the_override(monkeypatc
     fake = types.ModuleType("nemo_rl")
     fake.__version__ = version
     monkeypatch.setitem(sys.modules, "nemo_rl", fake)
+    monkeypatch.delenv(master_config.ALLOW_ANY_VERSION_ENV, raising=False)
     with pytest.raises(master_config.NemoRLUnavailable) as info:
-        master_config.check_nemo_rl(env={})
+        master_config.check_nemo_rl()
     message = str(info.value)
     assert repr(version) in message and "0.7.x" in message and master_config.ALLOW_ANY_VERSION_ENV in message
     assert "loss-function contract" in message
-    assert master_config.check_nemo_rl(env={master_config.ALLOW_ANY_VERSION_ENV: "1"}) == version
+    monkeypatch.setenv(master_config.ALLOW_ANY_VERSION_ENV, "1")
+    assert master_config.check_nemo_rl() == version
 
 
 def test_entry_point_refuses_without_nemo_rl(tmp_path):
