@@ -104,7 +104,7 @@ NEMO_RL_OPERATIONAL_KEYS = (
     "policy.generation.vllm_cfg.enable_vllm_metrics_logger",
     "policy.generation.vllm_cfg.vllm_metrics_logger_interval",
 )
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+STEP_DIR = re.compile(r"^step_(\d+)$")  # a complete checkpoint of either driver (NeMo RL and holderpo train)
 _TMP_STEP_DIR = re.compile(r"^tmp_step_\d+$")
 TRAINING_INFO = "training_info.json"  # CheckpointManager writes it first into tmp_step_N, before any weights
 
@@ -127,9 +127,8 @@ class StopRequest:
         self.fired: str | None = None  # why check_save returned True (set once)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> StopRequest:
-        env = os.environ if env is None else env
-        return cls(stop_file=env.get(STOP_FILE_ENV) or None)
+    def from_env(cls) -> StopRequest:
+        return cls(stop_file=os.environ.get(STOP_FILE_ENV) or None)
 
     def install_signal_handlers(self, *, interrupt: bool = False) -> None:
         """Route SIGUSR1 and SIGTERM to ``request``; call again after libraries that install their own (Ray).
@@ -153,30 +152,31 @@ class StopRequest:
                 f"holder_nemo: {reason} received; will checkpoint and exit 75 after the current step{again}", flush=True
             )
 
-    def reason(self, mean_iteration_s: float = 0.0, now: float | None = None) -> str | None:
+    def reason(self, mean_iteration_s: float = 0.0) -> str | None:
         """Why the run should stop now, or None. ``mean_iteration_s`` is the expected length of the next step."""
         if self.signal_name is not None:
             return self.signal_name
         if self.stop_file is not None and self.stop_file.exists():
             return f"stop file {self.stop_file}"
-        if self.deadline is not None:
-            now = time.time() if now is None else now
-            if now + mean_iteration_s >= self.deadline:
-                return "Slurm allocation ends before the next step would finish"
+        if self.deadline is not None and time.time() + mean_iteration_s >= self.deadline:
+            return "Slurm allocation ends before the next step would finish"
         return None
 
 
-def stop_aware_timeout_checker(base: type, stop: StopRequest) -> type:
-    """A subclass of NeMo RL's ``TimeoutChecker`` whose ``check_save`` also honours ``stop``."""
+@contextlib.contextmanager
+def patched_timeout_checker(trainer_module: ModuleType, stop: StopRequest) -> Iterator[type]:
+    """Within the block, ``trainer_module.TimeoutChecker`` (NeMo RL's) is a subclass whose ``check_save`` also
+    honours ``stop``; the original is restored afterwards."""
+    original = trainer_module.TimeoutChecker
 
-    class StopAwareTimeoutChecker(base):  # type: ignore[misc, valid-type]
+    class StopAwareTimeoutChecker(original):  # type: ignore[misc, valid-type]
         def check_save(self) -> bool:
             if super().check_save():
                 stop.fired = stop.fired or "checkpointing.checkpoint_must_save_by"
                 return True
             if self.last_saved:
                 return False
-            times = list(getattr(self, "iteration_times", []) or [])
+            times = self.iteration_times  # seconds of each step so far (NeMo RL v0.7's TimeoutChecker)
             why = stop.reason(sum(times) / len(times) if times else 0.0)
             if why is None:
                 return False
@@ -185,25 +185,16 @@ def stop_aware_timeout_checker(base: type, stop: StopRequest) -> type:
             print(f"holder_nemo: stopping at this step boundary ({why}); saving a checkpoint", flush=True)
             return True
 
-    return StopAwareTimeoutChecker
-
-
-@contextlib.contextmanager
-def patched_timeout_checker(trainer_module: ModuleType, stop: StopRequest) -> Iterator[type]:
-    """Within the block, ``trainer_module.TimeoutChecker`` is the stop-aware subclass (restored afterwards)."""
-    original = trainer_module.TimeoutChecker
-    patched = stop_aware_timeout_checker(original, stop)
-    trainer_module.TimeoutChecker = patched
+    trainer_module.TimeoutChecker = StopAwareTimeoutChecker
     try:
-        yield patched
+        yield StopAwareTimeoutChecker
     finally:
         trainer_module.TimeoutChecker = original
 
 
-def slurm_deadline(env: Mapping[str, str] | None = None) -> float | None:
+def slurm_deadline() -> float | None:
     """Allocation end minus ``$HOLDERPO_SLURM_SAVE_MARGIN_S`` (seconds) when that variable is set, else None."""
-    env = os.environ if env is None else env
-    raw = env.get(SAVE_MARGIN_ENV, "").strip()
+    raw = os.environ.get(SAVE_MARGIN_ENV, "").strip()
     if not raw:
         return None
     try:
@@ -212,7 +203,7 @@ def slurm_deadline(env: Mapping[str, str] | None = None) -> float | None:
         margin = -1.0
     if not margin >= 0:
         raise ConfigError(SAVE_MARGIN_ENV, f"must be a number of seconds >= 0, got {raw!r}")
-    end = slurm_job_end_time(env)
+    end = slurm_job_end_time()
     if end is None:
         print(f"holder_nemo: {SAVE_MARGIN_ENV} is set but no Slurm job end time was found", file=sys.stderr)
         return None
@@ -222,72 +213,35 @@ def slurm_deadline(env: Mapping[str, str] | None = None) -> float | None:
 # --------------------------------------------------------------------------------------- the Slurm allocation's end
 
 
-_UNKNOWN = {"", "N/A", "UNKNOWN", "NONE", "INVALID", "UNLIMITED"}
+_UNKNOWN = {"", "N/A", "UNKNOWN", "NONE", "INVALID", "UNLIMITED"}  # squeue's %e of a job without a time limit
 
 
-def parse_squeue_time(text: str) -> float | None:
-    """``squeue -o %e`` output (local ``YYYY-MM-DDTHH:MM:SS``) to Unix seconds; None for N/A/Unknown."""
-    text = text.strip()
-    if text.upper() in _UNKNOWN:
-        return None
-    try:
-        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
-    except ValueError as exc:
-        raise ValueError(f"unexpected squeue end time {text!r} (expected YYYY-MM-DDTHH:MM:SS)") from exc
-
-
-def slurm_job_end_time(env: Mapping[str, str] | None = None, squeue: str | None = "squeue") -> float | None:
-    """Unix time at which the current Slurm job's allocation ends, or None (not in Slurm / no time limit).
-
-    Args:
-        env: environment to read (default ``os.environ``).
-        squeue: squeue executable used when ``SLURM_JOB_END_TIME`` is absent; None disables the fallback.
-    """
-    env = os.environ if env is None else env
-    raw = env.get("SLURM_JOB_END_TIME", "").strip()
+def slurm_job_end_time() -> float | None:
+    """Unix time at which the current Slurm job's allocation ends, or None (not in Slurm / no time limit):
+    ``$SLURM_JOB_END_TIME``, else ``squeue -h -j $SLURM_JOB_ID -o %e`` (local ``YYYY-MM-DDTHH:MM:SS``)."""
+    raw = os.environ.get("SLURM_JOB_END_TIME", "").strip()
     if raw:
         try:
             end = float(raw)
         except ValueError as exc:
             raise ValueError(f"SLURM_JOB_END_TIME must be Unix seconds, got {raw!r}") from exc
         return end if end > 0 else None
-    job_id = env.get("SLURM_JOB_ID", "").strip()
-    if not job_id or squeue is None or shutil.which(squeue) is None:
+    job_id = os.environ.get("SLURM_JOB_ID", "").strip()
+    if not job_id:
         return None
     try:
         out = subprocess.run(
-            [squeue, "-h", "-j", job_id, "-o", "%e"], capture_output=True, text=True, timeout=30, check=True
+            ["squeue", "-h", "-j", job_id, "-o", "%e"], capture_output=True, text=True, timeout=30, check=True
         ).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError):  # no squeue here, or it failed: no end time known
         return None
-    lines = [line for line in out.splitlines() if line.strip()]
-    return parse_squeue_time(lines[0]) if lines else None
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds (>= 0, rounded down) as NeMo RL's ``DD:HH:MM:SS``."""
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"
-
-
-def checkpoint_must_save_by(
-    margin_s: float, *, end_time: float | None = None, now: float | None = None, env: Mapping[str, str] | None = None
-) -> str | None:
-    """``DD:HH:MM:SS`` from ``now`` until ``margin_s`` seconds before the allocation ends; None when unknown.
-
-    NeMo RL starts this clock when ``grpo_train`` starts, so a value computed before setup is late by the setup
-    time: include the setup time in ``margin_s``, or let the HölderPO entry point use the absolute end time.
-    """
-    if margin_s < 0:
-        raise ValueError(f"margin_s must be >= 0, got {margin_s}")
-    end = slurm_job_end_time(env) if end_time is None else end_time
-    if end is None:
+    text = next((line.strip() for line in out.splitlines() if line.strip()), "")
+    if text.upper() in _UNKNOWN:
         return None
-    now = time.time() if now is None else now
-    return format_duration(end - margin_s - now)
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError as exc:
+        raise ValueError(f"unexpected squeue end time {text!r} (expected YYYY-MM-DDTHH:MM:SS)") from exc
 
 
 # ----------------------------------------------------------------------------------------------------- resume guard
@@ -303,11 +257,6 @@ class ConfigChange:
 
     def __str__(self) -> str:
         return f"{self.key}: {self.stored!r} (stored) -> {self.current!r} (now)"
-
-
-class ResumeConfigError(ConfigError):
-    """The recipe differs from the run's stored one in keys that change the run: one problem per key (both values),
-    between a line saying what differs and one saying how to proceed."""
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -332,24 +281,15 @@ def _is_operational(key: str, patterns: Iterable[str]) -> bool:
     return False
 
 
-def _is_path_key(key: str) -> bool:
-    parts = key.split(".")
-    return bool(_PATH_KEY.search(parts[-1])) and (parts[-1] != "name" or "tokenizer" in parts[:-1])
-
-
-def resolved_path(value: str) -> str:
-    """``value`` as an absolute, normalised path (``~`` expanded, relative to the working directory, symlinks
-    followed): ``relrun``, ``./relrun/`` and ``$PWD/relrun`` are one path."""
-    return os.path.realpath(os.path.expanduser(value))
-
-
-def same_value(key: str, before: Any, after: Any) -> bool:
-    """Equal values, or, under a path key, two strings naming the same path."""
-    if before == after:
-        return True
-    if isinstance(before, str) and isinstance(after, str) and before and after and _is_path_key(key):
-        return resolved_path(before) == resolved_path(after)
-    return False
+def _same_path(key: str, before: Any, after: Any) -> bool:
+    """Under a path key, two strings naming the same path once resolved (``~`` expanded, relative to the working
+    directory, symlinks followed): ``relrun``, ``./relrun/`` and ``$PWD/relrun`` are one path."""
+    *parents, leaf = key.split(".")
+    if not (_PATH_KEY.search(leaf) and (leaf != "name" or "tokenizer" in parents)):
+        return False
+    if not (isinstance(before, str) and isinstance(after, str) and before and after):
+        return False
+    return os.path.realpath(os.path.expanduser(before)) == os.path.realpath(os.path.expanduser(after))
 
 
 def config_changes(
@@ -362,7 +302,7 @@ def config_changes(
     changes = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if not same_value(key, before, after) and not _is_operational(key, ignored):
+        if before != after and not _same_path(key, before, after) and not _is_operational(key, ignored):
             changes.append(ConfigChange(key, before, after))
     return changes
 
@@ -377,12 +317,13 @@ def check_resume_config(
 ) -> list[ConfigChange]:
     """The run-changing differences between the stored and the current recipe.
 
-    Raises ``ResumeConfigError`` (listing every key with both values and how to proceed) when there are any and
-    ``accept`` is false; returns them (possibly empty) otherwise. ``where`` names the stored recipe in messages.
+    Raises ``ConfigError`` (a line saying what differs, one problem per key with both values, a line saying how to
+    proceed) when there are any and ``accept`` is false; returns them (possibly empty) otherwise. ``where`` names
+    the stored recipe in messages.
     """
     changes = config_changes(stored, current, operational)
     if changes and not accept:
-        raise ResumeConfigError(
+        raise ConfigError(
             [
                 ("", f"the recipe differs from the one this run was started with ({where}) in {len(changes)} key(s):"),
                 *((c.key, f"{c.stored!r} (stored) -> {c.current!r} (now)") for c in changes),
@@ -420,7 +361,7 @@ def latest_complete_step(checkpoint_dir: Path) -> int | None:
     """Highest N with a ``step_N`` directory (NeMo RL renames ``tmp_step_N`` only once a save is complete)."""
     if not checkpoint_dir.is_dir():
         return None
-    steps = [int(m.group(1)) for p in checkpoint_dir.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    steps = [int(m.group(1)) for p in checkpoint_dir.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
     return max(steps, default=None)
 
 
@@ -442,14 +383,14 @@ def tidy_checkpoint_dir(checkpoint_dir: Path) -> list[Path]:
     complete = [
         int(m.group(1))
         for p in checkpoint_dir.iterdir()
-        if (m := _STEP_DIR.match(p.name)) and (p / TRAINING_INFO).is_file()
+        if (m := STEP_DIR.match(p.name)) and (p / TRAINING_INFO).is_file()
     ]
     newest = max(complete, default=None)
     removed = []
     for path in sorted(checkpoint_dir.iterdir()):
         if not path.is_dir():
             continue
-        step_match = _STEP_DIR.match(path.name)
+        step_match = STEP_DIR.match(path.name)
         interrupted_delete = (
             step_match is not None
             and not (path / TRAINING_INFO).is_file()
@@ -495,7 +436,7 @@ def run_complete(checkpointing: Mapping[str, Any], max_num_steps: int) -> bool:
 def guard_resume(config: dict[str, Any], checkpoint_dir: Path, *, accept: bool, write: bool) -> list[ConfigChange]:
     """Compare ``config`` (the resolved recipe) with the run's record when a complete checkpoint exists.
 
-    Raises ``ResumeConfigError`` on a run-changing difference unless ``accept``; with ``write``, stores ``config``
+    Raises ``ConfigError`` on a run-changing difference unless ``accept``; with ``write``, stores ``config``
     as the run's record (atomically) and logs accepted changes. Returns the accepted changes.
     """
     record = checkpoint_dir / RECIPE_RECORD
@@ -521,12 +462,10 @@ def guard_resume(config: dict[str, Any], checkpoint_dir: Path, *, accept: bool, 
     return changes
 
 
-def write_completed_marker(checkpoint_dir: Path) -> Path:
+def write_completed_marker(checkpoint_dir: Path) -> None:
     """Atomically write ``checkpoint_dir/COMPLETED`` (lets a requeued job see the run is done)."""
-    marker = checkpoint_dir / COMPLETED_FILE
-    with atomic_write(marker) as fh:
+    with atomic_write(checkpoint_dir / COMPLETED_FILE) as fh:
         fh.write(json.dumps({"completed": True}) + "\n")
-    return marker
 
 
 def final_step(config: Any, dataloader: Any, own_loop: bool) -> int:
@@ -565,17 +504,25 @@ def exit_code_after_training(stop_reason: str | None, checkpointing: dict[str, A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Print ``checkpointing.checkpoint_must_save_by`` for the current allocation: NeMo RL starts that clock when
+    ``grpo_train`` starts, so a value computed before setup is late by the setup time; ``--margin`` includes it."""
     parser = argparse.ArgumentParser(
         prog="python -m holder_nemo.run_control",
         description="Print checkpointing.checkpoint_must_save_by (DD:HH:MM:SS) for the current Slurm allocation.",
     )
     parser.add_argument("--margin", type=float, default=900.0, help="seconds to keep before the end (default 900)")
     args = parser.parse_args(argv)
-    value = checkpoint_must_save_by(args.margin)
-    if value is None:
+    if args.margin < 0:
+        parser.error(f"--margin must be >= 0 seconds, got {args.margin:g}")
+    end = slurm_job_end_time()
+    if end is None:
         print("no Slurm job end time (not in a Slurm job, or no time limit)", file=sys.stderr)
         return 1
-    print(value)
+    # NeMo RL's DD:HH:MM:SS, from now until margin seconds before the end (rounded down, never negative)
+    minutes, secs = divmod(max(0, int(end - args.margin - time.time())), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    print(f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}")
     return 0
 
 

@@ -18,7 +18,7 @@ import sys
 
 from holder_nemo.data.normalize import DataError
 from holder_nemo.data.sources import ALL_NAMES, SPECS
-from holder_nemo.data.suite import SUITE, SUITE_COMMIT, SUITE_REPO, SUITE_URL
+from holder_nemo.data.suite import SUITE, SUITE_COMMIT, SUITE_REPO
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +39,6 @@ def _parser() -> argparse.ArgumentParser:
         help="suite: the authors' evaluation suite (default for the five paper benchmarks); hub: Hugging Face copies",
     )
     prep.add_argument("--from-dir", help="suite: a local copy of understand-r1-zero's datasets/evaluation_suite")
-    prep.add_argument("--suite-url", default=SUITE_URL, help="suite: where to download the Arrow files from")
     prep.add_argument("--from-file", help="hub: normalise a local export of the upstream split (.jsonl/.json/.parquet)")
     prep.add_argument("--allow-count-mismatch", action="store_true", help="hub: write even if the row count differs")
     sub.add_parser("list", help="print the sources, splits and expected row counts")
@@ -50,7 +49,7 @@ def _print_sources() -> None:
     """``holderpo data list``: every dataset, where it comes from and its expected row count."""
     for split in SUITE.values():
         where = f"{SUITE_REPO}@{SUITE_COMMIT[:8]} datasets/evaluation_suite/{split.split}"
-        print(f"{split.name:<14} eval  {split.rows:>5} rows  {where} (default source)")
+        print(f"{split.name:<14} eval  {SPECS[split.name].expected_rows:>5} rows  {where} (default source)")
     for spec in SPECS.values():
         where = spec.repo_id + (f" [{', '.join(c for c in spec.configs if c)}]" if spec.configs != (None,) else "")
         where += f" {spec.data_files}" if spec.data_files else ""
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         try:
             if name in SUITE and (args.source or default_source) == "suite":
-                entry = prepare_suite(name, args.out_dir, from_dir=args.from_dir, base_url=args.suite_url)
+                entry = prepare_suite(name, args.out_dir, from_dir=args.from_dir)
             elif args.from_file:
                 rows = read_local_rows(args.from_file)
                 entry = prepare(

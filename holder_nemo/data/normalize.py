@@ -9,7 +9,6 @@ from typing import Any
 
 from holder_nemo.data.sources import DatasetSpec
 
-_MISSING = object()
 _DOLLAR_WRAPPED = re.compile(r"^\$+([^$]*)\$+$")
 
 
@@ -17,20 +16,14 @@ class DataError(ValueError):
     """An upstream row or file does not have what the dataset spec requires; the message names it."""
 
 
-def _field(row: Mapping[str, Any], path: str) -> Any:
-    node: Any = row
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
 def first_field(row: Mapping[str, Any], paths: Iterable[str]) -> tuple[str, Any]:
-    """(path, value) of the first of ``paths`` present in ``row`` with a non-null value; ("", None) if none."""
+    """(path, value) of the first of ``paths`` (dotted: nested keys) present in ``row`` with a non-null value; ("",
+    None) if none."""
     for path in paths:
-        value = _field(row, path)
-        if value is not _MISSING and value is not None:
+        value: Any = row
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is not None:
             return path, value
     return "", None
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from holder_nemo.data.normalize import DataError, normalize_rows
 from holder_nemo.data.sources import SPECS, DatasetSpec
-from holder_nemo.data.suite import SUITE, SUITE_COMMIT, SUITE_REPO, SUITE_URL, load_split
+from holder_nemo.data.suite import SUITE, SUITE_COMMIT, SUITE_REPO, load_split
 from holder_nemo.files import atomic_write
-
-MANIFEST = "manifest.json"
 
 
 def load_from_hub(spec: DatasetSpec) -> tuple[list[dict[str, Any]], str | None]:
@@ -45,16 +42,13 @@ def load_from_hub(spec: DatasetSpec) -> tuple[list[dict[str, Any]], str | None]:
                 "on an offline machine use --from-file with a local export (docs/data.md)"
             ) from exc
     dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
-    return [dict(row) for row in dataset], _dataset_commit(spec)
-
-
-def _dataset_commit(spec: DatasetSpec) -> str | None:
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().dataset_info(spec.repo_id, revision=spec.revision).sha
+        commit = HfApi().dataset_info(spec.repo_id, revision=spec.revision).sha
     except Exception:  # offline, or an old huggingface_hub: the manifest then records the requested revision only
-        return None
+        commit = None
+    return [dict(row) for row in dataset], commit
 
 
 def read_local_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -86,20 +80,29 @@ def read_local_rows(path: str | Path) -> list[dict[str, Any]]:
     raise DataError(f"--from-file: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
 
 
-def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> str:
-    """Write rows atomically; returns the file's sha256."""
+def _write(out_dir: str | Path, name: str, rows: list[dict[str, Any]], **provenance: Any) -> dict[str, Any]:
+    """Write ``OUT_DIR/<name>.jsonl`` atomically and record it in ``OUT_DIR/manifest.json``; returns its entry (the
+    dataset's role and expected row count, the rows written and their file's sha256, then ``provenance``)."""
+    out_dir = Path(out_dir)
     text = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
-    with atomic_write(path, fsync=True) as fh:
+    with atomic_write(out_dir / f"{name}.jsonl", fsync=True) as fh:
         fh.write(text)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _update_manifest(out_dir: Path, entry: dict[str, Any]) -> None:
-    path = out_dir / MANIFEST
+    spec = SPECS[name]
+    entry = {
+        "name": name,
+        "role": spec.role,
+        "file": f"{name}.jsonl",
+        "rows": len(rows),
+        "expected_rows": spec.expected_rows,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        **provenance,
+    }
+    path = out_dir / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    manifest[entry["name"]] = entry
+    manifest[name] = entry
     with atomic_write(path, fsync=True) as fh:
         fh.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return entry
 
 
 def prepare(
@@ -126,56 +129,38 @@ def prepare(
             f"{name}: {spec.repo_id} ({spec.split}) gave {len(normalized)} rows, expected {spec.expected_rows}; "
             f"the upstream dataset changed or the wrong file was given (--allow-count-mismatch to write it anyway)"
         )
-    out_dir = Path(out_dir)
-    path = out_dir / f"{name}.jsonl"
-    digest = write_jsonl(path, normalized)
-    entry = {
-        "name": name,
-        "role": spec.role,
-        "file": path.name,
-        "rows": len(normalized),
-        "expected_rows": spec.expected_rows,
-        "empty_answers": empty_answers,
-        "sha256": digest,
-        "source": source,
-        "repo_id": spec.repo_id,
-        "configs": [c for c in spec.configs if c],
-        "data_files": spec.data_files,
-        "split": spec.split,
-        "revision": spec.revision,
-        "commit": commit,
-    }
-    _update_manifest(out_dir, entry)
-    return entry
+    return _write(
+        out_dir,
+        name,
+        normalized,
+        empty_answers=empty_answers,
+        source=source,
+        repo_id=spec.repo_id,
+        configs=[c for c in spec.configs if c],
+        data_files=spec.data_files,
+        split=spec.split,
+        revision=spec.revision,
+        commit=commit,
+    )
 
 
-def prepare_suite(
-    name: str, out_dir: str | Path, *, from_dir: str | Path | None = None, base_url: str = SUITE_URL
-) -> dict[str, Any]:
+def prepare_suite(name: str, out_dir: str | Path, *, from_dir: str | Path | None = None) -> dict[str, Any]:
     """Write benchmark ``name`` of the authors' evaluation suite to ``OUT_DIR/<name>.jsonl``, rows as stored.
 
     Reads the Arrow file from ``from_dir`` (a copy of ``datasets/evaluation_suite``) or downloads it from the pinned
     commit; returns the manifest entry. Raises DataError naming the benchmark on a wrong checksum or row count.
     """
-    loaded = load_split(name, from_dir=from_dir, base_url=base_url)
-    out_dir = Path(out_dir)
-    path = out_dir / f"{name}.jsonl"
-    digest = write_jsonl(path, loaded["rows"])
-    entry = {
-        "name": name,
-        "role": "eval",
-        "file": path.name,
-        "rows": len(loaded["rows"]),
-        "expected_rows": SUITE[name].rows,
-        "empty_answers": 0,
-        "sha256": digest,
-        "source": loaded["source"],
-        "repo_id": SUITE_REPO,
-        "split": SUITE[name].split,
-        "revision": SUITE_COMMIT,
-        "commit": loaded["commit"],
-        "arrow_sha256": loaded["sha256"],
-        "rows_sha256": loaded["rows_sha256"],
-    }
-    _update_manifest(out_dir, entry)
-    return entry
+    loaded = load_split(name, from_dir=from_dir)
+    return _write(
+        out_dir,
+        name,
+        loaded["rows"],
+        empty_answers=0,
+        source=loaded["source"],
+        repo_id=SUITE_REPO,
+        split=SUITE[name].split,
+        revision=SUITE_COMMIT,
+        commit=loaded["commit"],
+        arrow_sha256=loaded["sha256"],
+        rows_sha256=loaded["rows_sha256"],
+    )

@@ -25,12 +25,12 @@ class DatasetSpec:
     configs: tuple[str | None, ...] = (None,)  # HF configs concatenated in this order
     data_files: str | None = None  # a file inside the repo instead of a named config
     revision: str = "main"
-    note: str = ""
 
 
 SPECS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
+        # MATH levels 3-5, the Dr.GRPO/oat training set (same problems and order as math_lvl3to5_8k)
         DatasetSpec(
             name="math_lvl3to5",
             role="train",
@@ -40,8 +40,8 @@ SPECS: dict[str, DatasetSpec] = {
             expected_rows=8523,
             problem_fields=("extra_info.question", "question", "problem"),
             answer_fields=("extra_info.answer", "reward_model.ground_truth", "answer", "gt_answer"),
-            note="MATH levels 3-5, the Dr.GRPO/oat training set (same problems and order as math_lvl3to5_8k)",
         ),
+        # AIME 2024 I + II (also NeMo RL's AIME2024 source)
         DatasetSpec(
             name="aime24",
             role="eval",
@@ -50,8 +50,8 @@ SPECS: dict[str, DatasetSpec] = {
             expected_rows=30,
             problem_fields=("problem",),
             answer_fields=("answer",),
-            note="AIME 2024 I + II (also NeMo RL's AIME2024 source)",
         ),
+        # AMC 12 2022 + 2023; answers are stored as floats (142.0 -> '142')
         DatasetSpec(
             name="amc",
             role="eval",
@@ -60,8 +60,8 @@ SPECS: dict[str, DatasetSpec] = {
             expected_rows=83,
             problem_fields=("problem",),
             answer_fields=("answer",),
-            note="AMC 12 2022 + 2023; answers are stored as floats (142.0 -> '142')",
         ),
+        # the MATH500 subset of the MATH test set (Lightman et al.)
         DatasetSpec(
             name="math500",
             role="eval",
@@ -70,8 +70,8 @@ SPECS: dict[str, DatasetSpec] = {
             expected_rows=500,
             problem_fields=("problem",),
             answer_fields=("answer",),
-            note="the MATH500 subset of the MATH test set (Lightman et al.)",
         ),
+        # Minerva MATH (OCWCourses), 272 problems
         DatasetSpec(
             name="minerva",
             role="eval",
@@ -80,8 +80,8 @@ SPECS: dict[str, DatasetSpec] = {
             expected_rows=272,
             problem_fields=("question", "problem"),
             answer_fields=("answer",),
-            note="Minerva MATH (OCWCourses), 272 problems",
         ),
+        # open-ended, text-only, English maths competition subset; final_answer[0] without $...$
         DatasetSpec(
             name="olympiadbench",
             role="eval",
@@ -91,8 +91,8 @@ SPECS: dict[str, DatasetSpec] = {
             expected_rows=675,
             problem_fields=("question", "problem"),
             answer_fields=("final_answer", "answer"),
-            note="open-ended, text-only, English maths competition subset; final_answer[0] without $...$",
         ),
+        # AIME 2025 I + II (Qwen3 tables, pass@8; also NeMo RL's AIME2025 source)
         DatasetSpec(
             name="aime25",
             role="eval",
@@ -102,7 +102,6 @@ SPECS: dict[str, DatasetSpec] = {
             expected_rows=30,
             problem_fields=("question", "problem"),
             answer_fields=("answer",),
-            note="AIME 2025 I + II (Qwen3 tables, pass@8; also NeMo RL's AIME2025 source)",
         ),
     )
 }

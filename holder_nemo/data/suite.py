@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from holder_nemo.data.normalize import DataError
+from holder_nemo.data.sources import SPECS
 
 SUITE_REPO = "sail-sg/understand-r1-zero"
 SUITE_COMMIT = "dfca49dd460ee7cc8e4a5a162c876a7fd6993b87"
@@ -30,23 +31,23 @@ _DOWNLOAD_TIMEOUT_S = 60
 
 @dataclass(frozen=True)
 class SuiteSplit:
-    """One benchmark of the suite: our name, the authors' split folder, its row count and its Arrow file's sha256."""
+    """One benchmark of the suite: our name, the authors' split folder and its Arrow file's sha256. Its row count is
+    the paper's (``sources.SPECS``)."""
 
     name: str
     split: str
-    rows: int
     sha256: str
 
 
 SUITE: dict[str, SuiteSplit] = {
     s.name: s
     for s in (
-        SuiteSplit("aime24", "aime", 30, "861514ca0262d6c03d36d463ee33fe4465b0b85c0593f5df67bc75a717f50e5a"),
-        SuiteSplit("amc", "amc", 83, "5e16d28683b95782686413eadd12560d051b2d4ac8aef456b500891ccabd5233"),
-        SuiteSplit("math500", "math", 500, "d383d13c807e2904d0db6f8d98496a0574c0a1d51f40331b920c849cf226ef5a"),
-        SuiteSplit("minerva", "minerva", 272, "23d05849fd365b9dae2ce5f6c4b6af3baecbbd0a88623abec3f0692d346bae2a"),
+        SuiteSplit("aime24", "aime", "861514ca0262d6c03d36d463ee33fe4465b0b85c0593f5df67bc75a717f50e5a"),
+        SuiteSplit("amc", "amc", "5e16d28683b95782686413eadd12560d051b2d4ac8aef456b500891ccabd5233"),
+        SuiteSplit("math500", "math", "d383d13c807e2904d0db6f8d98496a0574c0a1d51f40331b920c849cf226ef5a"),
+        SuiteSplit("minerva", "minerva", "23d05849fd365b9dae2ce5f6c4b6af3baecbbd0a88623abec3f0692d346bae2a"),
         SuiteSplit(
-            "olympiadbench", "olympiad_bench", 675, "1b3e77da96c15b3f51fdcda4c86d6cb4dc698f223eea6f80c06a44af32e85455"
+            "olympiadbench", "olympiad_bench", "1b3e77da96c15b3f51fdcda4c86d6cb4dc698f223eea6f80c06a44af32e85455"
         ),
     )
 }
@@ -85,8 +86,9 @@ def _check_answer(name: str, index: int, answer: Any) -> None:
 
 def check_rows(split: SuiteSplit, rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     """The rows, after checking the count and that each has a problem and an answer (errors name the row)."""
-    if len(rows) != split.rows:
-        raise DataError(f"{split.name}: {where} has {len(rows)} rows, expected {split.rows}")
+    expected = SPECS[split.name].expected_rows
+    if len(rows) != expected:
+        raise DataError(f"{split.name}: {where} has {len(rows)} rows, expected {expected}")
     for index, row in enumerate(rows):
         if not isinstance(row.get("problem"), str) or not row["problem"].strip():
             raise DataError(f"{split.name}: row {index} of {where} has no problem text")
@@ -94,9 +96,8 @@ def check_rows(split: SuiteSplit, rows: list[dict[str, Any]], where: str) -> lis
     return rows
 
 
-def download_split(split: SuiteSplit, base_url: str = SUITE_URL) -> bytes:
-    """The split's Arrow file from ``base_url`` (the pinned commit on GitHub), checked against its sha256."""
-    url = f"{base_url.rstrip('/')}/{split.split}/{ARROW_FILE}"
+def download_split(split: SuiteSplit, url: str) -> bytes:
+    """The split's Arrow file from ``url`` (on the pinned commit on GitHub), checked against its sha256."""
     try:
         with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
             data = response.read()
@@ -111,7 +112,7 @@ def download_split(split: SuiteSplit, base_url: str = SUITE_URL) -> bytes:
     return data
 
 
-def load_split(name: str, *, from_dir: str | os.PathLike | None = None, base_url: str = SUITE_URL) -> dict[str, Any]:
+def load_split(name: str, *, from_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Rows of benchmark ``name`` from a local copy of the suite (``from_dir``) or by download, with provenance.
 
     Returns ``{"rows", "source", "sha256" (of the Arrow file), "commit" (None for a file that is not the pinned one),
@@ -126,8 +127,8 @@ def load_split(name: str, *, from_dir: str | os.PathLike | None = None, base_url
         data = path.read_bytes()
         source = f"dir:{path}"
     else:
-        data = download_split(split, base_url)
-        source = f"{base_url.rstrip('/')}/{split.split}/{ARROW_FILE}"
+        source = f"{SUITE_URL}/{split.split}/{ARROW_FILE}"
+        data = download_split(split, source)
     rows = check_rows(split, read_arrow_rows(data, source), source)
     digest = hashlib.sha256(data).hexdigest()
     commit = SUITE_COMMIT if digest == split.sha256 else None

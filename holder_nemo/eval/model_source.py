@@ -108,18 +108,6 @@ def _policy_config(step_dir: Path) -> dict:
     return policy if isinstance(policy, dict) else {}
 
 
-def _base_model_name(step_dir: Path, base_model: str | None) -> str:
-    if base_model:
-        return base_model
-    name = _policy_config(step_dir).get("model_name")
-    if not name:
-        raise ModelSourceError(
-            f"{step_dir / 'config.yaml'} is missing or has no policy.model_name: pass --base-model (HF name or "
-            "directory of the model that was trained)"
-        )
-    return str(name)
-
-
 def converter_command(step_dir: Path, export_dir: Path) -> str:
     """The NeMo RL converter command line for this checkpoint (run from the NeMo RL source root)."""
     weights = step_dir / "policy" / "weights"
@@ -144,7 +132,13 @@ def _convert(step_dir: Path, export_dir: Path, base_model: str | None) -> str:
         raise ModelSourceError(
             f"{weights} holds neither a torch DCP checkpoint (.metadata) nor Megatron iter_* directories"
         )
-    base = _base_model_name(step_dir, base_model)
+    policy = _policy_config(step_dir)
+    base = str(base_model or policy.get("model_name") or "")
+    if not base:
+        raise ModelSourceError(
+            f"{step_dir / 'config.yaml'} is missing or has no policy.model_name: pass --base-model (HF name or "
+            "directory of the model that was trained)"
+        )
     tokenizer = str(tokenizer_dir) if has_tokenizer(tokenizer_dir) else base
     tmp_dir = export_dir.with_name(export_dir.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -164,7 +158,7 @@ def _convert(step_dir: Path, export_dir: Path, base_model: str | None) -> str:
             hf_ckpt_path=str(tmp_dir),
             model_name_or_path=base,
             tokenizer_name_or_path=tokenizer,
-            hf_overrides=_policy_config(step_dir).get("hf_overrides") or {},
+            hf_overrides=policy.get("hf_overrides") or {},
         )
     else:
         layout = "nemo_rl_megatron"
@@ -179,7 +173,7 @@ def _convert(step_dir: Path, export_dir: Path, base_model: str | None) -> str:
             input_path=str(iter_dir),
             output_path=str(tmp_dir),
             hf_tokenizer_path=tokenizer,
-            hf_overrides=_policy_config(step_dir).get("hf_overrides") or {},
+            hf_overrides=policy.get("hf_overrides") or {},
         )
     check_hf_dir(tmp_dir)
     tmp_dir.rename(export_dir)

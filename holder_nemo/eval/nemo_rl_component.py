@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-ACTOR_FQN = "holder_nemo.eval.nemo_rl_env.PaperMathEnvironment"
-
 
 def register(env_name: str, config: Any) -> list[str]:
     """Make ``env_name`` usable as ``env_name`` in the recipe's data configs (idempotent)."""
     from holder_nemo.nemo_rl.components import register_environment
 
-    return [register_environment(env_name, ACTOR_FQN)]
+    return [register_environment(env_name, "holder_nemo.eval.nemo_rl_env.PaperMathEnvironment")]

@@ -33,27 +33,22 @@ from holder_nemo.eval.rollout_limits import cut_by_length, length_limits
 from holder_nemo.eval.scoring import score_response
 
 
-def verify_batch(
-    responses: list[str], ground_truths: list[Any], return_extracted_answer: bool = False
-) -> list[float] | tuple[list[float], list[str | None]]:
-    """Rewards (1.0/0.0) of ``responses`` against their gold answers (each a string, a number or a list of accepted
-    answers), and the final boxed answers if asked (NeMo RL's verifier contract)."""
-    scores = [score_response(r, g) for r, g in zip(responses, ground_truths, strict=True)]
-    rewards = [s.reward for s in scores]
-    return (rewards, [s.extracted for s in scores]) if return_extracted_answer else rewards
-
-
 @ray.remote  # pragma: no cover - runs in a Ray actor (its main thread, so the grading time limits work)
 class PaperMathVerifyWorker:
     def verify(
         self, pred_responses: list[str], ground_truths: list[Any], return_extracted_answer: bool = False, **_: Any
     ) -> list[float] | tuple[list[float], list[str | None]]:
-        return verify_batch(pred_responses, ground_truths, return_extracted_answer)
+        """Rewards (1.0/0.0) of the responses against their gold answers (each a string, a number or a list of
+        accepted answers), and the final boxed answers if asked (NeMo RL's verifier contract)."""
+        scores = [score_response(r, g) for r, g in zip(pred_responses, ground_truths, strict=True)]
+        rewards = [s.reward for s in scores]
+        return (rewards, [s.extracted for s in scores]) if return_extracted_answer else rewards
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=1000)  # pragma: no cover
 class PaperMathEnvironment(BaseMathEnvironment):
-    """Single-turn maths environment: reward = ``math_reward(assistant text, metadata["ground_truth"], truncated)``."""
+    """Single-turn maths environment: reward = ``score_response(assistant text, metadata["ground_truth"]).reward``, 0
+    for a reply cut by a length limit."""
 
     WORKER_CLASS_DICT: ClassVar[dict[str, Any]] = {"math": PaperMathVerifyWorker}
 

@@ -13,24 +13,11 @@ from pathlib import Path
 
 QWEN_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
-# Jinja chat template for NeMo RL (``policy.tokenizer.chat_template``): renders, for the messages [system?, user]
-# with add_generation_prompt=True, the same string as ``apply_qwen_math_template``. A leading system message replaces
-# the default system prompt (trimmed, so a prompt file's trailing newline does not matter).
-QWEN_MATH_CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set system_prompt = messages[0]['content'] | trim -%}{%- set turns = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set system_prompt = 'Please reason step by step, and put your final answer within \\\\boxed{}.' -%}"
-    "{%- set turns = messages -%}"
-    "{%- endif -%}"
-    "{{- '<|im_start|>system\\n' + system_prompt + '<|im_end|>\\n' -}}"
-    "{%- for message in turns -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
-# The same template as a file, for ``policy.tokenizer.chat_template: holder_nemo/eval/templates/qwen_math.jinja``.
+# Jinja chat template for NeMo RL (``policy.tokenizer.chat_template``, as a path or as this string): renders, for the
+# messages [system?, user] with add_generation_prompt=True, the same string as ``apply_qwen_math_template``. A leading
+# system message replaces the default system prompt (trimmed, so a prompt file's trailing newline does not matter).
 QWEN_MATH_JINJA_PATH = Path(__file__).with_name("templates") / "qwen_math.jinja"
+QWEN_MATH_CHAT_TEMPLATE = QWEN_MATH_JINJA_PATH.read_text(encoding="utf-8")
 
 
 def apply_qwen_math_template(problem: str) -> str:

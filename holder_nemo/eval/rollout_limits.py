@@ -33,15 +33,15 @@ def cut_by_length(
     )
 
 
-def length_limits(cfg: Mapping[str, Any], section: str = "env.holder_math") -> tuple[int | None, int | None]:
-    """(max_new_tokens, max_model_len) of the environment config; unknown keys and bad values are errors."""
+def length_limits(cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(max_new_tokens, max_model_len) of the ``env.holder_math`` config; unknown keys and bad values are errors."""
     unknown = sorted(set(cfg) - set(ENV_KEYS))
     if unknown:
-        raise ValueError(f"{section}: unknown keys {unknown}; allowed {list(ENV_KEYS)}")
+        raise ValueError(f"env.holder_math: unknown keys {unknown}; allowed {list(ENV_KEYS)}")
     limits = []
     for key in ("max_new_tokens", "max_model_len"):
         value = cfg.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{section}.{key} must be an integer >= 1 or null, got {value!r}")
+            raise ValueError(f"env.holder_math.{key} must be an integer >= 1 or null, got {value!r}")
         limits.append(value)
     return limits[0], limits[1]

@@ -2,51 +2,54 @@
 
 Outputs in ``output_dir``: ``generations.jsonl`` (one line per sample: prompt, response, finish reason, extracted
 answer, reward), ``results.json`` (config, model, per-benchmark metrics with counts, average, table) and
-``results.md`` (the paper-layout table). Files are written to a temporary name and renamed (atomic).
+``results.md`` (the paper-layout table: benchmarks as columns, unweighted average last). Files are written to a
+temporary name and renamed (atomic).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from math import comb
 from pathlib import Path
 from typing import Any
 
-from holder_nemo.eval.backends import Backend, SamplingSettings
+from holder_nemo.eval.backends import HFBackend, SamplingSettings, VLLMBackend
 from holder_nemo.eval.benchmarks import BenchmarkError, Problem, load_benchmark
 from holder_nemo.eval.model_source import ModelSourceError, ResolvedModel, resolve_model
 from holder_nemo.eval.prompts import apply_template
-from holder_nemo.eval.report import markdown_table, pass_at_k
 from holder_nemo.eval.scoring import score_response
-from holder_nemo.eval.settings import EvalConfig
+from holder_nemo.eval.settings import BENCHMARKS, EvalConfig
 from holder_nemo.files import atomic_write
 
 
-@dataclass
-class EvalResult:
-    """What ``run_eval`` wrote: metrics per benchmark, the average, the markdown table, the output paths."""
-
-    per_benchmark: dict[str, dict[str, Any]]
-    average: float
-    table: str
-    output_dir: Path
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem with ``c`` correct among ``n`` >= ``k`` samples (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def make_backend(cfg: EvalConfig, model: ResolvedModel) -> Backend:
-    from holder_nemo.eval.backends import HFBackend, VLLMBackend
-
-    common = {"dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code}
-    if cfg.backend == "hf":
-        return HFBackend(model.model, model.tokenizer, batch_size=cfg.hf_batch_size, **common)
-    vllm = {
-        "tensor_parallel_size": cfg.tensor_parallel_size,
-        "max_model_len": cfg.max_model_len,
-        "gpu_memory_utilization": cfg.gpu_memory_utilization,
-        "seed": cfg.seed,
-        "allow_long_context": cfg.allow_long_context,
-    }
-    return VLLMBackend(model.model, model.tokenizer, **vllm, **common)
+def markdown_table(label: str, per_benchmark: dict[str, dict[str, Any]], average: float) -> str:
+    """Two-row table: scores in percent (1 decimal, as in the paper), then the counts behind them."""
+    names = list(per_benchmark)
+    titles = [BENCHMARKS[b] + ("†" if per_benchmark[b]["k"] > 1 else "") for b in names]  # †: Pass@k, k > 1
+    lines = [
+        "| Model | " + " | ".join(titles) + " | Avg. |",
+        "|---|" + "---|" * (len(names) + 1),
+        f"| {label} | " + " | ".join(f"{per_benchmark[b]['score']:.1f}" for b in names) + f" | {average:.1f} |",
+        "| (correct / total) | " + " | ".join(per_benchmark[b]["count"] for b in names) + " | |",
+    ]
+    notes = [f"Pass@{per_benchmark[b]['k']}" for b in names if per_benchmark[b]["k"] > 1]
+    metric_note = "Pass@1" + (f"; † = {notes[0]}" if notes else "")
+    truncated = sum(per_benchmark[b]["num_truncated"] for b in names)
+    samples = sum(per_benchmark[b]["num_samples"] for b in names)
+    lines += [
+        "",
+        f"{metric_note}. {truncated} of {samples} generations hit the token limit (graded as they are, as in the "
+        "authors' evaluation).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def check_context_length(cfg: EvalConfig, model: ResolvedModel) -> None:
@@ -64,19 +67,12 @@ def check_context_length(cfg: EvalConfig, model: ResolvedModel) -> None:
         )
 
 
-def default_output_dir(cfg: EvalConfig) -> Path:
-    if cfg.output_dir is not None:
-        return cfg.output_dir
-    local = Path(cfg.model)
-    return local / "eval" if local.is_dir() else Path("eval_results") / cfg.model.replace("/", "__")
-
-
-def _sampling(backend: Backend, cfg: EvalConfig, name: str, problems: list[Problem]) -> tuple[list, list, Any]:
+def _sampling(tokenizer: Any, cfg: EvalConfig, name: str, problems: list[Problem]) -> tuple[list, list, Any]:
     """(prompts, prompt token ids, SamplingSettings) of one benchmark; each reply gets what its prompt leaves."""
     n, temperature, top_p = cfg.sampling_for(name)
     prompts = [apply_template(cfg.prompt_template, p.problem) for p in problems]
     # add_special_tokens=True: what vLLM does with a text prompt (oat passes text), e.g. BOS for R1-Distill.
-    prompt_ids = [backend.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
     budgets = [max(0, min(cfg.max_new_tokens, cfg.max_model_len - len(ids))) for ids in prompt_ids]
     too_long = [p.index for p, b in zip(problems, budgets, strict=True) if b == 0]
     if too_long:
@@ -88,27 +84,11 @@ def _sampling(backend: Backend, cfg: EvalConfig, name: str, problems: list[Probl
     return prompts, prompt_ids, settings
 
 
-def _record(name: str, problem: Problem, prompt: str, sample_index: int, gen: Any, score: Any) -> dict[str, Any]:
-    return {
-        "benchmark": name,
-        "index": problem.index,
-        "sample": sample_index,
-        "problem": problem.problem,
-        "answer": problem.answer,
-        "prompt": prompt,
-        "response": gen.text,
-        "finish_reason": gen.finish_reason,
-        "num_tokens": gen.num_tokens,
-        "extracted": score.extracted,
-        "reward": score.reward,
-    }
-
-
 def evaluate_benchmark(
-    backend: Backend, cfg: EvalConfig, name: str, problems: list[Problem]
+    backend: HFBackend | VLLMBackend, cfg: EvalConfig, name: str, problems: list[Problem]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate and score one benchmark; returns (metrics, generation records)."""
-    prompts, prompt_ids, settings = _sampling(backend, cfg, name, problems)
+    prompts, prompt_ids, settings = _sampling(backend.tokenizer, cfg, name, problems)
     n, k = settings.n, cfg.pass_k if name in cfg.pass_k_benchmarks else 1
     started = time.perf_counter()
     generations = backend.generate(prompt_ids, settings)
@@ -125,7 +105,21 @@ def evaluate_benchmark(
             counts["truncated"] += int(gen.finish_reason != "stop")
             counts["no_box"] += int(score.extracted is None)
             counts["tokens"] += gen.num_tokens
-            records.append(_record(name, problem, prompt, sample_index, gen, score))
+            records.append(
+                {
+                    "benchmark": name,
+                    "index": problem.index,
+                    "sample": sample_index,
+                    "problem": problem.problem,
+                    "answer": problem.answer,
+                    "prompt": prompt,
+                    "response": gen.text,
+                    "finish_reason": gen.finish_reason,
+                    "num_tokens": gen.num_tokens,
+                    "extracted": score.extracted,
+                    "reward": score.reward,
+                }
+            )
         counts["correct"] += correct
         counts["solved"] += int(correct > 0)
         per_problem_pass.append(pass_at_k(n, correct, k))
@@ -150,14 +144,16 @@ def evaluate_benchmark(
     return metrics, records
 
 
-def run_eval(cfg: EvalConfig, *, label: str | None = None, backend: Backend | None = None) -> EvalResult:
-    """Evaluate ``cfg.model`` on ``cfg.benchmarks``; write and return the results."""
+def run_eval(cfg: EvalConfig, *, label: str | None = None) -> tuple[str, Path]:
+    """Evaluate ``cfg.model`` on ``cfg.benchmarks``; write the results and return the table and where they went."""
     benchmarks = {name: load_benchmark(cfg.data_dir, name, cfg.limit) for name in cfg.benchmarks}  # fail fast
     model = resolve_model(cfg.model, hf_export_dir=cfg.hf_export_dir, base_model=cfg.base_model)
     check_context_length(cfg, model)
-    if backend is None:
-        backend = make_backend(cfg, model)
-    output_dir = default_output_dir(cfg)
+    backend = (HFBackend if cfg.backend == "hf" else VLLMBackend)(model, cfg)
+    output_dir = cfg.output_dir  # default: <model>/eval, or eval_results/<org>__<name> for a hub id
+    if output_dir is None:
+        local = Path(cfg.model)
+        output_dir = local / "eval" if local.is_dir() else Path("eval_results") / cfg.model.replace("/", "__")
     output_dir.mkdir(parents=True, exist_ok=True)
     label = label or (
         f"{Path(cfg.model).parent.name}/{Path(cfg.model).name}" if model.step is not None else Path(cfg.model).name
@@ -185,4 +181,4 @@ def run_eval(cfg: EvalConfig, *, label: str | None = None, backend: Backend | No
         fh.write(json.dumps(summary, indent=2) + "\n")
     with atomic_write(output_dir / "results.md") as fh:
         fh.write(f"# Evaluation of {label}\n\n{table}")
-    return EvalResult(per_benchmark, average, table, output_dir)
+    return table, output_dir

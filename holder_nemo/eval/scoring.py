@@ -6,8 +6,8 @@ last ``\\boxed{...}``; it is correct when it matches any of the gold answers und
 PRM800K's sympy equivalence or math-verify. No final answer scores 0.
 
 Truncation: evaluation grades a generation whatever its finish reason (the authors' ``evaluate_model.py`` does);
-training gives a generation cut by the token limit reward 0 (the authors' ``MATHOracle`` caller does), which is what
-``math_reward(..., truncated=True)`` returns.
+training gives a generation cut by the token limit reward 0 (the authors' ``MATHOracle`` caller does): the
+``holder_math`` environment (``nemo_rl_env``) and the reference run's task zero it before they call this module.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ def score_response(response: str, answer: Gold | Sequence[Gold]) -> Score:
     return Score(1.0 if grade_answer(extracted, answer) else 0.0, extracted)
 
 
-def math_reward(response: str, answer: Gold | Sequence[Gold], *, truncated: bool = False) -> float:
-    """Training reward: 1.0 if ``response``'s final answer matches ``answer``, else 0.0; 0.0 when ``truncated``."""
-    if truncated:
-        return 0.0
+def math_reward(response: str, answer: Gold | Sequence[Gold]) -> float:
+    """Training reward of a whole (not truncated) response: 1.0 if its final answer matches ``answer``, else 0.0."""
     return score_response(response, answer).reward

@@ -36,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class EvalConfig(BaseModel):
     """All settings of one ``holderpo eval`` run. Defaults = the paper's Pass@1 protocol."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="Hugging Face model directory or NeMo RL checkpoint (step_N) directory")
     data_dir: Path = Field(

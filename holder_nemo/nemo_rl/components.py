@@ -45,15 +45,6 @@ class Training(Protocol):
         ...
 
 
-def component_paths(env_config: Mapping[str, Any] | None) -> dict[str, str]:
-    """{env name: dotted path} of every ``env.<name>._component_`` of a recipe."""
-    return {
-        name: section[COMPONENT_KEY]
-        for name, section in (env_config or {}).items()
-        if isinstance(section, Mapping) and section.get(COMPONENT_KEY)
-    }
-
-
 def load_component(path: str, key: str) -> Any:
     """Import ``path`` (a module, or ``module.attribute``); ``ConfigError`` naming ``key`` when it does not resolve."""
     try:
@@ -71,12 +62,11 @@ def load_component(path: str, key: str) -> Any:
 def components(config: Mapping[str, Any]) -> dict[str, Any]:
     """{env name: component} of a recipe (``config`` a plain mapping or NeMo RL's ``MasterConfig``)."""
     env = config.get("env") if isinstance(config, Mapping) else getattr(config, "env", None)
-    return {name: load_component(path, f"env.{name}.{COMPONENT_KEY}") for name, path in component_paths(env).items()}
-
-
-def component_problems(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Every component's recipe rules, as (dotted key, message)."""
-    return [problem for c in components(config).values() for problem in getattr(c, "check", lambda _: [])(config)]
+    return {
+        name: load_component(section[COMPONENT_KEY], f"env.{name}.{COMPONENT_KEY}")
+        for name, section in (env or {}).items()
+        if isinstance(section, Mapping) and section.get(COMPONENT_KEY)
+    }
 
 
 def component_training(found: Mapping[str, Any], config: Any) -> Training | None:

@@ -199,13 +199,3 @@ def parse_loss_config(
         return HolderPOLossConfig.model_validate(dict(loss_fn_config), context={MEAN_REWARD_KNOWN: mean_reward_known})
     except ValidationError as exc:
         raise LossConfigError(problems_from_pydantic(exc, "loss_fn")) from None
-
-
-__all__ = [
-    "MEAN_REWARD_KNOWN",
-    "HolderBlock",
-    "HolderPOLossConfig",
-    "LossConfigError",
-    "parse_loss_config",
-    "required_in_recipes",
-]

@@ -10,19 +10,18 @@ NeMo RL v0.7.0 targets Python 3.13 and declares its configs with ``typing.TypedD
 Python < 3.12. On such interpreters (the 3.11 development venv) ``typing.TypedDict`` is pointed at
 ``typing_extensions.TypedDict`` before NeMo RL's config modules are imported: same semantics, the form pydantic
 accepts there. This mutates the ``typing`` module for the whole process, so call it from a dedicated process (the
-entry point, the CLI, or ``python -m holder_nemo.nemo_rl.master_config RECIPE...`` as the tests do).
+entry point, the CLI, or a subprocess as the tests do).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-SUPPORTED_NEMO_RL = ((0, 7),)
+SUPPORTED_NEMO_RL = (0, 7)  # (major, minor): every 0.7.x
 ALLOW_ANY_VERSION_ENV = "HOLDERPO_ALLOW_ANY_NEMO_RL"
 
 
@@ -36,14 +35,13 @@ def nemo_rl_release(version: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def check_nemo_rl(env: dict[str, str] | None = None) -> str:
+def check_nemo_rl() -> str:
     """The importable NeMo RL version; raises ``NemoRLUnavailable`` with what to do when absent or unsupported.
 
     Every 0.7.x build is accepted (patch releases, release candidates, local ``+<commit>`` builds); anything else is
     refused with the reason and the override variable, because the loss contract and ``grpo_train``'s save / stop
     path this entry point relies on are those of 0.7.
     """
-    env = dict(os.environ) if env is None else env
     try:
         import nemo_rl
     except ImportError as exc:
@@ -54,8 +52,8 @@ def check_nemo_rl(env: dict[str, str] | None = None) -> str:
         ) from None
     version = str(getattr(nemo_rl, "__version__", "unknown"))
     release = nemo_rl_release(version)
-    if release not in SUPPORTED_NEMO_RL and env.get(ALLOW_ANY_VERSION_ENV) != "1":
-        supported = ", ".join(f"{a}.{b}.x" for a, b in SUPPORTED_NEMO_RL)
+    if release != SUPPORTED_NEMO_RL and os.environ.get(ALLOW_ANY_VERSION_ENV) != "1":
+        supported = "{}.{}.x".format(*SUPPORTED_NEMO_RL)
         found = "an unparseable version" if release is None else f"release {release[0]}.{release[1]}"
         raise NemoRLUnavailable(
             f"nemo_rl {version!r} ({found}) is not supported by this entry point (supported: {supported}): its "
@@ -121,18 +119,3 @@ def validate_with_nemo_rl(
     except (AssertionError, ValueError) as exc:
         return cfg, [("loss_fn", f"NeMo RL's ClippedPGLossFn rejects it: {exc}")]
     return cfg, []
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m holder_nemo.nemo_rl.master_config RECIPE...``: JSON {path: {"errors": [...], "config": {}}}."""
-    paths = sys.argv[1:] if argv is None else argv
-    results = {}
-    for path in paths:
-        cfg, errors = validate_with_nemo_rl(path)
-        results[path] = {"errors": [f"{key}: {message}" for key, message in errors], "config": cfg}
-    json.dump(results, sys.stdout)
-    return 0 if all(not r["errors"] for r in results.values()) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

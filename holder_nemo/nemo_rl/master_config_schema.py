@@ -31,7 +31,11 @@ TABLE = Path(__file__).with_name("master_config_schema.json")
 OWNED_ELSEWHERE = ("loss_fn", "env")
 # Filled in before VllmGeneration reads them: configure_generation_config (skip_tokenizer_init, load_format) and
 # grpo.setup (model_name); a recipe need not set them.
-FILLED_BY_NEMO_RL = ("policy.generation.vllm_cfg.skip_tokenizer_init", "policy.generation.vllm_cfg.load_format")
+FILLED_BY_NEMO_RL = (
+    "policy.generation.vllm_cfg.skip_tokenizer_init",
+    "policy.generation.vllm_cfg.load_format",
+    "policy.generation.model_name",
+)
 
 # A type in the table: "int", "float", "bool", "str", "null" or "any"; or {"typeddict": NAME}, {"union": [...]},
 # {"list": TYPE}, {"dict": TYPE}, {"literal": [VALUES]}. A typeddict is {"required": {KEY: TYPE}, "optional": {...}}.
@@ -91,8 +95,6 @@ def generate() -> dict[str, Any]:
             return {"list": describe(args[0]) if args else "any"}
         if origin is dict or tp is dict:
             return {"dict": describe(args[1]) if len(args) == 2 else "any"}
-        if origin is typing.Annotated:
-            return describe(args[0])
         if tp is os.PathLike or origin is os.PathLike:
             return "str"
         return "any"
@@ -233,11 +235,7 @@ def check_master_config(cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
     if isinstance(generation, Mapping) and generation.get("backend") == "vllm":
         seen = {key for key, _ in found}
         vllm = problems(generation, table()["vllm_generation"], "policy.generation")
-        found += [
-            (k, m)
-            for k, m in vllm
-            if k not in seen and k not in FILLED_BY_NEMO_RL and k != "policy.generation.model_name"
-        ]
+        found += [(k, m) for k, m in vllm if k not in seen and k not in FILLED_BY_NEMO_RL]
     return found
 
 

@@ -150,12 +150,9 @@ def check_grpo_setup(cfg: DictConfig, report: Report) -> None:
     backend = _at(cfg, "policy.generation.backend")
     if isinstance(backend, str) and backend not in _GENERATION_BACKENDS:
         report.error("policy.generation.backend", f"must be one of {', '.join(_GENERATION_BACKENDS)}, got {backend!r}")
-    if backend == "vllm":
-        _check_vllm_precision(cfg, report)
-
-
-def _check_vllm_precision(cfg: DictConfig, report: Report) -> None:
-    """``grpo.setup``'s FP8 rules for vLLM generation."""
+    if backend != "vllm":
+        return
+    # grpo.setup's FP8 rules for vLLM generation
     vllm = "policy.generation.vllm_cfg."
     if OmegaConf.select(cfg, vllm + "precision", default=KeyError) is KeyError:
         report.error(vllm + "precision", "required with the vLLM backend: NeMo RL's grpo.setup reads it")
@@ -364,25 +361,21 @@ def _local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or path.endswith(_DATA_SUFFIXES)
 
 
-def local_paths(cfg: DictConfig) -> list[tuple[str, str, bool]]:
-    """``(key, path, is_directory)`` of every local data file and model directory a NeMo RL recipe names."""
-    found = []
+def check_paths(cfg: DictConfig, report: Report, *, strict: bool) -> None:
+    """Every local data file and model directory the recipe names that does not exist here: an error with
+    ``strict`` (where the job runs), else a warning."""
+    paths = []  # (key, path, is_directory)
     for split in ("train", "validation", "default"):
         entries = _at(cfg, f"data.{split}")
         for i, entry in enumerate(entries if OmegaConf.is_list(entries) else [entries]):
             path = entry.get("data_path") if OmegaConf.is_dict(entry) else None
             key = f"data.{split}" + (f"[{i}]" if OmegaConf.is_list(entries) else "") + ".data_path"
             if isinstance(path, str) and _local(path):
-                found.append((key, path, not path.endswith(_DATA_SUFFIXES)))
+                paths.append((key, path, not path.endswith(_DATA_SUFFIXES)))
     for key in ("policy.model_name", "policy.tokenizer.name"):
         path = _at(cfg, key)
         if isinstance(path, str) and _local(path):
-            found.append((key, path, True))
-    return found
-
-
-def check_paths(paths: list[tuple[str, str, bool]], report: Report, *, strict: bool) -> None:
-    """A named local path that does not exist: an error with ``strict`` (where the job runs), else a warning."""
+            paths.append((key, path, True))
     for key, path, directory in paths:
         exists = Path(path).expanduser().is_dir() if directory else Path(path).expanduser().is_file()
         if not exists:
@@ -397,12 +390,12 @@ def check_paths(paths: list[tuple[str, str, bool]], report: Report, *, strict: b
 # ------------------------------------------------------------------------------------------------- all rules
 
 
-def check_nemo_rl_recipe(cfg: Mapping[str, Any], *, strict: bool = False) -> tuple[Report, ParallelLayout | None]:
-    """Every rule for a NeMo RL GRPO recipe given resolved (plain dict or DictConfig), its components' included."""
-    from holder_nemo.nemo_rl.components import component_problems, component_training, components
+def check_nemo_rl_recipe(cfg: Mapping[str, Any], *, strict: bool) -> tuple[Report, ParallelLayout | None]:
+    """Every rule for a NeMo RL GRPO recipe given resolved as a plain dict, its components' included."""
+    from holder_nemo.nemo_rl.components import component_training, components
     from holder_nemo.nemo_rl.master_config_schema import check_master_config
 
-    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    node = OmegaConf.create(dict(cfg))
     plain: dict[str, Any] = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
     report = Report()
     report.add(check_master_config(plain))
@@ -415,12 +408,13 @@ def check_nemo_rl_recipe(cfg: Mapping[str, Any], *, strict: bool = False) -> tup
     check_vllm_generation(node, report)
     check_counts(node, report)
     try:
-        report.add(component_problems(plain))
-        grpo_train = component_training(components(plain), plain) is None
+        found = components(plain)
+        report.add(problem for c in found.values() for problem in getattr(c, "check", lambda _: [])(plain))
+        grpo_train = component_training(found, plain) is None
     except ConfigError as exc:
         report.add(exc.problems)
         grpo_train = True
     check_batch(node, layout, report, grpo_train=grpo_train)
     check_checkpointing(plain, report)
-    check_paths(local_paths(node), report, strict=strict)
+    check_paths(node, report, strict=strict)
     return report, layout

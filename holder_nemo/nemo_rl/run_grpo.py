@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from holder_nemo.config.errors import ConfigError, make_run_dir, print_problems
+from holder_nemo.config.errors import ConfigError, make_run_dir, print_problems, problems_from_pydantic
 from holder_nemo.run_control import EXIT_COMPLETED, exit_code_after_training, final_step
 
 EXIT_NO_NEMO_RL = 3
@@ -77,28 +77,6 @@ class Prepared:
     datasets: tuple | None  # the training's (train, validation, task_to_env, val_task_to_env), listed before Ray
 
 
-def _checked_master_config(config_path: str, overrides: Sequence[str], *, strict: bool) -> tuple[dict[str, Any], Any]:
-    """(raw recipe, ``MasterConfig``) after every rule that can run on the recipe alone; ``ConfigError`` otherwise."""
-    from holder_nemo.config import load_recipe, to_plain
-    from holder_nemo.config.errors import problems_from_pydantic
-    from holder_nemo.nemo_rl.master_config import typed_dict_for_old_python
-    from holder_nemo.nemo_rl.preflight import check_nemo_rl_recipe
-
-    typed_dict_for_old_python()
-    from nemo_rl.algorithms.grpo import MasterConfig
-    from pydantic import ValidationError
-
-    raw = to_plain(load_recipe(config_path, overrides))
-    report, _layout = check_nemo_rl_recipe(raw, strict=strict)
-    for finding in report.warnings:
-        print(f"holder_nemo: WARNING {finding.key}: {finding.message}", flush=True)
-    report.raise_errors()
-    try:
-        return raw, MasterConfig(**raw)
-    except ValidationError as exc:
-        raise ConfigError(problems_from_pydantic(exc)) from None
-
-
 def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept_change: bool) -> Prepared:
     """Every check that can run before Ray, the model or vLLM start; raises ``ConfigError`` naming the keys.
 
@@ -109,11 +87,26 @@ def prepare(config_path: str, overrides: Sequence[str], *, dry_run: bool, accept
     RL's defaults filled in) -> the components' registration -> the resume guard (this recipe must be the one the
     run's checkpoints were made with) -> the completion marker.
     """
+    from holder_nemo.config import load_recipe, to_plain
     from holder_nemo.nemo_rl import components as comp
     from holder_nemo.nemo_rl.loss import HolderPOLossFn
+    from holder_nemo.nemo_rl.master_config import typed_dict_for_old_python
+    from holder_nemo.nemo_rl.preflight import check_nemo_rl_recipe
     from holder_nemo.run_control import COMPLETED_FILE, guard_resume, repair_checkpoint_dir
 
-    raw, config = _checked_master_config(config_path, overrides, strict=not dry_run)
+    typed_dict_for_old_python()
+    from nemo_rl.algorithms.grpo import MasterConfig
+    from pydantic import ValidationError
+
+    raw = to_plain(load_recipe(config_path, overrides))
+    report, _layout = check_nemo_rl_recipe(raw, strict=not dry_run)
+    for finding in report.warnings:
+        print(f"holder_nemo: WARNING {finding.key}: {finding.message}", flush=True)
+    report.raise_errors()
+    try:
+        config = MasterConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_pydantic(exc)) from None
     loss_fn = HolderPOLossFn(config.loss_fn)
     found = comp.components(config)
     registered = [done for name, component in found.items() for done in component.register(name, config)]
@@ -256,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         version = check_nemo_rl()
     except NemoRLUnavailable as exc:
-        print(f"holder_nemo.nemo_rl.run_grpo: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_NO_NEMO_RL
     print(f"holder_nemo: NeMo RL {version}")
 

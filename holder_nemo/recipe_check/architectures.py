@@ -154,16 +154,16 @@ def tiny_qwen2(tiny_model: Mapping[str, Any]) -> Architecture:
     return Architecture.from_hf_config(config, "policy.tiny_model (holder_nemo/reference/model.py)")
 
 
-def resolve(model_name: Any, tiny_model: Any = None) -> tuple[Architecture | None, str]:
+def resolve(model_name: Any, tiny_model: Any) -> tuple[Architecture | None, str]:
     """The architecture of ``policy.model_name`` and where it came from, or (None, why not).
 
     Order: a local directory's ``config.json``; the ``KNOWN`` table by name, then by the last path component (a
-    local copy such as ``models/SmolLM2-135M-Instruct``); the built-in tiny model when the name is null.
+    local copy such as ``models/SmolLM2-135M-Instruct``); the built-in tiny model when the name is null (only a
+    reference recipe that passed its schema gets here with a null name, and its schema always fills
+    ``policy.tiny_model``; a NeMo RL recipe's ``policy.model_name`` is a required string).
     """
     if model_name is None:
-        if isinstance(tiny_model, Mapping):
-            return tiny_qwen2(tiny_model), "built-in"
-        return None, "no policy.model_name"
+        return tiny_qwen2(tiny_model), "built-in"
     name = str(model_name)
     config_file = Path(name) / "config.json"
     if config_file.is_file():

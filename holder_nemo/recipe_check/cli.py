@@ -24,40 +24,32 @@ from holder_nemo.reference.schema import is_reference_recipe, missing_paths, val
 PROG = "holderpo recipe check"
 
 
-def check_reference_recipe(cfg: Mapping[str, Any], *, strict: bool = False) -> tuple[Report, dict[str, Any]]:
-    """The reference run's own schema (its ``loss_fn`` is the plugin's), then the shared schedule and checkpoint
-    rules and the local paths it names.
-
-    Returns the report and the recipe with the reference schema's defaults filled in (what the run will use).
-    """
-    report = Report()
-    try:
-        config = validate_reference_config(cfg)
-    except ConfigError as exc:
-        report.add(exc.problems)
-        return report, dict(cfg)
-    effective = {**config.model_dump(), "loss_fn": cfg.get("loss_fn")}
-    check_schedule_length(effective, report)
-    check_checkpointing(effective, report)
-    report.add(missing_paths(config), "error" if strict else "warning")
-    return report, effective
-
-
 def check(
     cfg: Mapping[str, Any], kind: str = "auto", *, strict: bool = False
 ) -> tuple[Report, ParallelLayout | None, str, dict[str, Any]]:
     """Validate a resolved recipe (plain dict).
 
-    Returns the report, the parallel layout (NeMo RL recipes), the kind, and the effective config (the reference
-    run's defaults filled in for reference recipes).
+    Returns the report, the parallel layout (NeMo RL recipes), the kind, and the effective config (a reference
+    recipe with its schema's defaults filled in: what the run will use).
     """
     if kind == "auto":
         kind = "reference" if is_reference_recipe(cfg) else "nemo_rl"
-    if kind == "reference":
-        report, effective = check_reference_recipe(cfg, strict=strict)
-        return report, None, kind, effective
-    report, layout = check_nemo_rl_recipe(cfg, strict=strict)
-    return report, layout, kind, dict(cfg)
+    if kind == "nemo_rl":
+        report, layout = check_nemo_rl_recipe(cfg, strict=strict)
+        return report, layout, kind, dict(cfg)
+    # The reference run's own schema (its loss_fn is the plugin's), then the shared schedule and checkpoint rules and
+    # the local paths it names.
+    report = Report()
+    try:
+        config = validate_reference_config(cfg)
+    except ConfigError as exc:
+        report.add(exc.problems)
+        return report, None, kind, dict(cfg)
+    effective = {**config.model_dump(), "loss_fn": cfg.get("loss_fn")}
+    check_schedule_length(effective, report)
+    check_checkpointing(effective, report)
+    report.add(missing_paths(config), "error" if strict else "warning")
+    return report, None, kind, effective
 
 
 def _nemo_rl_validation(args: argparse.Namespace, kind: str, report: Report) -> str:
@@ -77,11 +69,11 @@ def _nemo_rl_validation(args: argparse.Namespace, kind: str, report: Report) -> 
 
 def _sizing(args: argparse.Namespace, cfg: Mapping[str, Any], layout: ParallelLayout | None, report: Report) -> str:
     """The sizing block; what cannot fit is a warning (an error with ``--strict``)."""
-    from holder_nemo.recipe_check.sizing_report import options_from_args, size_recipe
+    from holder_nemo.recipe_check.sizing_report import size_recipe
 
     if not report.ok:
         return "sizing: skipped (the recipe has errors)"
-    sizing = size_recipe(cfg, layout, options_from_args(args), args.recipe)
+    sizing = size_recipe(cfg, layout, args, args.recipe)
     for key, message in sizing.warnings:
         (report.error if args.strict else report.warn)(key, f"sizing: {message}")
     return sizing.text()

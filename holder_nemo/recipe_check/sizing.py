@@ -24,7 +24,6 @@ from holder_nemo.recipe_check.architectures import Architecture
 GIB = 1024**3
 GB = 1e9
 MASTER_ADAM_BYTES = 12  # fp32 master weights + fp32 Adam momentum + fp32 Adam variance
-ZERO_STAGES = (0, 1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -57,10 +56,6 @@ def model_state_bytes(
         shards: data-parallel ranks the states are sharded over.
         stage: 0 none, 1 optimizer state sharded, 2 also gradients, 3 also weights.
     """
-    if stage not in ZERO_STAGES:
-        raise ValueError(f"stage must be one of {ZERO_STAGES}, got {stage}")
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
     return ModelStates(
         weights=params * param_bytes / (shards if stage >= 3 else 1),
         grads=params * grad_bytes / (shards if stage >= 2 else 1),
@@ -81,43 +76,20 @@ def megatron_params_per_gpu(arch: Architecture, tp: int, pp: int) -> float:
 
 
 def layer_activation_bytes(
-    arch: Architecture,
-    tp: int = 1,
-    sequence_parallel: bool = False,
-    *,
-    act_bytes: float = 2,
-    flash: bool = True,
-    dropout: bool = False,
-    seq_len: float = 0,
+    arch: Architecture, tp: int = 1, sequence_parallel: bool = False, *, act_bytes: float = 2
 ) -> float:
     """Bytes one transformer layer keeps for its backward pass, per token of the micro-batch on this GPU.
 
-    Korthikanti et al. §4.1, tensor by tensor (``act_bytes`` per element, 1 per dropout-mask element):
-    split over TP (heads / FFN columns): Q and K for the scores, V, the attention output, FC1's output(s) and the
-    activation's output; sequence-sharded only under SP: both norm inputs, the QKV and FC1 GEMM inputs (and the two
-    dropout masks). With ``flash=False`` the ``heads x seq_len`` score terms are stored too (softmax output, and with
-    dropout its mask and output). MHA, GELU 4h, dropout: ``34 h + 5 a s`` bytes, the paper's Eq. 1.
+    Korthikanti et al. §4.1, tensor by tensor (``act_bytes`` per element), for fused attention (no ``heads x s^2``
+    score terms) and no dropout, as the sized models train: split over TP (heads / FFN columns): Q and K for the
+    scores, V, the attention output, FC1's output(s) and the activation's output; sequence-sharded only under SP: both
+    norm inputs, the QKV and FC1 GEMM inputs. MHA, GELU 4h: ``32 h`` bytes, the paper's Eq. 1 less its score terms
+    (``5 a s``) and its two dropout masks (``2 h``).
     """
     h, f, b = arch.hidden, arch.ffn, act_bytes
     fc1_outputs = 2 if arch.gated_mlp else 1
     split = b * (2 * arch.q_width + 2 * arch.kv_width + fc1_outputs * f + f)
-    if not flash:
-        split += arch.heads * seq_len * (b + (1 + b if dropout else 0))
-    sharded_by_sp = 4 * b * h + (2 * h if dropout else 0)
-    return split / tp + sharded_by_sp / (tp if sequence_parallel else 1)
-
-
-@dataclass(frozen=True)
-class Activations:
-    """Activation bytes on the most loaded GPU (first pipeline stage) for one micro-batch."""
-
-    layers: float  # what the layers keep across the forward pass (all in-flight micro-batches)
-    working_layer: float  # one layer's full set, rebuilt during backward under full recomputation
-    output: float  # final norm and output-layer inputs, fp32 logits (last stage; PP = 1 only)
-
-    @property
-    def total(self) -> float:
-        return self.layers + self.working_layer + self.output
+    return split / tp + 4 * b * h / (tp if sequence_parallel else 1)
 
 
 def activation_bytes(
@@ -130,8 +102,10 @@ def activation_bytes(
     recompute: str = "none",
     act_bytes: float = 2,
     microbatches: int = 1,
-) -> Activations:
-    """Activations for a micro-batch of ``tokens`` tokens on this GPU (after CP splits the sequence).
+) -> float:
+    """Activation bytes on the most loaded GPU (the first pipeline stage) for a micro-batch of ``tokens`` tokens
+    (after CP splits the sequence): what the layers keep across the forward pass, one layer's full set while full
+    recomputation rebuilds it, and the output layer.
 
     ``recompute``: "none" and "selective" (core attention, whose score terms fused attention never stores) keep
     every layer's tensors; "full" keeps each layer's input (``act_bytes x h`` per token, sharded by SP) and rebuilds
@@ -139,8 +113,6 @@ def activation_bytes(
     micro-batches in flight (1F1B), plus 8 bytes of token ids per token; with PP = 1 it also holds the output layer:
     ``2 x act_bytes x h`` (final norm and output GEMM inputs, sharded by SP) + ``4 x vocab / TP`` (fp32 logits).
     """
-    if recompute not in ("none", "selective", "full"):
-        raise ValueError(f"recompute must be none, selective or full, got {recompute!r}")
     in_flight = min(pp, microbatches) if pp > 1 else 1
     full_layer = layer_activation_bytes(arch, tp, sequence_parallel, act_bytes=act_bytes) * tokens
     if recompute == "full":
@@ -152,7 +124,7 @@ def activation_bytes(
     output = 0.0
     if pp == 1:
         output = (2 * act_bytes * arch.hidden / (tp if sequence_parallel else 1) + 4 * arch.vocab / tp) * tokens
-    return Activations(layers=layers, working_layer=working, output=output)
+    return layers + working + output
 
 
 def forward_flops(arch: Architecture, seq_len: float, logit_tokens: float | None = None) -> float:

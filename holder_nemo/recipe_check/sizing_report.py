@@ -31,9 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
+from holder_nemo.nemo_rl.parallel_layout import ParallelLayout, is_int
 from holder_nemo.recipe_check import sizing as sz
 from holder_nemo.recipe_check.architectures import Architecture, resolve
 from holder_nemo.recipe_check.slurm_budget import SlurmBudget, find_entry, format_slurm_time, slurm_budget
@@ -42,19 +42,6 @@ _at = functools.partial(OmegaConf.select, default=None)  # the value at a dotted
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 H100_BF16_TFLOPS = 989.5  # NeMo RL v0.7.0 flops_tracker.THEORETICAL_TFLOPS["NVIDIA H100 80GB HBM3", bf16]: 1979 / 2
-
-
-@dataclass(frozen=True)
-class SizingOptions:
-    """Hardware and guesses from the command line (``holderpo recipe check --help``)."""
-
-    gpu_memory_gib: float = 80.0
-    fs_bandwidth_gbps: float = 1.0
-    mfu: float | None = None
-    gen_mfu: float | None = None
-    peak_tflops: float = H100_BF16_TFLOPS
-    fill: float = 1.0
-    time_steps: int | None = None
 
 
 def _bounded(name: str, low: float, high: float | None = None, integer: bool = False):
@@ -112,21 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def options_from_args(args: argparse.Namespace) -> SizingOptions:
-    return SizingOptions(
-        gpu_memory_gib=args.gpu_memory,
-        fs_bandwidth_gbps=args.fs_bandwidth,
-        mfu=args.mfu,
-        gen_mfu=args.gen_mfu,
-        peak_tflops=args.peak_tflops,
-        fill=args.fill,
-        time_steps=args.time_steps,
-    )
-
-
 def _int(cfg: Mapping, path: str, default: int = 0) -> int:
     value = _at(cfg, path, default=default)
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+    return value if is_int(value) else default
 
 
 @dataclass(frozen=True)
@@ -256,11 +231,11 @@ def binary(value: float) -> str:
 
 
 def size_recipe(
-    cfg: Mapping[str, Any], layout: ParallelLayout | None, options: SizingOptions | None = None, recipe: str = ""
+    cfg: Mapping[str, Any], layout: ParallelLayout | None, options: argparse.Namespace, recipe: str
 ) -> Sizing:
-    """Sizing of a resolved recipe; ``layout`` None for the CPU reference run."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))  # dotted keys read with OmegaConf.select
-    options = options or SizingOptions()
+    """Sizing of a resolved recipe; ``layout`` None for the CPU reference run; ``options`` the parsed command line
+    (``add_arguments``: the hardware and the guesses)."""
+    cfg = OmegaConf.create(dict(cfg))  # dotted keys read with OmegaConf.select
     out = Sizing()
     arch, origin = resolve(_at(cfg, "policy.model_name"), _at(cfg, "policy.tiny_model"))
     if arch is None:
@@ -316,7 +291,7 @@ def _model_states(cfg: Mapping, arch: Architecture, layout: ParallelLayout) -> t
 
 
 def _training_memory(
-    cfg: Mapping, arch: Architecture, layout: ParallelLayout, shape: StepShape, options: SizingOptions, out: Sizing
+    cfg: Mapping, arch: Architecture, layout: ParallelLayout, shape: StepShape, options: argparse.Namespace, out: Sizing
 ) -> None:
     states, how = _model_states(cfg, arch, layout)
     recompute = describe_recompute(cfg, layout.backend)
@@ -331,31 +306,31 @@ def _training_memory(
         act_bytes=precision_bytes(cfg),
         microbatches=shape.microbatches,
     )
-    total = states.total + acts.total
-    limit = options.gpu_memory_gib * sz.GIB
+    total = states.total + acts
+    limit = options.gpu_memory * sz.GIB
     out.add(
         "train/GPU",
-        f"{gib(total)} GiB of {options.gpu_memory_gib:g}: weights {gib(states.weights)} + grads {gib(states.grads)}"
-        f" + optimizer {gib(states.optimizer)} + activations {gib(acts.total)}",
+        f"{gib(total)} GiB of {options.gpu_memory:g}: weights {gib(states.weights)} + grads {gib(states.grads)}"
+        f" + optimizer {gib(states.optimizer)} + activations {gib(acts)}",
     )
     out.add("", f"({how}; {recompute} recompute, {tokens:,.0f} tokens per micro-batch)")
     if total > limit:
         block = "policy.megatron_cfg" if layout.backend == "megatron" else "policy.dtensor_cfg"
         out.warn(
             block,
-            f"the training side needs ~{gib(total)} GiB per GPU > --gpu-memory {options.gpu_memory_gib:g} GiB: raise "
+            f"the training side needs ~{gib(total)} GiB per GPU > --gpu-memory {options.gpu_memory:g} GiB: raise "
             "TP / PP / CP, lower the micro-batch tokens, or turn on activation checkpointing",
         )
 
 
 def _vllm_memory(
-    cfg: Mapping, arch: Architecture, layout: ParallelLayout, shape: StepShape, options: SizingOptions, out: Sizing
+    cfg: Mapping, arch: Architecture, layout: ParallelLayout, shape: StepShape, options: argparse.Namespace, out: Sizing
 ) -> None:
     """vLLM takes ``gpu_memory_utilization`` x the GPU for weights + KV cache (its activation and CUDA-graph reserve
     come out of the KV part). Colocated, NeMo RL offloads the training side before vLLM wakes, and vLLM sleeps
     (weights to CPU, KV cache freed) while the training side runs."""
     util = float(_at(cfg, "policy.generation.vllm_cfg.gpu_memory_utilization", default=0.9) or 0.9)
-    budget = util * options.gpu_memory_gib * sz.GIB
+    budget = util * options.gpu_memory * sz.GIB
     w = DTYPE_BYTES.get(str(_at(cfg, "policy.generation.vllm_cfg.precision", default="bfloat16")), 2)
     weights = w * arch.parameters() / (layout.gen_tp * layout.gen_pp)
     kv_dtype = 1 if "fp8" in str(_at(cfg, "policy.generation.vllm_cfg.kv_cache_dtype", default="auto")) else w
@@ -365,13 +340,13 @@ def _vllm_memory(
     where = "colocated, training side offloaded" if layout.colocated else f"on {layout.gen_gpus} own GPUs"
     out.add(
         "vLLM/GPU",
-        f"{util:g} x {options.gpu_memory_gib:g} = {gib(budget)} GiB, {where}: weights "
+        f"{util:g} x {options.gpu_memory:g} = {gib(budget)} GiB, {where}: weights "
         f"{gib(weights)} + KV cache {gib(max(kv, 0.0))}",
     )
     if kv <= 0:
         out.warn(
             "policy.generation.vllm_cfg.gpu_memory_utilization",
-            f"{util:g} x {options.gpu_memory_gib:g} GiB leaves no KV cache after the weights ({gib(weights)} GiB per "
+            f"{util:g} x {options.gpu_memory:g} GiB leaves no KV cache after the weights ({gib(weights)} GiB per "
             "GPU): raise it or vLLM's tensor_parallel_size",
         )
         return
@@ -384,7 +359,7 @@ def _vllm_memory(
     )
 
 
-def _reference(cfg: Mapping, arch: Architecture, options: SizingOptions, recipe: str, out: Sizing) -> None:
+def _reference(cfg: Mapping, arch: Architecture, options: argparse.Namespace, recipe: str, out: Sizing) -> None:
     """The CPU reference run (``holderpo train``): fp32 weights, gradients and AdamW state; torch.save checkpoints."""
     states = sz.model_state_bytes(arch.parameters(), param_bytes=4, grad_bytes=4, optimizer_bytes=8)
     out.add("memory", f"CPU, fp32 AdamW: {binary(states.total)} of model states (16 B/param)")
@@ -420,10 +395,10 @@ def _size(value: float) -> str:
 
 
 def checkpoint_size(
-    cfg: Mapping[str, Any], arch: Architecture, backend: str, options: SizingOptions, out: Sizing
+    cfg: Mapping[str, Any], arch: Architecture, backend: str, options: argparse.Namespace, out: Sizing
 ) -> float | None:
     """Adds the checkpoint line; returns the seconds one save takes at ``--fs-bandwidth``, None when off."""
-    if _at(cfg, "checkpointing.enabled", default=backend == "reference") is not True:
+    if _at(cfg, "checkpointing.enabled") is not True:  # required by both schemas
         out.add("checkpoint", "off (checkpointing.enabled)")
         return None
     params = arch.parameters()
@@ -441,17 +416,17 @@ def checkpoint_size(
         what += (" (+ consolidated copy)" if consolidated else "") + (" + Adam moments" if optimizer else "")
     per_param = weight_bytes * copies + (adam if optimizer else 0)
     size = per_param * params
-    save_s = size / (options.fs_bandwidth_gbps * sz.GB)
+    save_s = size / (options.fs_bandwidth * sz.GB)
     out.add(
         "checkpoint",
         f"{what}: {_size(size)} ({per_param} B/param); {_seconds(save_s)} at "
-        f"{options.fs_bandwidth_gbps:g} GB/s (--fs-bandwidth)",
+        f"{options.fs_bandwidth:g} GB/s (--fs-bandwidth)",
     )
     return save_s
 
 
 def compute_lines(
-    arch: Architecture, shape: StepShape, layout: ParallelLayout, options: SizingOptions, out: Sizing
+    arch: Architecture, shape: StepShape, layout: ParallelLayout, options: argparse.Namespace, out: Sizing
 ) -> Timing | None:
     """Adds the per-step tokens and FLOPs; with ``--mfu`` returns the step's time."""
     length = options.fill * shape.seq
@@ -486,7 +461,7 @@ def _time_lines(
     timing: Timing,
     save_s: float | None,
     budget: SlurmBudget | None,
-    options: SizingOptions,
+    options: argparse.Namespace,
     out: Sizing,
 ) -> None:
     gen_mfu = f", generation {options.gen_mfu:g}" if options.gen_mfu else ""
@@ -529,7 +504,7 @@ def budget_lines(
     shape: StepShape | None,
     save_s: float | None,
     timing: Timing | None,
-    options: SizingOptions,
+    options: argparse.Namespace,
     out: Sizing,
 ) -> None:
     """Adds the Slurm entry's budgets and (with ``--mfu``) the time lines; warns when a save cannot fit them."""

@@ -70,17 +70,17 @@ def _entry_recipe(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def find_entry(recipe: str, nodes: int | None, nemo_rl: bool, slurm_dir: Path = SLURM_DIR) -> tuple[Path, bool] | None:
+def find_entry(recipe: str, nodes: int, nemo_rl: bool) -> tuple[Path, bool] | None:
     """The entry that runs ``recipe`` (matched), else the first entry of the same kind (NeMo RL or CPU) whose
     ``#SBATCH --nodes`` equals ``nodes``; None when there is none."""
-    entries = sorted(slurm_dir.glob("*.sh"))
+    entries = sorted(SLURM_DIR.glob("*.sh"))
     name = Path(recipe).name
     for path in entries:
         if _entry_recipe(path.read_text()) == name:
             return path, True
     for path in entries:
         text = path.read_text()
-        if ("hp_run_nemo_rl" in text) == nemo_rl and _sbatch(text, "nodes") == str(nodes or 1):
+        if ("hp_run_nemo_rl" in text) == nemo_rl and _sbatch(text, "nodes") == str(nodes):
             return path, False
     return None
 

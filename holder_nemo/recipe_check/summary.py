@@ -8,14 +8,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from holder_nemo.nemo_rl.parallel_layout import ParallelLayout
+from holder_nemo.nemo_rl.parallel_layout import ParallelLayout, is_int
 from holder_nemo.recipe_check.sizing_report import one_row_per_environment_step
 
 _get = functools.partial(OmegaConf.select, default="?")  # the value at a dotted key, "?" when absent
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if is_int(value) else None
 
 
 def _p_range(cfg: DictConfig, steps: int | None) -> str:
@@ -106,7 +106,7 @@ def _training_lines(cfg: DictConfig) -> list[tuple[str, Any]]:
 
 def summarize(cfg: Mapping, layout: ParallelLayout | None) -> str:
     """Lines of ``key: value`` describing what one step costs and what the run does."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    cfg = OmegaConf.create(dict(cfg))
     model = _get(cfg, "policy.model_name")
     if model is None and OmegaConf.is_dict(_get(cfg, "policy.tiny_model", default=None)):
         model = "built-in tiny Qwen2 (policy.tiny_model)"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
+from holder_nemo.run_control import STEP_DIR
+
 STATE_FILE, MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE = "state.pt", "model.pt", "optimizer.pt", "config.yaml"
 
 
@@ -77,8 +77,7 @@ def save_checkpoint(
     keep_last_k: int,
 ) -> Path:
     """Write ``run_dir/step_{step}`` atomically, then delete all but the newest ``keep_last_k`` checkpoints."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)  # created by holderpo train's make_run_dir before anything runs
     for stale in run_dir.glob(".tmp-step_*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=run_dir))
@@ -87,14 +86,9 @@ def save_checkpoint(
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(config_yaml)
     _fsync_tree(tmp)
+    # Only ever a new step: the trainer saves each step once, past its newest checkpoint.
     final = run_dir / f"step_{step}"
-    if final.exists():  # re-saving a step: move the old copy aside first so a complete step_N always exists
-        aside = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-old-", dir=run_dir))
-        os.rename(final, aside / final.name)
-        os.rename(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
+    os.rename(tmp, final)
     for _, old in list_checkpoints(run_dir)[:-keep_last_k]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -31,8 +31,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 class MetricsLog:
     def __init__(self, run_dir: str | Path, *, upto_step: int, tensorboard: bool) -> None:
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = Path(run_dir)  # created by holderpo train's make_run_dir before anything runs
         self.path = self.run_dir / METRICS_FILE
         kept = [r for r in read_metrics(self.run_dir) if r["step"] <= upto_step]
         with atomic_write(self.path) as fh:

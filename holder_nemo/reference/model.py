@@ -11,8 +11,6 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from holder_nemo.config.errors import ConfigError
-
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 
 
@@ -64,12 +62,11 @@ def build_tiny_qwen2(
 
 
 def load_hf_policy(model_dir: str | Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """Load a local Hugging Face causal LM directory (float32 on CPU); never touches the network."""
+    """Load a local Hugging Face causal LM directory (float32 on CPU; its existence is checked with the recipe, by
+    ``schema.missing_paths``); never touches the network."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(model_dir)
-    if not path.is_dir():
-        raise ConfigError("policy.model_name", f"{model_dir!r} is not a local directory (nothing is downloaded)")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from holder_nemo.config.errors import ConfigError, output_file, print_problems
+from holder_nemo.config.errors import ConfigError, print_problems
 from holder_nemo.reference.metrics_log import read_metrics
 
 FIGURE_FILE = "training.png"
@@ -46,16 +45,12 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (csum[idx] - csum[lo]) / (idx - lo)
 
 
-def _series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
-    if not pts:
-        return np.array([]), np.array([])
-    steps, values = zip(*pts, strict=True)
-    return np.asarray(steps), np.asarray(values, dtype=float)
-
-
-def plot_records(records: list[dict[str, Any]], out: str | Path, title: str = "") -> Path:
-    """Draw the 2 x 4 training figure of ``records`` (metrics.jsonl rows) into ``out`` (PNG)."""
+def plot_run(run_dir: str | Path) -> Path:
+    """Draw the 2 x 4 training figure of ``run_dir/metrics.jsonl`` into ``run_dir/training.png``."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    if not records:
+        raise ConfigError(str(run_dir), "no metrics.jsonl records to plot: give the run directory of a holderpo train")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,9 +60,10 @@ def plot_records(records: list[dict[str, Any]], out: str | Path, title: str = ""
     fig, axes = plt.subplots(2, 4, figsize=(18, 7.5), constrained_layout=True)
     for ax, (panel_title, keys, ylabel) in zip(axes.flat, PANELS, strict=True):
         for key, label in keys:
-            steps, values = _series(records, key)
-            if not len(steps):
+            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
+            if not points:
                 continue
+            steps, values = np.asarray([s for s, _ in points]), np.asarray([v for _, v in points], dtype=float)
             if key == "holder_p":
                 ax.plot(steps, values, label=label)
                 continue
@@ -81,28 +77,19 @@ def plot_records(records: list[dict[str, Any]], out: str | Path, title: str = ""
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.suptitle(title or "HölderPO reference run")
-    out = Path(out)
+    fig.suptitle(f"HölderPO reference run: {run_dir.name}")
+    out = run_dir / FIGURE_FILE
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    run_dir = Path(run_dir)
-    records = read_metrics(run_dir)
-    if not records:
-        raise ConfigError(str(run_dir), "no metrics.jsonl records to plot: give the run directory of a holderpo train")
-    return plot_records(records, out or run_dir / FIGURE_FILE, title=f"HölderPO reference run: {run_dir.name}")
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="holderpo plot", description="Redraw the training figure of a run.")
     parser.add_argument("run_dir", type=Path, help="run directory containing metrics.jsonl")
-    parser.add_argument("-o", "--out", type=Path, default=None, help=f"output PNG (default RUN_DIR/{FIGURE_FILE})")
     ns = parser.parse_args(argv)
     try:
-        path = plot_run(ns.run_dir, output_file("-o", ns.out) if ns.out else None)
+        path = plot_run(ns.run_dir)
     except ConfigError as exc:
         return print_problems("holderpo plot", exc)
     print(path)

@@ -14,23 +14,10 @@ so ``next_token_logprobs[:, t]`` (shape [B, S-1]) pairs with ``prev_logprobs[:, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from holder_nemo.reference.tasks import Example
-
-
-@dataclass
-class Rollout:
-    """One step's samples: the NeMo RL batch plus what the metrics need."""
-
-    batch: dict[str, Tensor]
-    rewards: Tensor  # [B] float32 in [0, 1]
-    responses: list[str]
-    finished: Tensor  # [B] bool, the response ended with <eos> before max_new_tokens
-    response_lengths: Tensor  # [B] number of response tokens (<eos> included)
 
 
 @torch.no_grad()
@@ -125,15 +112,15 @@ def build_batch(
     return batch, torch.tensor(finished), torch.tensor(resp_lens)
 
 
-def group_advantages(rewards: Tensor, group_size: int, *, normalize_std: bool, eps: float = 1e-8) -> Tensor:
-    """GRPO advantages [B]: (r - group mean) / (group std + eps) (unbiased std, as oat); Dr.GRPO drops the std.
+def group_advantages(rewards: Tensor, group_size: int, *, normalize_std: bool) -> Tensor:
+    """GRPO advantages [B]: (r - group mean) / (group std + 1e-8) (unbiased std, as oat); Dr.GRPO drops the std.
 
-    rewards: [B] with B = prompts x group_size, rows grouped by prompt.
+    rewards: [B] with B = prompts x group_size (>= 2, by the recipe schema), rows grouped by prompt.
     """
     grouped = rewards.view(-1, group_size)  # [prompts, G]
     centred = grouped - grouped.mean(-1, keepdim=True)
-    if normalize_std and group_size > 1:
-        centred = centred / (grouped.std(-1, keepdim=True) + eps)
+    if normalize_std:
+        centred = centred / (grouped.std(-1, keepdim=True) + 1e-8)
     return centred.reshape(-1)
 
 

@@ -39,7 +39,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("recipe", type=Path)
     parser.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. loss_fn.holder.schedule.kind=cos")
     parser.add_argument("-o", "--out", type=Path, default=None, help="PNG path (default: <recipe stem>_schedule.png)")
-    parser.add_argument("--rows", type=int, default=21, help="table rows to print (evenly spaced, last step included)")
     ns = parser.parse_args(argv)
     try:
         steps, ps, desc = schedule_table(ns.recipe, ns.overrides)
@@ -48,7 +47,7 @@ def main(argv: list[str]) -> int:
         return print_problems(PROG, exc)
     print(f"{ns.recipe}: {desc}")
     print(f"{'step':>8}  {'p':>9}")
-    stride = max(1, -(-len(steps) // max(1, ns.rows - 1)))
+    stride = max(1, -(-len(steps) // 20))  # at most 21 rows, evenly spaced, the last step included
     shown = sorted({*range(0, len(steps), stride), len(steps) - 1})
     for i in shown:
         print(f"{steps[i]:>8}  {ps[i]:>+9.4f}")

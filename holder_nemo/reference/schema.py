@@ -188,10 +188,8 @@ def validate_reference_config(cfg: Any) -> ReferenceConfig:
     """
     from omegaconf import DictConfig, OmegaConf
 
-    if isinstance(cfg, DictConfig):
+    if isinstance(cfg, DictConfig):  # the loader's top level is always a mapping (it refuses any other)
         cfg = OmegaConf.to_container(cfg, resolve=True)
-    if not isinstance(cfg, Mapping):
-        raise ConfigError("<recipe>", f"must be a mapping of sections, got {type(cfg).__name__}")
     required = required_in_recipes(cfg.get("loss_fn"))
     try:
         # The reference run passes each step's mean reward to the loss: the reward-driven p schedule is valid here.

@@ -39,7 +39,6 @@ from holder_nemo.nemo_rl.progress import ProgressRecorder
 from holder_nemo.reference import checkpoint as ckpt
 from holder_nemo.reference.metrics_log import MetricsLog, combine_metrics, summarize
 from holder_nemo.reference.rollout import (
-    Rollout,
     build_batch,
     decode_responses,
     full_logprobs,
@@ -127,7 +126,7 @@ class ReferenceRecipe:
         if want == "auto":
             want = "cuda" if torch.cuda.is_available() else "cpu"
         if want == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("reference.device: 'cuda' requested but torch.cuda.is_available() is False")
+            raise ConfigError("reference.device", "'cuda' requested but torch.cuda.is_available() is False")
         return torch.device(want)
 
     def _setup_model_and_task(self):
@@ -215,64 +214,51 @@ class ReferenceRecipe:
         )
 
     def _train_step(self, step: int) -> dict[str, Any]:
-        """One GRPO step; returns its metrics (keys under ``perf/`` are timings, not reproducible)."""
+        """One GRPO step (sample, score, advantages, old log-probs, updates); returns its metrics (keys under
+        ``perf/`` are timings, not reproducible)."""
         t0 = time.perf_counter()
-        n_prompts = self.cfg.grpo.num_prompts_per_step
+        n_prompts, group_size, tok = self.cfg.grpo.num_prompts_per_step, self.group_size, self.tokenizer
         examples = self.task.prompts(self.data_position, n_prompts)
         self.data_position += n_prompts
-        rollout = self._rollout(examples)
-        self.loss_fn.set_mean_reward(float(rollout.rewards.mean()))  # read by the reward-driven p schedule only
-        t1 = time.perf_counter()
-        update_metrics = self._update(rollout.batch, step)
-        t2 = time.perf_counter()
-        rewards = rollout.rewards
-        return {
-            "step": step,
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std()),
-            "exact_match": float((rewards == 1).float().mean()),
-            "response_length_mean": float(rollout.response_lengths.float().mean()),
-            "truncated_frac": float((~rollout.finished).float().mean()),
-            "data_position": self.data_position,
-            **update_metrics,
-            "perf/rollout_s": t1 - t0,
-            "perf/update_s": t2 - t1,
-            "perf/peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }
-
-    @torch.no_grad()
-    def _rollout(self, examples) -> Rollout:
         self.model.eval()
         gen = self.cfg.policy.generation
-        prompt_ids, response_ids, response_logprobs, prompt_lengths = sample_groups(
-            self.model,
-            self.tokenizer,
-            examples,
-            self.group_size,
-            temperature=gen.temperature,
-            max_new_tokens=gen.max_new_tokens,
+        sampled = sample_groups(
+            self.model, tok, examples, group_size, temperature=gen.temperature, max_new_tokens=gen.max_new_tokens
         )
-        tok = self.tokenizer
-        batch, finished, response_lengths = build_batch(
-            prompt_ids, response_ids, response_logprobs, prompt_lengths, tok.pad_token_id, tok.eos_token_id
-        )
+        batch, finished, response_lengths = build_batch(*sampled, tok.pad_token_id, tok.eos_token_id)
         responses = decode_responses(
-            tok, response_ids, response_lengths, finished, skip_special_tokens=not self.task.keep_special_tokens
+            tok, sampled[1], response_lengths, finished, skip_special_tokens=not self.task.keep_special_tokens
         )
         rewards = torch.tensor(
             [
-                self.task.reward(examples[i // self.group_size], text, bool(done))
+                self.task.reward(examples[i // group_size], text, bool(done))
                 for i, (text, done) in enumerate(zip(responses, finished, strict=True))
             ]
         )
-        advantages = group_advantages(rewards, self.group_size, normalize_std=self.cfg.grpo.normalize_rewards)
+        advantages = group_advantages(rewards, group_size, normalize_std=self.cfg.grpo.normalize_rewards)
         batch["advantages"] = advantages[:, None].expand_as(batch["token_mask"]).contiguous()
         # Old log-probs recomputed by the learner (not the sampler's), as the paper's code does.
         batch["prev_logprobs"] = full_logprobs(self.model, batch, self.temperature, self.cfg.policy.logprob_batch_size)
         # No reference model is kept (schema.py requires reference_policy_kl_penalty: 0, the paper's maths setting);
         # the field is still filled because it is part of NeMo RL's layout.
         batch["reference_policy_logprobs"] = batch["prev_logprobs"].clone()
-        return Rollout(batch, rewards, responses, finished, response_lengths)
+        self.loss_fn.set_mean_reward(float(rewards.mean()))  # read by the reward-driven p schedule only
+        t1 = time.perf_counter()
+        update_metrics = self._update(batch, step)
+        t2 = time.perf_counter()
+        return {
+            "step": step,
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()),
+            "exact_match": float((rewards == 1).float().mean()),
+            "response_length_mean": float(response_lengths.float().mean()),
+            "truncated_frac": float((~finished).float().mean()),
+            "data_position": self.data_position,
+            **update_metrics,
+            "perf/rollout_s": t1 - t0,
+            "perf/update_s": t2 - t1,
+            "perf/peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
 
     def _update(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         """B / train_global_batch_size optimizer updates on shuffled mini-batches, each in micro-batches."""

@@ -7,7 +7,6 @@ Runs live in ``OUT/runs/<task>/<arm>/seed_<k>`` (ordinary ``holderpo train`` run
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -15,9 +14,7 @@ from pathlib import Path
 
 from holder_nemo.study.spec import ARMS, BASELINE_ARM, DEFAULT_SEEDS, STUDY_BASE, TASKS
 
-EXIT_BAD_ARGS = 2
 DEFAULT_STEPS = 300
-RUN_ARGS_FILE = "study_run.json"  # the exact `holderpo train` arguments a run directory was started with
 SET_BY_THE_STUDY = ("grpo.max_num_steps", "grpo.seed", "checkpointing.checkpoint_dir", "loss_fn.holder.schedule.steps")
 
 
@@ -35,7 +32,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of: {', '.join(TASKS)}")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
-    parser.add_argument("--list", action="store_true", help="print arms and tasks with their overrides, then exit")
     parser.add_argument("--dry-run", action="store_true", help="validate every run's recipe and print the runs")
     ns = parser.parse_args(argv)
     for what, known in (("arms", ARMS), ("tasks", TASKS)):
@@ -70,50 +66,26 @@ def run_specs(ns: argparse.Namespace, recipe: Path, overrides: list[str]):
     return specs
 
 
-def changed_runs(specs) -> list[str]:
-    """Record each run's arguments on first use; name the run directories started with other settings."""
-    problems = []
-    for spec in specs:
-        path = spec.run_dir / RUN_ARGS_FILE
-        if not path.exists():
-            spec.run_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"argv": list(spec.argv)}, indent=1) + "\n")
-            continue
-        # the recipe path (first) and the run directory (last) may be spelt differently
-        before = json.loads(path.read_text())["argv"][1:-1]
-        if before != list(spec.argv[1:-1]):
-            changed = sorted(set(before) ^ set(spec.argv[1:-1]))
-            problems.append(f"{spec.run_dir} was started with different settings ({' '.join(changed)})")
-    return problems
-
-
-def list_arms_and_tasks() -> str:
-    lines = [f"arms (baseline for paired differences: {BASELINE_ARM}):"]
-    lines += [f"  {name:<16} {a.label}: {a.summary}\n  {'':<16} {' '.join(a.overrides)}" for name, a in ARMS.items()]
-    lines += ["tasks:"]
-    lines += [
-        f"  {n:<16} {t.summary}; threshold {t.threshold}\n  {'':<16} {' '.join(t.overrides)}" for n, t in TASKS.items()
-    ]
-    return "\n".join([*lines, f"shared overrides: {' '.join(STUDY_BASE)}"])
-
-
 def main(argv: list[str]) -> int:
     from holder_nemo.config import ConfigError, print_problems
-    from holder_nemo.reference.train import load_config, split_recipe
+    from holder_nemo.reference.train import check_resume, load_config, split_recipe
     from holder_nemo.study.report import smoothing_window, write_report
     from holder_nemo.study.runner import run_all
 
     ns = parse_args(argv)
-    if ns.list:
-        print(list_arms_and_tasks())
-        return 0
     recipe, overrides = split_recipe(ns.args)
     recipe = recipe.resolve()
     specs = run_specs(ns, recipe, overrides)
+    advice = "holderpo study keeps a run's settings (it has no --accept-config-change): restore them or use a new one"
     try:
-        # one run per arm and task (seeds only change grpo.seed): the recipe, the schema, the loss section
-        for spec in specs[: 1 if ns.report_only else len(ns.tasks) * len(ns.arms)]:
-            load_config(spec.argv[0], list(spec.argv[1:]))
+        for spec in specs:
+            _, resolved_yaml = load_config(spec.argv[0], list(spec.argv[1:]))
+            # the run's own resume guard, before any run starts: a run directory of this study that was started with
+            # other settings (an override, or the recipe file edited since) would silently mix two studies
+            try:
+                check_resume(spec.run_dir, resolved_yaml, accept=False)
+            except ConfigError as exc:
+                raise ConfigError([*exc.problems, ("--out-dir", advice)]) from None
     except ConfigError as exc:
         return print_problems("holderpo study", exc)
     # the cores this process may use (taskset, cgroups); macOS has no sched_getaffinity
@@ -125,10 +97,6 @@ def main(argv: list[str]) -> int:
         print("\n".join(f"  {spec.name}: holderpo train {shlex.join(spec.argv)}" for spec in specs))
         return 0
     if not ns.report_only:
-        problems = changed_runs(specs)
-        if problems:
-            print("holderpo study: use a new --out-dir; changed runs:\n  " + "\n  ".join(problems), file=sys.stderr)
-            return EXIT_BAD_ARGS
         code = run_all(specs, jobs, ns.out_dir)
         if code != 0:
             return code
@@ -142,7 +110,7 @@ def main(argv: list[str]) -> int:
         "baseline": BASELINE_ARM,
         "confidence": 0.95,
     }
-    paths = write_report(ns.out_dir, specs, settings, jobs)
+    paths = write_report(ns.out_dir, specs, settings)
     print(paths[1].read_text())
     print("holderpo study: wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -1,7 +1,7 @@
 """A study's results: per-run summaries, per-arm 95 % Student-t intervals over seeds, paired differences against GRPO.
 
 Outputs in the study directory:
-    study.json   settings, arms, tasks, per-run values, per-arm intervals and diagnostics, timing
+    study.json   settings, arms, tasks, per-run values, per-arm intervals and diagnostics, curves
     study.md     the same as tables (mean +- 95 % t half-width over seeds)
     study.png    per task: mean reward curve with its 95 % band per arm (top), p(t) per arm (bottom)
 """
@@ -23,7 +23,7 @@ import numpy as np
 from holder_nemo.files import atomic_write
 from holder_nemo.reference.metrics_log import read_metrics
 from holder_nemo.reference.plotting import smooth  # the training figure's trailing mean, so both plots agree
-from holder_nemo.study.runner import RunSpec, run_cpu_seconds
+from holder_nemo.study.runner import RunSpec
 from holder_nemo.study.spec import ARMS, BASELINE_ARM, TASKS
 
 JSON_FILE, MARKDOWN_FILE, FIGURE_FILE = "study.json", "study.md", "study.png"
@@ -155,7 +155,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def markdown(study: dict[str, Any]) -> str:
-    s, timing, labels = study["settings"], study["timing"], {a: v["label"] for a, v in study["arms"].items()}
+    s, labels = study["settings"], {a: v["label"] for a, v in study["arms"].items()}
     lines = [
         "# HölderPO aggregation study",
         "",
@@ -196,20 +196,8 @@ def markdown(study: dict[str, Any]) -> str:
         [f"{a['label']} (`{arm}`)", a["summary"], f"`{' '.join(a['overrides'])}`"] for arm, a in study["arms"].items()
     ]
     lines += ["## Arms", "", *_table(["arm", "what", "overrides"], arm_rows)]
-    lines += [
-        "",
-        "## Shared settings",
-        "",
-        f"Recipe `{s['recipe']}` with `{' '.join(s['overrides'])}`.",
-        "",
-        "## Time",
-        "",
-        f"{timing['runs']} runs, {timing['cpu_s']:.0f} CPU-seconds in the runs "
-        f"({timing['cpu_s'] / 60:.1f} CPU-minutes) with {timing['jobs']} worker(s).",
-        "",
-        f"![study]({FIGURE_FILE})",
-        "",
-    ]
+    lines += ["", "## Shared settings", "", f"Recipe `{s['recipe']}` with `{' '.join(s['overrides'])}`."]
+    lines += ["", f"![study]({FIGURE_FILE})", ""]
     return "\n".join(lines)
 
 
@@ -248,7 +236,7 @@ def plot(study_curves: dict[str, dict[str, Any]], labels: dict[str, str], out: P
     return out
 
 
-def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], jobs: int) -> list[Path]:
+def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any]) -> list[Path]:
     """Summarise every finished run of ``specs`` into study.json, study.md and study.png in ``out_dir``; returns
     their paths. Unfinished runs are left out (and named); raises SystemExit when no run has finished."""
     finished = [spec for spec in specs if spec.completed()]
@@ -280,7 +268,6 @@ def write_report(out_dir: Path, specs: list[RunSpec], settings: dict[str, Any], 
         "results": results,
         "runs": per_run,  # [task][arm][seed] (JSON writes the seeds as strings)
         "missing_runs": missing,
-        "timing": {"runs": len(finished), "cpu_s": sum(run_cpu_seconds(s.run_dir) for s in finished), "jobs": jobs},
     }
     json_path, md_path = out_dir / JSON_FILE, out_dir / MARKDOWN_FILE
     with atomic_write(json_path) as fh:

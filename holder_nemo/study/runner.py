@@ -12,18 +12,15 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import fcntl
-import json
 import multiprocessing
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from holder_nemo.run_control import COMPLETED_FILE, EXIT_STOPPED, STOP_FILE_ENV
 
-TIMING_FILE = "study_timing.jsonl"  # one line per worker invocation of a run: wall and CPU seconds
 LOG_FILE = "train.log"
 LOCK_FILE = ".lock"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -62,7 +59,6 @@ def execute(spec: RunSpec) -> int:
         # A worker of a study killed outright (SIGKILL) finishes its run as an orphan; a rerun waits for it here
         # instead of training the same directory twice (the kernel releases the lock when a process dies).
         fcntl.flock(lock, fcntl.LOCK_EX)
-        wall0, cpu0 = time.perf_counter(), time.process_time()
         with (
             (spec.run_dir / LOG_FILE).open("a") as log,
             contextlib.redirect_stdout(log),
@@ -73,16 +69,7 @@ def execute(spec: RunSpec) -> int:
             except Exception as exc:  # a failed run must not take the worker (and the other runs) down
                 print(f"holderpo study: run failed: {exc!r}", file=sys.stderr)
                 code = 1
-        timing = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "exit": code}
-        with (spec.run_dir / TIMING_FILE).open("a") as fh:
-            fh.write(json.dumps(timing) + "\n")
     return code
-
-
-def run_cpu_seconds(run_dir: Path) -> float:
-    """CPU seconds a run took, summed over the invocations that worked on it."""
-    path = run_dir / TIMING_FILE
-    return sum(json.loads(line)["cpu_s"] for line in path.read_text().splitlines()) if path.exists() else 0.0
 
 
 def run_all(specs: list[RunSpec], jobs: int, out_dir: Path) -> int:

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from holder_nemo.config import ConfigError
 from holder_nemo.run_control import (
     ACCEPT_FLAG,
     CHANGE_LOG,
     ConfigChange,
-    ResumeConfigError,
     check_resume_config,
     config_changes,
     flatten,
@@ -75,7 +75,7 @@ def test_operational_patterns_cover_subtrees_and_one_component_wildcards():
 
 
 def test_refused_without_accept_naming_keys_values_and_the_way_out():
-    with pytest.raises(ResumeConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         check_resume_config(STORED, changed(grpo__max_num_steps=600), operational=(), accept=False, where="X")
     message = str(info.value)
     assert "grpo.max_num_steps: 500 (stored) -> 600 (now)" in message

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from holder_nemo.config import load_recipe
-from holder_nemo.data import SPECS, DataError, normalize_answer, normalize_rows
 from holder_nemo.data.cli import main
+from holder_nemo.data.normalize import DataError, normalize_answer, normalize_rows
 from holder_nemo.data.prepare import prepare
+from holder_nemo.data.sources import SPECS
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,9 @@ from typing import ClassVar
 import pytest
 from suite_fixture import build_fixture, load_fixture, read_jsonl, shared_suite_dir
 
+from holder_nemo.data import suite as suite_module
 from holder_nemo.data.cli import main
+from holder_nemo.data.sources import SPECS
 from holder_nemo.data.suite import ARROW_FILE, SUITE, rows_digest
 from holder_nemo.eval.benchmarks import load_benchmark
 from holder_nemo.eval.scoring import score_response
@@ -55,7 +57,7 @@ def synthetic_rows(name: str) -> list[dict]:
 
 def test_fixture_has_the_papers_row_counts() -> None:
     fixture = load_fixture()
-    assert {name: entry["rows"] for name, entry in fixture.items()} == {n: s.rows for n, s in SUITE.items()}
+    assert {name: entry["rows"] for name, entry in fixture.items()} == {n: SPECS[n].expected_rows for n in SUITE}
     assert all(len(entry["answers"]) == entry["rows"] for entry in fixture.values())
     minerva = fixture["minerva"]["answers"]
     assert sum(len(a) > 1 for a in minerva) == 75  # problems with 2-3 accepted answers
@@ -89,7 +91,7 @@ def test_prepare_from_dir_keeps_rows_and_types(tmp_path: Path, capsys: pytest.Ca
     printed = capsys.readouterr().out
     for name in SUITE:
         assert read_jsonl(out / f"{name}.jsonl") == rows[name]
-        assert f"{name}: {SUITE[name].rows} rows -> " in printed
+        assert f"{name}: {SPECS[name].expected_rows} rows -> " in printed
     manifest = json.loads((out / "manifest.json").read_text())
     amc = manifest["amc"]
     assert (amc["repo_id"], amc["split"], amc["rows"]) == ("sail-sg/understand-r1-zero", "amc", 83)
@@ -139,9 +141,11 @@ class _OneFileHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_download_checks_the_pinned_sha256(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The download path against a loopback server: the bytes served are a valid Arrow file but not the pinned one,
-    so the checksum refuses them before anything is written."""
+def test_download_checks_the_pinned_sha256(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download path against a loopback server standing in for GitHub: the bytes served are a valid Arrow file but
+    not the pinned one, so the checksum refuses them before anything is written."""
     suite = write_arrow_suite(tmp_path / "s", {"aime24": synthetic_rows("aime24")})
     _OneFileHandler.body = (suite / "aime" / ARROW_FILE).read_bytes()
     _OneFileHandler.paths = []
@@ -149,8 +153,8 @@ def test_download_checks_the_pinned_sha256(tmp_path: Path, capsys: pytest.Captur
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_port}/base"
-        assert main(["prepare", "aime24", str(tmp_path / "out"), "--suite-url", url]) == 1
+        monkeypatch.setattr(suite_module, "SUITE_URL", f"http://127.0.0.1:{server.server_port}/base")
+        assert main(["prepare", "aime24", str(tmp_path / "out")]) == 1
     finally:
         server.shutdown()
         thread.join()

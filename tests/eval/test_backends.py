@@ -8,7 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from holder_nemo.eval.backends import HFBackend, SamplingSettings, stop_token_ids
+from holder_nemo.eval.model_source import ResolvedModel
 from holder_nemo.eval.prompts import apply_qwen_math_template
+from holder_nemo.eval.settings import EvalConfig
+
+
+def _model(path: str) -> ResolvedModel:
+    return ResolvedModel(path, path, "hf_dir")
 
 
 def test_stop_token_ids_union_of_tokenizer_and_generation_config() -> None:
@@ -27,7 +33,7 @@ def test_model_generation_config_does_not_change_decoding(tiny_model_dir: Path, 
     # min_new_tokens would suppress the stop token; top_k=1 / top_p would change sampling.
     gen.update({"min_new_tokens": 20, "repetition_penalty": 1e6, "top_k": 1, "top_p": 0.01, "do_sample": True})
     gen_path.write_text(json.dumps(gen))
-    backend = HFBackend(str(model_dir), str(model_dir), dtype="float32")
+    backend = HFBackend(_model(str(model_dir)), EvalConfig(model=str(model_dir), dtype="float32"))
     ids = [backend.tokenizer(apply_qwen_math_template("What is 3+4?"))["input_ids"]]
     greedy = backend.generate(ids, SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=[32], seed=0))
     assert [(g.text, g.finish_reason, g.num_tokens) for g in greedy[0]] == [("\\boxed{7}", "stop", 10)]
@@ -36,7 +42,8 @@ def test_model_generation_config_does_not_change_decoding(tiny_model_dir: Path, 
 
 
 def test_budget_is_per_prompt_within_a_batch(tiny_model_dir: Path) -> None:
-    backend = HFBackend(str(tiny_model_dir), str(tiny_model_dir), dtype="float32", batch_size=4)
+    cfg = EvalConfig(model=str(tiny_model_dir), dtype="float32", hf_batch_size=4)
+    backend = HFBackend(_model(str(tiny_model_dir)), cfg)
     ids = [backend.tokenizer(apply_qwen_math_template(p))["input_ids"] for p in ("a", "bb", "ccc")]
     out = backend.generate(ids, SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=[3, 32, 10], seed=0))
     assert [(o[0].text, o[0].finish_reason, o[0].num_tokens) for o in out] == [
@@ -81,7 +88,8 @@ def test_vllm_backend_call_shape(monkeypatch, tiny_model_dir: Path) -> None:
     monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
     from holder_nemo.eval.backends import VLLMBackend
 
-    backend = VLLMBackend("m", "t", tensor_parallel_size=4, max_model_len=5120, seed=3, allow_long_context=True)
+    cfg = EvalConfig(model="m", tensor_parallel_size=4, seed=3, allow_long_context=True)
+    backend = VLLMBackend(ResolvedModel("m", "t", "hub"), cfg)
     assert calls["llm"] == {
         "model": "m",
         "tokenizer": "t",
@@ -130,8 +138,8 @@ def test_vllm_backend_on_the_cpu_build_runs_eager_in_float32(monkeypatch) -> Non
     monkeypatch.setitem(sys.modules, "vllm.platforms", cpu)
     from holder_nemo.eval.backends import VLLMBackend
 
-    VLLMBackend("m", "t", gpu_memory_utilization=0.1)
-    VLLMBackend("m", "t", dtype="bfloat16", gpu_memory_utilization=0.1)
+    VLLMBackend(ResolvedModel("m", "t", "hub"), EvalConfig(model="m", gpu_memory_utilization=0.1))
+    VLLMBackend(ResolvedModel("m", "t", "hub"), EvalConfig(model="m", dtype="bfloat16", gpu_memory_utilization=0.1))
     assert [(c["dtype"], c["enforce_eager"], c["gpu_memory_utilization"]) for c in calls] == [
         ("float32", True, 0.1),
         ("bfloat16", True, 0.1),

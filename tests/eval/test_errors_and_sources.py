@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from tiny_model import write_jsonl
 
 from holder_nemo.eval.benchmarks import BenchmarkError, load_benchmark
 from holder_nemo.eval.cli import main as eval_main
@@ -138,6 +138,18 @@ def test_dcp_checkpoint_without_nemo_rl_gives_the_converter_command(tmp_path: Pa
     assert "examples/converters/convert_dcp_to_hf.py" in str(info.value)
     assert f"--dcp-ckpt-path {step_dir / 'policy' / 'weights'}" in str(info.value)
     assert f"--hf-ckpt-path {step_dir / 'hf'}" in str(info.value)
+
+
+@pytest.mark.skipif(_nemo_rl_converter_importable(), reason="nemo_rl is importable here: the conversion would run")
+def test_conversion_needs_the_base_model(tmp_path: Path) -> None:
+    """The base model comes from the step's config.yaml (policy.model_name), or --base-model when it has none."""
+    step_dir = _nemo_rl_step(tmp_path, 500)
+    (step_dir / "policy" / "weights" / ".metadata").write_bytes(b"")
+    (step_dir / "config.yaml").write_text("policy:\n  precision: bfloat16\n")
+    with pytest.raises(ModelSourceError, match=r"has no policy.model_name: pass --base-model"):
+        resolve_model(step_dir)
+    with pytest.raises(ModelSourceError, match="nemo_rl is not importable"):  # the next step: the converter
+        resolve_model(step_dir, base_model="Qwen/Qwen2.5-Math-7B")
 
 
 def test_megatron_checkpoint_command_uses_the_latest_iteration(tmp_path: Path) -> None:

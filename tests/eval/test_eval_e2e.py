@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from tiny_model import write_jsonl
 
 from holder_nemo.cli import main as holderpo
 from holder_nemo.eval.prompts import apply_qwen_math_template

@@ -255,11 +255,10 @@ def test_score_records_the_final_answer() -> None:
     assert score_response("no box", "y").extracted is None
 
 
-def test_training_reward_zeroes_truncated_generations_only() -> None:
+def test_training_reward_is_the_score_of_the_response() -> None:
     response = "\\boxed{4} and then I kept talking"
-    assert math_reward(response, "4") == 1.0
-    assert math_reward(response, "4", truncated=True) == 0.0
-    assert score_response(response, "4").reward == 1.0  # evaluation grades the text whatever the finish reason
+    assert math_reward(response, "4") == score_response(response, "4").reward == 1.0
+    assert math_reward(response, "5") == 0.0
 
 
 def test_grading_off_the_main_thread() -> None:

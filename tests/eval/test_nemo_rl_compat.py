@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from tiny_model import write_jsonl
 
 from holder_nemo.eval.grading import last_boxed_answer
 from holder_nemo.eval.prompts import QWEN_MATH_JINJA_PATH, apply_qwen_math_template
@@ -113,7 +113,7 @@ def test_holder_math_environment_scores_like_holderpo_eval(local_ray) -> None:
     metadata = [{"ground_truth": a, "extracted_answer": None} for _, a in cases]
     result = local_ray.get(env.step.remote(message_logs, metadata, True))
     expected = [
-        math_reward(r, a, truncated=n >= 8 or p + n >= 12) for (r, a), (p, n) in zip(cases, lengths, strict=True)
+        0.0 if n >= 8 or p + n >= 12 else math_reward(r, a) for (r, a), (p, n) in zip(cases, lengths, strict=True)
     ]
     assert result.rewards.tolist() == expected
     assert expected[-3:] == [0.0, 0.0, 0.0] and expected[-6:-3] == [1.0, 1.0, 1.0]

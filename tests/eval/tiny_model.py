@@ -4,12 +4,15 @@ The model is a real ``Qwen2ForCausalLM`` whose weights are set by hand so that g
 attention and MLP outputs are zero, so the residual stream is the current token's one-hot embedding, and
 ``lm_head`` maps each character to a chosen successor (a bigram chain). Every qwen_math prompt ends in
 "assistant\\n", so the model answers every problem with ``completion`` followed by ``<|im_end|>``; the characters
-of ``completion`` must be distinct (each has one successor).
+of ``completion`` must be distinct (each has one successor). ``write_jsonl`` writes the benchmark files the eval
+tests give it. (Test modules import these from here, not from conftest.py: several test directories have a
+conftest.py, and ``from conftest import`` takes whichever pytest imported first.)
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import torch
@@ -17,6 +20,16 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from holder_nemo.eval.prompts import QWEN_MATH_CHAT_TEMPLATE
+
+# The tiny model of the eval tests answers every problem "\boxed{7}" then <|im_end|> (10 generated tokens).
+COMPLETION = "\\boxed{7}"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from holder_nemo.config import load_recipe
-from holder_nemo.nemo_rl.components import component_paths, dataset_configs, required_names
+from holder_nemo.nemo_rl.components import COMPONENT_KEY, dataset_configs, required_names
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 MATH_RECIPES = sorted(p for p in RECIPES.glob("holderpo_*.yaml") if "alfworld" not in p.name)
@@ -39,7 +39,7 @@ def test_every_environment_of_ours_is_named_by_its_component(recipe):
     from holder_nemo.nemo_rl.components import components
 
     cfg = OmegaConf.to_container(load_recipe(recipe), resolve=True)
-    paths = component_paths(cfg["env"])
+    paths = {name: section[COMPONENT_KEY] for name, section in cfg["env"].items() if COMPONENT_KEY in section}
     assert paths["holder_math"] == "holder_nemo.eval.nemo_rl_component" and "math" not in paths
     if "alfworld" in cfg["env"]:
         assert paths["alfworld"] == "holder_nemo.alfworld.training"

@@ -20,13 +20,9 @@ from holder_nemo.nemo_rl import master_config, run_grpo
 from holder_nemo.run_control import (
     SAVE_MARGIN_ENV,
     StopRequest,
-    checkpoint_must_save_by,
-    format_duration,
-    parse_squeue_time,
     patched_timeout_checker,
     slurm_deadline,
     slurm_job_end_time,
-    stop_aware_timeout_checker,
 )
 
 
@@ -49,10 +45,16 @@ class BaseTimeoutChecker:
         return False
 
 
+def stop_aware_checker(stop: StopRequest, **kwargs) -> BaseTimeoutChecker:
+    """A checker of the class ``patched_timeout_checker`` puts in place of ``BaseTimeoutChecker``."""
+    with patched_timeout_checker(types.SimpleNamespace(TimeoutChecker=BaseTimeoutChecker), stop) as patched:
+        return patched(**kwargs)
+
+
 def test_stop_file_triggers_once(tmp_path):
     stop_file = tmp_path / "STOP"
     stop = StopRequest(stop_file=stop_file)
-    checker = stop_aware_timeout_checker(BaseTimeoutChecker, stop)()
+    checker = stop_aware_checker(stop)
     assert checker.check_save() is False and stop.fired is None
     stop_file.touch()
     assert checker.check_save() is True and stop.fired.startswith("stop file")
@@ -67,7 +69,7 @@ def test_signals_request_a_stop(signum):
         stop.install_signal_handlers()
         os.kill(os.getpid(), signum)
         time.sleep(0.05)
-        checker = stop_aware_timeout_checker(BaseTimeoutChecker, stop)()
+        checker = stop_aware_checker(stop)
         assert checker.check_save() is True
         assert stop.fired == signal.Signals(signum).name
     finally:
@@ -77,10 +79,10 @@ def test_signals_request_a_stop(signum):
 
 def test_nemo_rl_own_timeout_still_counts_and_deadline_uses_mean_step():
     stop = StopRequest()
-    checker = stop_aware_timeout_checker(BaseTimeoutChecker, stop)(timeout=0)
+    checker = stop_aware_checker(stop, timeout=0)
     assert checker.check_save() is True and stop.fired == "checkpointing.checkpoint_must_save_by"
     stop = StopRequest(deadline=time.time() + 100)
-    checker = stop_aware_timeout_checker(BaseTimeoutChecker, stop)()
+    checker = stop_aware_checker(stop)
     checker.iteration_times = [30.0, 50.0]
     assert checker.check_save() is False  # now + 40 s < deadline
     checker.iteration_times = [150.0]
@@ -94,34 +96,59 @@ def test_patch_is_scoped():
     assert module.TimeoutChecker is BaseTimeoutChecker
 
 
-def test_slurm_end_time_from_env_and_squeue(tmp_path):
-    assert slurm_job_end_time({"SLURM_JOB_END_TIME": "1790000000"}) == 1790000000.0
-    assert slurm_job_end_time({}) is None
-    # squeue fallback: a stand-in executable printing what `squeue -h -j ID -o %e` prints
+@pytest.fixture
+def no_slurm_job(monkeypatch):
+    """An environment outside any Slurm job (the variables a test sets are its own)."""
+    for name in ("SLURM_JOB_END_TIME", "SLURM_JOB_ID", SAVE_MARGIN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_slurm_end_time_from_env_and_squeue(tmp_path, no_slurm_job):
+    env = no_slurm_job
+    assert slurm_job_end_time() is None
+    env.setenv("SLURM_JOB_END_TIME", "1790000000")
+    assert slurm_job_end_time() == 1790000000.0
+    env.delenv("SLURM_JOB_END_TIME")
+    env.setenv("SLURM_JOB_ID", "42")
+    env.setenv("PATH", str(tmp_path))  # no squeue on PATH: no end time
+    assert slurm_job_end_time() is None
+    # squeue fallback: a stand-in executable printing what `squeue -h -j ID -o %e` prints ($END)
     fake = tmp_path / "squeue"
-    fake.write_text('#!/bin/sh\n[ "$1 $2 $3 $4 $5" = "-h -j 42 -o %e" ] && echo 2026-11-27T23:30:00\n')
+    fake.write_text('#!/bin/sh\n[ "$1 $2 $3 $4 $5" = "-h -j 42 -o %e" ] && echo "$END"\n')
     fake.chmod(0o755)
-    expected = datetime(2026, 11, 27, 23, 30, 0).timestamp()
-    assert slurm_job_end_time({"SLURM_JOB_ID": "42"}, squeue=str(fake)) == expected
-    assert parse_squeue_time("N/A") is None and parse_squeue_time("Unknown") is None
+    env.setenv("END", "2026-11-27T23:30:00")
+    assert slurm_job_end_time() == datetime(2026, 11, 27, 23, 30, 0).timestamp()
+    for unlimited in ("N/A", "Unknown"):
+        env.setenv("END", unlimited)
+        assert slurm_job_end_time() is None
+    env.setenv("END", "tomorrow")
     with pytest.raises(ValueError, match="squeue end time"):
-        parse_squeue_time("tomorrow")
+        slurm_job_end_time()
 
 
-def test_checkpoint_must_save_by_format():
-    assert format_duration(90061) == "01:01:01:01"
-    assert format_duration(-5) == "00:00:00:00"
-    assert checkpoint_must_save_by(600, end_time=10_000.0, now=1_000.0) == "00:02:20:00"
-    assert checkpoint_must_save_by(600, env={}) is None
-    with pytest.raises(ValueError, match="margin_s"):
-        checkpoint_must_save_by(-1, end_time=1.0, now=0.0)
+def test_checkpoint_must_save_by_is_printed(no_slurm_job, monkeypatch, capsys):
+    monkeypatch.setattr(run_control, "time", types.SimpleNamespace(time=lambda: 1_000.0))
+    for end, printed in ((10_000, "00:02:20:00"), (1_000 + 600 + 90_061, "01:01:01:01"), (1_500, "00:00:00:00")):
+        monkeypatch.setenv("SLURM_JOB_END_TIME", str(end))
+        assert run_control.main(["--margin", "600"]) == 0
+        assert capsys.readouterr().out == printed + "\n"
+    monkeypatch.delenv("SLURM_JOB_END_TIME")
+    assert run_control.main([]) == 1 and "no Slurm job end time" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        run_control.main(["--margin", "-1"])
+    assert info.value.code == 2 and "--margin must be >= 0" in capsys.readouterr().err
 
 
-def test_slurm_deadline_env():
-    assert slurm_deadline({}) is None
-    assert slurm_deadline({SAVE_MARGIN_ENV: "300", "SLURM_JOB_END_TIME": "5000"}) == 4700.0
+def test_slurm_deadline_env(no_slurm_job):
+    env = no_slurm_job
+    assert slurm_deadline() is None
+    env.setenv(SAVE_MARGIN_ENV, "300")
+    env.setenv("SLURM_JOB_END_TIME", "5000")
+    assert slurm_deadline() == 4700.0
+    env.setenv(SAVE_MARGIN_ENV, "soon")
     with pytest.raises(ValueError, match=SAVE_MARGIN_ENV):
-        slurm_deadline({SAVE_MARGIN_ENV: "soon"})
+        slurm_deadline()
 
 
 def test_exit_codes_and_completed_marker(tmp_path):
@@ -241,7 +268,8 @@ def test_version_gate_accepts_every_0_7_build(monkeypatch, version):
     fake = types.ModuleType("nemo_rl")
     fake.__version__ = version
     monkeypatch.setitem(sys.modules, "nemo_rl", fake)
-    assert master_config.check_nemo_rl(env={}) == version
+    monkeypatch.delenv(master_config.ALLOW_ANY_VERSION_ENV, raising=False)
+    assert master_config.check_nemo_rl() == version
 
 
 @pytest.mark.parametrize("version", ["0.5.0", "0.6.0+abc", "0.70.0", "1.7.0", "0.8.0rc1", "unknown", "7"])
@@ -249,12 +277,14 @@ def test_version_gate_refuses_others_with_the_reason_and_the_override(monkeypatc
     fake = types.ModuleType("nemo_rl")
     fake.__version__ = version
     monkeypatch.setitem(sys.modules, "nemo_rl", fake)
+    monkeypatch.delenv(master_config.ALLOW_ANY_VERSION_ENV, raising=False)
     with pytest.raises(master_config.NemoRLUnavailable) as info:
-        master_config.check_nemo_rl(env={})
+        master_config.check_nemo_rl()
     message = str(info.value)
     assert repr(version) in message and "0.7.x" in message and master_config.ALLOW_ANY_VERSION_ENV in message
     assert "loss-function contract" in message
-    assert master_config.check_nemo_rl(env={master_config.ALLOW_ANY_VERSION_ENV: "1"}) == version
+    monkeypatch.setenv(master_config.ALLOW_ANY_VERSION_ENV, "1")
+    assert master_config.check_nemo_rl() == version
 
 
 def test_entry_point_refuses_without_nemo_rl(tmp_path):

@@ -9,7 +9,7 @@ import sys
 import zipfile
 
 import pytest
-from reference_helpers import REPO, SMOKE
+from reference_helpers import REPO, SMOKE, tiny
 
 from holder_nemo.config import ConfigError, load_recipe
 from holder_nemo.reference.schema import default_recipe_path, validate_reference_config
@@ -108,6 +108,7 @@ def test_cross_field_errors_name_their_keys_without_dumping_the_recipe():
         (["+loss_fn.ratio_clip_c=0.5"], ("loss_fn.ratio_clip_c", "Input should be greater than 1 (got 0.5)")),
         (["+loss_fn.ratio_clip_c=1.0"], ("loss_fn.ratio_clip_c", "Input should be greater than 1 (got 1.0)")),
         (["policy.model_name=/nonexistent/model"], ("policy.model_name", "no such model directory")),
+        (["data.train_path=/nonexistent/train.jsonl"], ("data.train_path", "no such file")),
     ],
     ids=str,
 )
@@ -120,3 +121,13 @@ def test_a_nemo_rl_recipe_is_named_as_such():
     seven_b = SMOKE.parent / "holderpo_qwen2.5-math-7b.yaml"
     ((key, message),) = _problems([], seven_b)
     assert key == str(seven_b) and message.startswith("is a NeMo RL recipe")
+
+
+def test_cuda_without_a_gpu_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([str(SMOKE), *tiny(1, tmp_path / "run"), "reference.device=cuda"]) == 2
+    assert capsys.readouterr().err == (
+        "holderpo train: reference.device: 'cuda' requested but torch.cuda.is_available() is False\n"
+    )

@@ -90,6 +90,7 @@ ENROOT_DROPIN_TEXT = """# holder_nemo tests (tests/slurm/local_slurm.py): severa
     for var, sub in (("ENROOT_RUNTIME_PATH", "runtime"), ("ENROOT_CACHE_PATH", "cache"), ("ENROOT_DATA_PATH", "data"))
 )
 HOSTS_FILE = Path("/etc/hosts")
+PRIVATE_MOUNTS = ("unshare", "--mount", "--propagation", "private")  # a mount namespace of the node's own
 HOSTS_MARK = "# holder_nemo tests/slurm/local_slurm.py: a local Slurm node"
 
 EPILOG = """#!{python}
@@ -354,7 +355,7 @@ PartitionName=gpu Nodes={gpus} MaxTime=INFINITE State=UP PriorityTier=1{grace} {
         )  # fmt: skip
         wait_until(sock.exists, 20, "munged's socket")
         self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-i", "-f", str(self.conf)])
-        probe = ["unshare", "--mount", "--propagation", "private", "true"]
+        probe = [*PRIVATE_MOUNTS, "true"]
         self.private_ray_tmp = shutil.which("unshare") is not None and subprocess.run(probe).returncode == 0
         if self.pyxis is not None:
             install_enroot_dropin()
@@ -372,7 +373,7 @@ PartitionName=gpu Nodes={gpus} MaxTime=INFINITE State=UP PriorityTier=1{grace} {
         ray_tmp = self.base / "nodes" / node / "tmp-ray"
         ray_tmp.mkdir(parents=True, exist_ok=True)
         bind = 'mkdir -p /tmp/ray && mount --bind "$0" /tmp/ray && exec "$@"'
-        return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", bind, str(ray_tmp), *slurmd]
+        return [*PRIVATE_MOUNTS, "--", "/bin/sh", "-c", bind, str(ray_tmp), *slurmd]
 
     # ------------------------------------------------------------------------------------------- node death
     def _slurmd(self, node: str) -> subprocess.Popen:
