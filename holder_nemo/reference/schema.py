@@ -92,10 +92,18 @@ class PolicySection(_Section):
 
 
 class CheckpointingSection(_Section):
-    enabled: bool = True
+    enabled: bool = True  # NeMo RL's key; holderpo train always checkpoints
     checkpoint_dir: str = Field("runs/smoke_cpu", min_length=1, description="the run directory (RUN_DIR)")
     save_period: PositiveInt = 50
     keep_last_k: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _always_on(self) -> CheckpointingSection:
+        # refused rather than ignored: the stop contract (exit 75 = checkpointed) and exact resume rest on the
+        # checkpoints, and recipe check would report them "off"
+        if not self.enabled:
+            raise ConfigError("enabled", "must be true: holderpo train always checkpoints (raise save_period)")
+        return self
 
 
 class LoggerSection(_Section):

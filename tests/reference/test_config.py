@@ -62,6 +62,8 @@ def test_default_recipe_is_the_source_trees_and_a_wheel_ships_it(tmp_path):
         ("data.digits.min_digits=3", "min_digits"),
         ("data.task=math_jsonl", "data.train_path"),
         ("loss_fn.reference_policy_kl_penalty=0.01", "loss_fn.reference_policy_kl_penalty"),
+        # refused, not ignored: holderpo train always checkpoints, and recipe check would have said "checkpoint off"
+        ("+checkpointing.enabled=false", "checkpointing.enabled"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
